@@ -1,0 +1,1 @@
+"""The maidian collector: receive, validate, deduplicate, stitch and store events durably."""

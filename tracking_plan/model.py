@@ -1,0 +1,136 @@
+"""The tracking plan as data: what `load_plan` returns.
+
+The model is built once from a document that passed the meta-schema and the
+loader's semantic checks, so its invariants hold: every event has a registered
+business line, every `$ref` is resolved (schemas here contain none), every
+pattern compiles and every PII tag is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["BusinessLine", "EventSpec", "IdentityType", "Plan", "PlanSettings", "iter_pii"]
+
+Trigger = Literal["client", "server"]
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessLine:
+    """A business line; its key in the plan is the prefix of its event names."""
+
+    prefix: str
+    title: str = ""
+    description: str = ""
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityType:
+    """A declared identity type (`login_id`, `customer_no`, ...)."""
+
+    name: str
+    priority: int = 100
+    unique: bool = False
+    description: str = ""
+    pattern: str | None = None
+    max_length: int | None = None
+    pii: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """Plan-wide policies."""
+
+    unknown_events: Literal["quarantine", "accept"] = "quarantine"
+    additional_properties: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One planned event. `schema` is the JSON Schema of its own properties, refs resolved."""
+
+    name: str
+    business_line: str
+    schema: Schema
+    description: str = ""
+    owner: str = ""
+    trigger: Trigger = "client"
+    fires_when: str = ""
+    status: str = "active"
+    tags: tuple[str, ...] = ()
+
+    @property
+    def properties(self) -> Mapping[str, Schema]:
+        props: Mapping[str, Schema] = self.schema.get("properties", {})
+        return props
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(self.schema.get("required", ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A loaded tracking plan."""
+
+    name: str
+    version: str
+    business_lines: Mapping[str, BusinessLine]
+    identities: Mapping[str, IdentityType]
+    events: Mapping[str, EventSpec]
+    common_properties: Schema
+    user_properties: Schema
+    settings: PlanSettings = field(default_factory=PlanSettings)
+    description: str = ""
+    mappings: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "<plan>"
+    document: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def business_line_of(self, event_name: str) -> str | None:
+        """The prefix of the business line an event name belongs to (longest match)."""
+        best: str | None = None
+        for prefix in self.business_lines:
+            if event_name.startswith(prefix + "_") and (best is None or len(prefix) > len(best)):
+                best = prefix
+        return best
+
+    def pii_paths(self, event_name: str | None = None) -> dict[tuple[str, ...], str]:
+        """Tagged property paths for an event (with the common properties), or for profiles."""
+        if event_name is None:
+            return dict(iter_pii(self.user_properties))
+        paths = dict(iter_pii(self.common_properties))
+        spec = self.events.get(event_name)
+        if spec is not None:
+            paths.update(iter_pii(spec.schema))
+        return paths
+
+    def identity_pii(self) -> dict[str, str]:
+        """Identity types whose values are tagged, with their tag."""
+        return {name: t.pii for name, t in self.identities.items() if t.pii}
+
+
+def iter_pii(schema: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Yield (path, tag) for every property carrying `x-pii` inside an object schema."""
+    for name, sub in schema.get("properties", {}).items():
+        path = (*prefix, name)
+        tag = sub.get("x-pii")
+        if tag:
+            yield path, tag
+            continue
+        yield from _iter_pii_value(sub, path)
+
+
+def _iter_pii_value(schema: Mapping[str, Any], path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    if "properties" in schema:
+        yield from iter_pii(schema, path)
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        tag = items.get("x-pii")
+        if tag:
+            yield (*path, "*"), tag
+        else:
+            yield from _iter_pii_value(items, (*path, "*"))
