@@ -259,7 +259,7 @@ class _Linter:
         for name, raw in doc.get("$defs", {}).items():
             path = ("$defs", name)
             self._name(name, join_pointer(path), "$defs name", PROPERTY_NAME_RE)
-            self._schema(raw, self.schemas.definition(name, ()), _Scope(path, (), "def"))
+            self._schema(raw, _Scope(path, (), "def"))
 
         common = doc.get("common_properties")
         if common is not None:
@@ -274,7 +274,13 @@ class _Linter:
         self._type_conflicts()
 
     def _root(self, raw: Mapping[str, Any], path: tuple[str, ...], area: str) -> None:
-        self._schema(raw, self.schemas.schema(raw, path), _Scope(path, (), area))
+        self._schema(raw, _Scope(path, (), area))
+
+    def _resolve(self, node: Any, path: Path_) -> Any:
+        """A schema node as it means: its `$ref`'s definition (resolved) under its own keywords."""
+        if isinstance(node, dict) and "$ref" in node:
+            return self.schemas._ref(node, path, ())
+        return node
 
     def _note_ignores(self, node: Mapping[str, Any], where: Where) -> None:
         rules = node.get(IGNORE_KEY)
@@ -363,11 +369,14 @@ class _Linter:
 
     # -- property schemas ----------------------------------------------------------
 
-    def _schema(self, raw: Any, eff: Any, at: _Scope) -> None:
-        """Check one schema node as written (`raw`) and as it means (`eff`, its `$ref`s resolved)."""
-        if not isinstance(raw, dict) or not isinstance(eff, dict):
+    def _schema(self, raw: Any, at: _Scope, eff: Any = None) -> None:
+        """Check one schema node as written (`raw`) and as it means (`eff`, its `$ref` resolved)."""
+        if not isinstance(raw, dict):
             return
         where = at.path
+        if eff is None:
+            eff = self._resolve(raw, where)
+        self.schemas._check(raw, where)  # the loader's checks (pattern, tag), where they are written
         self._note_ignores(raw, where)
         types = types_of(eff)
         if "enum" in raw:
@@ -389,13 +398,14 @@ class _Linter:
         raw_props = raw.get("properties")
         if isinstance(raw_props, dict):
             for name, child in raw_props.items():
-                self._property(name, child, props.get(name, child), at.property(name))
+                self._property(name, child, at.property(name))
         items = raw.get("items")
         if isinstance(items, dict):
-            self._schema(items, eff.get("items", items), at.items())
+            self._schema(items, at.items())
 
-    def _property(self, name: str, raw: Any, eff: Any, at: _Scope) -> None:
+    def _property(self, name: str, raw: Any, at: _Scope) -> None:
         where = at.path
+        eff = self._resolve(raw, where)
         if name.startswith("$"):
             if name not in PRESET_SCHEMAS:
                 self.add(
@@ -429,7 +439,7 @@ class _Linter:
             if comparable is not None and at.area != "def":
                 type_at = (*where, "type") if isinstance(raw, dict) and "type" in raw else where
                 self.typed_places.setdefault(at.logical, []).append((comparable, _Place(where, type_at, at.area)))
-        self._schema(raw, eff, at)
+        self._schema(raw, at, eff)
 
     def _enum(self, values: Any, types: frozenset[str], where: Path_) -> None:
         if not isinstance(values, list):
@@ -437,6 +447,8 @@ class _Linter:
         if not values:
             self.add("enum has no values, so no value can ever be valid", where, "empty-enum")
             return
+        if all(type(v) is str for v in values) and len(set(values)) == len(values) and (not types or "string" in types):
+            return  # the usual case, at a glance
         seen: dict[object, int] = {}
         for i, value in enumerate(values):
             key = enum_key(value)
@@ -464,7 +476,7 @@ class _Linter:
             if name not in defined:
                 self.add(f"required property {name!r} is not declared in properties", where, "required-undefined")
                 continue
-            sub = props.get(name)
+            sub = self._resolve(props.get(name), (*at.path, "properties", name))
             if isinstance(sub, dict) and sub.get("x-pii") == "drop":
                 self.add(
                     f"required property {name!r} is tagged 'drop', so it can never be sent; make it optional",

@@ -11,7 +11,7 @@ import pytest
 from maidian.tracking_plan import PlanLoadError
 from maidian.tracking_plan.lint import RULES, SUCCESS_WORDS, lint_document, lint_file, pii_meaning
 
-from tests.conftest import MINI_PLAN
+from tests.conftest import MINI_PLAN, ROOT
 
 MINI: dict[str, Any] = json.loads(MINI_PLAN.read_text())
 Change = Callable[[dict[str, Any]], object]
@@ -411,3 +411,8 @@ def test_personal_data_names(name: str, meaning: str | None) -> None:
 def test_success_words_are_outcomes_not_requests() -> None:
     assert {"filled", "succeeded", "paid", "settled", "credited", "approved"} <= SUCCESS_WORDS
     assert not {"submit", "pay", "confirm", "click", "view", "apply"} & SUCCESS_WORDS
+
+
+def test_every_rule_is_documented() -> None:
+    text = (ROOT / "docs" / "plan-format.md").read_text("utf-8")
+    assert [rule for rule in RULES if f"| `{rule}` |" not in text] == []
