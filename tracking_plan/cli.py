@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import EventFileError, PlanLoadError
@@ -156,7 +159,10 @@ def _add_lint(commands: Any) -> None:
             "file:line:column: message at JSON-pointer [rule]. Exit 0 when clean, 1 with findings, 2 when the plan\n"
             "cannot be read, is not JSON or breaks the plan meta-schema. A rule can be switched off for one place\n"
             'with "x-lint-ignore": ["rule", ...] on the object that holds it. Rules:\n\n'
-            + "\n".join(f"  {rule:24} {text}" for rule, text in RULES.items())
+            + "\n".join(
+                textwrap.fill(text, 110, initial_indent=f"  {rule:24} ", subsequent_indent=" " * 27)
+                for rule, text in RULES.items()
+            )
         ),
         example="maidian plan lint examples/securities_app.plan.json --ignore missing-owner --format json",
         handler=_lint,
@@ -229,9 +235,6 @@ def _add_diff(commands: Any) -> None:
 
 
 def _codegen(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
     from .codegen import generate_module
 
     try:

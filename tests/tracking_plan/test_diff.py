@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from maidian.tracking_plan import parse_plan
+from maidian.tracking_plan import Validator, parse_plan
 from maidian.tracking_plan.diff import check_version, diff_plans
 
 from tests.conftest import MINI_PLAN
@@ -529,3 +529,63 @@ def test_passing_needs_an_adequate_version_and_no_breaking_change_unless_allowed
         result = diff_plans(old, parse_plan(json.dumps(doc)))
         assert result.passes() is strict
         assert result.passes(allow_breaking=True) is allowed
+
+
+def corpus() -> list[dict[str, Any]]:
+    """Events the mini plan accepts on the wire, near the edges of its schemas."""
+    masked = "138****5678"
+    track = [
+        ("stock_order_submit", {"stock_code": "600519", "side": "buy", "price": 1688.5, "quantity": 200}),
+        ("stock_order_submit", {"stock_code": "000001", "side": "sell", "price": 0.01, "quantity": 100}),
+        (
+            "stock_order_submit",
+            {"stock_code": "600519", "side": "buy", "price": 1e9, "quantity": 10**6, "mobile": masked},
+        ),
+        ("stock_order_submit", {"stock_code": "600519", "side": "buy", "price": 1, "quantity": 100, "$lib": "x"}),
+        ("stock_order_filled", {"stock_code": "600519", "filled_quantity": 1, "utm_source": "x" * 128}),
+        ("account_login", {}),
+        ("account_login", {"method": "sms", "utm_campaign": "双十一"}),
+    ]
+    events: list[dict[str, Any]] = [
+        {
+            "type": "track",
+            "event": name,
+            "event_id": f"s-{i}",
+            "time": 1_763_800_000_000,
+            "identities": {"anonymous_id": "d-1", "customer_no": "0123456789", "mobile_hash": "a" * 64},
+            "properties": properties,
+        }
+        for i, (name, properties) in enumerate(track)
+    ]
+    for i, properties in enumerate(
+        [{"risk_level": "C3", "login_count": 0, "tags": ["a", "a"], "real_name": "张**"}, {"tags": []}]
+    ):
+        events.append(
+            {
+                "type": "profile_set",
+                "event_id": f"p-{i}",
+                "time": 1,
+                "identities": {"login_id": "u-1"},
+                "properties": properties,
+            }
+        )
+    return events
+
+
+@pytest.mark.parametrize(
+    ("what", "before", "change", "semver", "path"),
+    [row for row in TABLE if row[3] != "major"],
+    ids=[row[0] for row in TABLE if row[3] != "major"],
+)
+def test_compatible_changes_keep_every_valid_event_valid(
+    what: str, before: Change | None, change: Change, semver: str, path: str
+) -> None:
+    old_doc = mini()
+    if before is not None:
+        before(old_doc)
+    new_doc = copy.deepcopy(old_doc)
+    change(new_doc)
+    old, new = Validator(parse_plan(json.dumps(old_doc))), Validator(parse_plan(json.dumps(new_doc)))
+    accepted = [e for e in corpus() if old.is_valid(e)]
+    assert len(accepted) == len(corpus())
+    assert [e for e in accepted if not new.is_valid(e)] == []
