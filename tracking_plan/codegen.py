@@ -90,6 +90,8 @@ _MODULE_NAMES: Final = frozenset(
 
 def _width(text: str) -> int:
     """Display width as ruff measures line length: wide (CJK) characters count twice."""
+    if text.isascii():
+        return len(text)
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
@@ -97,14 +99,20 @@ def _wrap(text: str, width: int) -> list[str]:
     """Wrap at spaces, or anywhere between wide characters, within `width` display columns."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
-        line = ""
+        if _width(paragraph) <= width:
+            lines.append(paragraph.rstrip())
+            continue
+        line, used, trail = "", 0, 0  # the line, its width without trailing spaces, their count
         for token in re.findall(r"[\u1100-\uffff]|[^\s\u1100-\uffff]+\s*|\s+", paragraph):
-            candidate = line + token
-            if line and _width(candidate.rstrip()) > width:
+            word = token.rstrip()
+            if not word:
+                line, trail = line + token, trail + len(token)
+            elif line.strip() and used + trail + _width(word) > width:
                 lines.append(line.rstrip())
-                line = token.lstrip()
+                line, used, trail = word, _width(word), len(token) - len(word)
+                line += token[len(word) :]
             else:
-                line = candidate
+                line, used, trail = line + token, used + trail + _width(word), len(token) - len(word)
         lines.append(line.rstrip())
     return lines
 
@@ -112,7 +120,8 @@ def _wrap(text: str, width: int) -> list[str]:
 def _clean(text: str) -> str:
     """Plan text made safe for a docstring or comment: printable, no backslashes or triple quotes."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
-    text = "".join(ch if ch == "\n" or ch.isprintable() else " " for ch in text)
+    if not text.replace("\n", "").isprintable():
+        text = "".join(ch if ch == "\n" or ch.isprintable() else " " for ch in text)
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
 
 

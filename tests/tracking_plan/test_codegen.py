@@ -333,3 +333,21 @@ def test_mini_module_reads_as_documented() -> None:
     )
 '''
     assert expected in text
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from("ab 委托确认，。\"'\\"), max_size=30) | st.sampled_from(["x" * 50, "\n"]),
+        max_size=12,
+    ),
+    st.integers(10, 60),
+)
+def test_wrapping_keeps_every_character_and_the_width(parts: list[str], width: int) -> None:
+    from maidian.tracking_plan.codegen import _width, _wrap
+
+    text = " ".join(parts)
+    lines = _wrap(text, width)
+    assert "".join("".join(lines).split()) == "".join(text.split())
+    for line in lines:
+        assert line == line.rstrip()
+        assert _width(line) <= width or (" " not in line.strip() and line.isascii())
