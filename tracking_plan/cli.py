@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import EventFileError, PlanLoadError
@@ -116,6 +119,176 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if invalid else EXIT_OK
 
 
+# -- lint --------------------------------------------------------------------------
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from .lint import lint_file
+
+    try:
+        findings = lint_file(args.plan, ignore=args.ignore or ())
+    except PlanLoadError as exc:
+        return print_plan_problems(exc)
+    if args.format == "json":
+        rows = [
+            {"rule": p.code, "path": p.pointer, "message": p.message, "line": p.line, "column": p.column}
+            for p in findings
+        ]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        for p in findings:
+            print(p)
+    counts: dict[str, int] = {}
+    for p in findings:
+        counts[p.code] = counts.get(p.code, 0) + 1
+    top = ", ".join(f"{rule} {n}" for rule, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    summary = f"{args.plan}: {len(findings)} finding{'' if len(findings) == 1 else 's'}" + (f" ({top})" if top else "")
+    print(summary, file=sys.stderr if args.format == "json" else sys.stdout)
+    return EXIT_FINDINGS if findings else EXIT_OK
+
+
+def _add_lint(commands: Any) -> None:
+    from .lint import RULES
+
+    p = add_command(
+        commands,
+        "lint",
+        help="check a plan's names and consistency",
+        description=(
+            "Check a plan against naming and consistency rules and print one finding per line:\n"
+            "file:line:column: message at JSON-pointer [rule]. Exit 0 when clean, 1 with findings, 2 when the plan\n"
+            "cannot be read, is not JSON or breaks the plan meta-schema. A rule can be switched off for one place\n"
+            'with "x-lint-ignore": ["rule", ...] on the object that holds it. Rules:\n\n'
+            + "\n".join(
+                textwrap.fill(text, 110, initial_indent=f"  {rule:24} ", subsequent_indent=" " * 27)
+                for rule, text in RULES.items()
+            )
+        ),
+        example="maidian plan lint examples/securities_app.plan.json --ignore missing-owner --format json",
+        handler=_lint,
+    )
+    p.add_argument("plan", help="the plan file (JSON)")
+    p.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text (default) or a JSON list of findings"
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        metavar="RULE",
+        choices=sorted(RULES),
+        help="switch a rule off for this run (repeatable)",
+    )
+
+
+# -- diff --------------------------------------------------------------------------
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .diff import diff_plans
+
+    try:
+        old, new = load_plan(args.old), load_plan(args.new)
+    except PlanLoadError as exc:
+        return print_plan_problems(exc)
+    result = diff_plans(old, new)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(allow_breaking=args.allow_breaking), ensure_ascii=False, indent=2))
+    else:
+        for change in result.changes:
+            print(change)
+        breaking = len(result.breaking)
+        count = len(result.changes)
+        print(f"{count} change{'' if count == 1 else 's'}: {breaking} breaking, {count - breaking} compatible")
+        print(f"version {result.version.message}")
+        if breaking and args.allow_breaking and result.version.ok:
+            print("breaking changes allowed (--allow-breaking) with a major version")
+    return EXIT_OK if result.passes(allow_breaking=args.allow_breaking) else EXIT_FINDINGS
+
+
+def _add_diff(commands: Any) -> None:
+    p = add_command(
+        commands,
+        "diff",
+        help="list the changes between two plans and check the version bump",
+        description=(
+            "List every change from OLD to NEW, each breaking (an event valid under OLD may be refused, or a\n"
+            "field changes meaning) or compatible (additions, widenings, documentation), and check that NEW's\n"
+            "version moved enough: breaking changes need a major bump (a minor one in 0.x), additions a minor\n"
+            "bump, documentation a patch bump. Exit 0 when nothing breaks and the version is adequate, 1 on any\n"
+            "breaking change or a version that did not move enough, 2 when a plan cannot be loaded.\n"
+            "With --allow-breaking, breaking changes pass when the version was raised for them."
+        ),
+        example="maidian plan diff old.plan.json examples/securities_app.plan.json --format json",
+        handler=_diff,
+    )
+    p.add_argument("old", help="the plan before (JSON)")
+    p.add_argument("new", help="the plan after (JSON)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or one JSON object")
+    p.add_argument(
+        "--allow-breaking",
+        action="store_true",
+        help="a deliberate breaking release: pass when the version was raised enough for it",
+    )
+
+
+# -- codegen -----------------------------------------------------------------------
+
+
+def _codegen(args: argparse.Namespace) -> int:
+    from .codegen import generate_module
+
+    try:
+        plan = load_plan(args.plan)
+    except PlanLoadError as exc:
+        return print_plan_problems(exc)
+    source = os.path.basename(args.plan) if os.path.isabs(args.plan) else args.plan
+    text = generate_module(plan, source=source)
+    if args.check:
+        if not args.output or args.output == "-":
+            print("error: --check needs -o FILE, the module to compare", file=sys.stderr)
+            return EXIT_UNUSABLE
+        try:
+            current = Path(args.output).read_text("utf-8")
+        except OSError as exc:
+            print(f"{args.output}: cannot read: {exc.strerror}", file=sys.stderr)
+            return EXIT_FINDINGS
+        if current != text:
+            print(f"{args.output} is out of date with {args.plan}: run `maidian plan codegen` again", file=sys.stderr)
+            return EXIT_FINDINGS
+        print(f"{args.output} is up to date with {args.plan} ({plan.version})")
+        return EXIT_OK
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(text, "utf-8")
+    except OSError as exc:
+        print(f"error: {args.output}: cannot write: {exc.strerror}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(f"wrote {args.output}: {len(plan.events)} event functions for {plan.name!r} {plan.version}")
+    return EXIT_OK
+
+
+def _add_codegen(commands: Any) -> None:
+    p = add_command(
+        commands,
+        "codegen",
+        help="generate a typed Python module with one function per event",
+        description=(
+            "Generate a Python module with one typed function per planned event: keyword-only arguments typed\n"
+            "from the plan (enums as Literal, objects as TypedDict), required properties required, optional\n"
+            "ones left out of the event unless given. Each function takes the client first and calls\n"
+            "client.track(event, properties). The module passes mypy --strict and ruff; the same plan always\n"
+            "gives the same bytes, so CI can check it is current with --check (exit 1 when stale)."
+        ),
+        example="maidian plan codegen examples/securities_app.plan.json -o app/tracking_events.py",
+        handler=_codegen,
+    )
+    p.add_argument("plan", help="the plan file (JSON)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the module (default: standard output)")
+    p.add_argument("--check", action="store_true", help="do not write: exit 1 unless FILE is what would be written")
+
+
 def add_plan_commands(sub: Any) -> None:
     """Register `maidian plan` and its subcommands on the root parser's subparsers."""
     plan = sub.add_parser(
@@ -153,3 +326,7 @@ def add_plan_commands(sub: Any) -> None:
         "source: before the PII tags apply",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only invalid events and the summary")
+
+    _add_lint(commands)
+    _add_diff(commands)
+    _add_codegen(commands)

@@ -27,7 +27,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from ._jsonpos import join_pointer, line_col, locate
+from ._jsonpos import Locator, join_pointer
 from .errors import PlanLoadError, PlanProblem
 from .model import BusinessLine, EventSpec, IdentityType, Plan, PlanSettings
 from .pii import PII_TAGS
@@ -58,15 +58,14 @@ class _Problems:
         self.source = source
         self.items: list[PlanProblem] = []
         self._seen: set[tuple[str, str, str]] = set()
+        self._locator = Locator(text) if text else None
 
     def add(self, message: str, pointer: str, code: str) -> None:
         if (pointer, code, message) in self._seen:
             return
         self._seen.add((pointer, code, message))
-        line = col = None
-        offset = locate(self.text, pointer) if self.text else None
-        if offset is not None:
-            line, col = line_col(self.text, offset)
+        position = self._locator.position(pointer) if self._locator else None
+        line, col = position if position else (None, None)
         self.items.append(PlanProblem(message, pointer, self.source, line, col, code))
 
     def raise_if_any(self) -> None:
@@ -267,6 +266,26 @@ def _pattern_error(pattern: str) -> str | None:
     return None
 
 
+def check_identity(name: str, spec: Mapping[str, Any], problems: _Problems) -> None:
+    """What the meta-schema cannot say about an identity type: its pattern compiles, its tag keeps it usable."""
+    where = join_pointer(["identities", name])
+    pattern = spec.get("pattern")
+    if pattern is not None and (err := _pattern_error(pattern)) is not None:
+        problems.add(f"pattern {pattern!r} does not compile: {err}", where + "/pattern", "bad-regex")
+    tag = spec.get("x-pii")
+    if tag is not None and tag not in ("hash", "mask"):
+        problems.add(
+            f"identity PII tag {tag!r} must be 'hash' or 'mask' (an identity cannot be dropped)",
+            where + "/x-pii",
+            "pii-tag",
+        )
+
+
+def prefix_of(event_name: str, prefixes: list[str]) -> str | None:
+    """The business-line prefix an event name starts with; `prefixes` sorted longest first."""
+    return next((p for p in prefixes if event_name.startswith(p + "_")), None)
+
+
 def _object_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     out = {"type": "object", "properties": {}}
     if schema:
@@ -293,25 +312,15 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
         "login_id": IdentityType("login_id", priority=1, unique=True, description="The id a user logs in with."),
     }
     for name, spec in doc.get("identities", {}).items():
-        pattern = spec.get("pattern")
-        where = join_pointer(["identities", name])
-        if pattern is not None and (err := _pattern_error(pattern)) is not None:
-            problems.add(f"pattern {pattern!r} does not compile: {err}", where + "/pattern", "bad-regex")
-        tag = spec.get("x-pii")
-        if tag is not None and tag not in ("hash", "mask"):
-            problems.add(
-                f"identity PII tag {tag!r} must be 'hash' or 'mask' (an identity cannot be dropped)",
-                where + "/x-pii",
-                "pii-tag",
-            )
+        check_identity(name, spec, problems)
         identities[name] = IdentityType(
             name,
             priority=spec.get("priority", identities[name].priority if name in identities else 100),
             unique=spec.get("unique", identities[name].unique if name in identities else False),
             description=spec.get("description", ""),
-            pattern=pattern,
+            pattern=spec.get("pattern"),
             max_length=spec.get("maxLength"),
-            pii=tag,
+            pii=spec.get("x-pii"),
         )
 
     common = _object_schema(schemas.schema(doc.get("common_properties"), ("common_properties",)))
@@ -321,7 +330,7 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
     events: dict[str, EventSpec] = {}
     for name, spec in doc["events"].items():
         where = join_pointer(["events", name])
-        prefix = next((p for p in prefixes if name.startswith(p + "_")), None)
+        prefix = prefix_of(name, prefixes)
         if prefix is None:
             known = ", ".join(sorted(lines))
             problems.add(
