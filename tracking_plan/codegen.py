@@ -102,18 +102,27 @@ def _wrap(text: str, width: int) -> list[str]:
         if _width(paragraph) <= width:
             lines.append(paragraph.rstrip())
             continue
-        line, used, trail = "", 0, 0  # the line, its width without trailing spaces, their count
-        for token in re.findall(r"[\u1100-\uffff]|[^\s\u1100-\uffff]+\s*|\s+", paragraph):
-            word = token.rstrip()
-            if not word:
-                line, trail = line + token, trail + len(token)
-            elif line.strip() and used + trail + _width(word) > width:
-                lines.append(line.rstrip())
-                line, used, trail = word, _width(word), len(token) - len(word)
-                line += token[len(word) :]
-            else:
-                line, used, trail = line + token, used + trail + _width(word), len(token) - len(word)
-        lines.append(line.rstrip())
+        body = paragraph.lstrip(" ")
+        lead = paragraph[: len(paragraph) - len(body)]  # an indented line keeps its indent when wrapped
+        lines += [lead + wrapped for wrapped in _wrap_paragraph(body, width - len(lead))]
+    return lines
+
+
+def _wrap_paragraph(text: str, width: int) -> list[str]:
+    """Wrap one unindented paragraph."""
+    lines: list[str] = []
+    line, used, trail = "", 0, 0  # the line, its width without trailing spaces, their count
+    for token in re.findall(r"[\u1100-\uffff]|[^\s\u1100-\uffff]+\s*|\s+", text):
+        word = token.rstrip()
+        if not word:
+            line, trail = line + token, trail + len(token)
+        elif line.strip() and used + trail + _width(word) > width:
+            lines.append(line.rstrip())
+            line, used, trail = word, _width(word), len(token) - len(word)
+            line += token[len(word) :]
+        else:
+            line, used, trail = line + token, used + trail + _width(word), len(token) - len(word)
+    lines.append(line.rstrip())
     return lines
 
 
@@ -315,7 +324,8 @@ def _args_section(params: list[_Param]) -> str:
     """The docstring's Args: section, each entry wrapped under its name."""
     out = ["Args:"]
     for p in params:
-        entry = _wrap(f"{p.name}: {p.doc}".strip(), LINE_WIDTH - 4 - 8)
+        # The docstring's body is indented 4 and quoted (see _docstring); entries indent 8 more.
+        entry = _wrap(f"{p.name}: {p.doc}".strip(), LINE_WIDTH - 4 - 6 - 8)
         out.append("    " + entry[0])
         out += ["        " + line for line in entry[1:]]
     return "\n".join(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from maidian.collector.cli import main
 from maidian.tracking_plan import Plan, Validator, load_plan, parse_plan
 from maidian.tracking_plan.codegen import LINE_WIDTH, generate_module
 
@@ -351,3 +353,21 @@ def test_wrapping_keeps_every_character_and_the_width(parts: list[str], width: i
     for line in lines:
         assert line == line.rstrip()
         assert _width(line) <= width or (" " not in line.strip() and line.isascii())
+
+
+def test_docstring_args_wrap_once_under_their_name(tmp_path: Path) -> None:
+    """Each Args entry starts `name:` at 8 spaces and its continuation lines sit at 12."""
+    out = tmp_path / "events.py"
+    assert main(["plan", "codegen", str(ROOT / "examples" / "securities_app.plan.json"), "-o", str(out)]) == 0
+    in_args = False
+    checked = 0
+    for line in out.read_text().splitlines():
+        if line.strip() == "Args:":
+            in_args = True
+            continue
+        if in_args and (not line.strip() or line.strip() == '"""'):
+            in_args = False
+        if in_args:
+            checked += 1
+            assert re.match(r"^ {8}[a-z_][a-z0-9_]*: |^ {12}\S", line), line
+    assert checked > 500
