@@ -181,7 +181,7 @@ def test_malformed_requests_get_errors_that_name_the_field(body: bytes, error: t
 
 
 def test_a_gzip_bomb_stops_at_the_decoded_cap() -> None:
-    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]", compresslevel=9)
+    bomb = gzip.compress(b"[" + b" " * (17 << 20) + b"]", compresslevel=9)  # 17 MiB of JSON in 17 KiB
     body = urlencode({"data_list": base64.b64encode(bomb).decode(), "gzip": "1"}).encode()
     assert len(body) < 200_000
     with pytest.raises(TooLarge, match=r"data_list: decompresses to more than 16777216 bytes") as info:
@@ -647,3 +647,17 @@ def test_the_debug_verdict_lists_each_records_reasons() -> None:
     assert (answer_ok.status, json.loads(answer_ok.body)["stored"]) == (200, True)
     with pytest.raises(ValueError, match="0 verdicts for 1 events"):
         sensors.debug_response(mapped_ok, [], dry_run=False, headers={})
+
+
+def test_a_request_groups_its_events_by_sent_at_and_counts_dropped_fields() -> None:
+    records = [
+        sensors_track(_flush_time=NOW_MS + 10, properties={"$is_first_day": True}),
+        sensors_track(_flush_time=NOW_MS + 10, event="LoginResult", properties={"$is_first_day": True}),
+        {"type": "item_set", "time": NOW_MS},
+        sensors_track(_flush_time=NOW_MS + 20),
+    ]
+    mapped = mapper().map_request(decode(sensors_form(records)))
+    runs = mapped.by_sent_at()
+    assert [(sent_at, len(events)) for sent_at, events in runs] == [(NOW_MS + 10, 2), (NOW_MS + 20, 1)]
+    assert mapped.dropped() == {"properties.$is_first_day": 2}
+    assert len(mapped.rejections) == 1
