@@ -182,7 +182,7 @@ def decode_base64(text: str, *, where: str, limits: VendorLimits = DEFAULT_VENDO
     """
     if len(text) > limits.max_base64_chars:
         raise TooLarge(f"{where}: {len(text)} base64 characters, over the limit of {limits.max_base64_chars}")
-    clean = text.strip().translate(_B64_STRIP)
+    clean = text.translate(_B64_STRIP)  # before any strip(): a leading or trailing space may be a '+'
     clean += "=" * (-len(clean) % 4)
     try:
         return base64.b64decode(clean, validate=True)

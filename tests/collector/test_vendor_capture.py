@@ -205,8 +205,10 @@ async def test_sensors_async_batch_consumer(aiohttp_server: Any) -> None:
     def app() -> None:
         consumer = sa_sdk.AsyncBatchConsumer(base + "sa?project=broker", flush_max_time=0.05, flush_size=10)
         sa = sa_sdk.SensorsAnalytics(consumer)
-        for n in range(25):
-            sa.track("dev-1", "$AppStart", {"$resume_from_background": n % 2 == 0})
+        for n in range(25):  # distinct records: identical ones in one millisecond would be one event
+            sa.track(
+                "dev-1", "SubmitOrder", {"StockCode": "600519", "Side": "buy", "OrderPrice": 1.0 + n, "OrderQty": 100}
+            )
         sa.close()
 
     await asyncio.to_thread(app)
