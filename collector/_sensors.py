@@ -430,9 +430,13 @@ def _distinct_pair(distinct: object, is_login: bool) -> tuple[str, object]:
 _GIF: Final = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
 
-def success_response(path: str, headers: Mapping[str, str]) -> VendorResponse:
-    """The answer once the records are stored (quarantined ones included): 200, a 1x1 GIF for `.gif` beacons."""
-    if path.endswith(".gif"):
+def success_response(method: str, path: str, headers: Mapping[str, str]) -> VendorResponse:
+    """The answer once the records are stored (quarantined ones included): 200, empty.
+
+    Browsers load GET beacons (`/sa.gif`, or `/sa` with the record in the
+    query string) as images, so those get a 1x1 GIF.
+    """
+    if method.upper() == "GET" or path.endswith(".gif"):
         return VendorResponse(200, _GIF, "image/gif", cors_headers(headers))
     return VendorResponse(200, b"", "text/plain", cors_headers(headers))
 

@@ -44,12 +44,14 @@ from maidian.tracking_plan.validator import json_type
 
 __all__ = [
     "DEFAULT_VENDOR_LIMITS",
+    "Event",
     "Forbidden",
     "Mapped",
     "MappedRecord",
     "NameMapper",
     "Rejection",
     "TooLarge",
+    "Translation",
     "Unauthenticated",
     "Undecodable",
     "UnsupportedMediaType",
@@ -61,6 +63,7 @@ __all__ = [
     "content_id",
     "cors_headers",
     "decode_base64",
+    "header",
     "identity_value",
     "inflate",
     "json_body",
@@ -68,6 +71,8 @@ __all__ = [
     "parse_form",
     "preflight_response",
     "records_of",
+    "reject",
+    "rejection_of",
     "split_records",
     "wire_event",
 ]
@@ -624,7 +629,3 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
-
-
-def violations_json(violations: Sequence[Violation]) -> list[dict[str, Any]]:
-    return [v.to_dict() for v in violations]

@@ -610,11 +610,12 @@ def test_a_track_id_gives_an_id_independent_of_the_properties() -> None:
 
 
 def test_success_is_an_empty_200_or_a_gif_for_image_beacons() -> None:
-    plain = sensors.success_response("/sa", {})
+    plain = sensors.success_response("POST", "/sa", {})
     assert (plain.status, plain.body, plain.headers) == (200, b"", ())
-    gif = sensors.success_response("/sa.gif", {"Origin": "https://m.broker.cn"})
+    gif = sensors.success_response("POST", "/sa.gif", {"Origin": "https://m.broker.cn"})
     assert (gif.status, gif.content_type, gif.body[:6]) == (200, "image/gif", b"GIF89a")
     assert ("Access-Control-Allow-Origin", "https://m.broker.cn") in gif.headers
+    assert sensors.success_response("GET", "/sa", {}).content_type == "image/gif"
 
 
 def test_errors_carry_their_status_and_unauthenticated_becomes_403() -> None:
