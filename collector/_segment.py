@@ -24,8 +24,8 @@ What the libraries send, and what this module relies on:
   and per type `event` + `properties` (track), `name` + `properties` (page,
   screen), `traits` (identify), `groupId` + `traits` (group), `previousId`
   (alias).
-- Success is any 2xx (the body `{"success": true}` is what Segment sends).
-  Errors carry `{"code": ..., "message": ...}`, which analytics-python reads;
+- Success is any 2xx; the libraries ignore its body (we send
+  `{"success": true}`). Errors carry `{"code": ..., "message": ...}`, which analytics-python reads;
   it retries 408, 410, 429, 460 and 5xx other than 501 and 505, and drops the
   batch on any other answer.
 

@@ -263,10 +263,9 @@ def _epoch_ms(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     ms = int(value)
-    digits = len(str(ms)) if ms > 0 else 0
-    if digits == 10:
+    if 10**9 <= ms < 10**10:
         return ms * 1000
-    return ms if 11 <= digits <= 13 else None
+    return ms if 10**10 <= ms < 10**13 else None
 
 
 class SensorsMapper:

@@ -465,6 +465,11 @@ class Translation:
 
 
 _EXPLICIT, _BUILTIN, _ASIS = 0, 1, 2
+_Resolved = tuple[str | None, Convert, int]
+# Memo sizes for resolved property names: a plan maps a few hundred names over
+# a few hundred events; past these, names are resolved each time.
+_CACHED_TABLES: Final = 1024
+_CACHED_NAMES: Final = 4096
 
 
 @dataclass(slots=True)
@@ -474,6 +479,9 @@ class NameMapper:
     plan: Plan
     mapping: VendorMapping
     _known: dict[str | None, frozenset[str]] = field(default_factory=dict)
+    _tables: dict[tuple[str | None, str | None, int, bool], tuple[Mapping[str, Translation], dict[str, _Resolved]]] = (
+        field(default_factory=dict)
+    )
 
     @classmethod
     def for_plan(cls, plan: Plan, vendor: str) -> NameMapper:
@@ -513,27 +521,17 @@ class NameMapper:
         unbind, profile_delete) only maidian presets are kept. Every vendor name
         that is not kept is appended to `dropped` as `properties.<name>`.
         """
-        per_event = self.mapping.events.get(vendor_event) if vendor_event is not None else None
-        own = per_event.properties if per_event is not None else {}
-        wide = self.mapping.properties
+        table = self._table(vendor_event, event, builtin, presets_only)
         out: dict[str, Any] = {}
         rank: dict[str, tuple[int, str]] = {}  # target -> (how it was reached, from which vendor name)
         for name, value in values.items():
-            target: str | None
-            convert: Convert = _same
-            if name in own:
-                target, level = own[name], _EXPLICIT
-            elif name in wide:
-                target, level = wide[name], _EXPLICIT
-            elif name in builtin and (
-                builtin[name].target.startswith("$") or self.declares(builtin[name].target, event)
-            ):
-                target, convert, level = builtin[name].target, builtin[name].convert, _BUILTIN
-            elif name.startswith("$"):
-                target, level = None, _ASIS
-            else:
-                target, level = name, _ASIS
-            if target is None or (presets_only and target not in PRESET_SCHEMAS):
+            resolved = table.get(name) if table is not None else None
+            if resolved is None:
+                resolved = self._resolve(name, vendor_event, event, builtin, presets_only)
+                if table is not None and len(table) < _CACHED_NAMES:
+                    table[name] = resolved
+            target, convert, level = resolved
+            if target is None:
                 dropped.append(f"properties.{name}")
                 continue
             if target in rank:
@@ -545,6 +543,50 @@ class NameMapper:
             out[target] = convert(value)
             rank[target] = (level, name)
         return out
+
+    def _resolve(
+        self,
+        name: str,
+        vendor_event: str | None,
+        event: str | None,
+        builtin: Mapping[str, Translation],
+        presets_only: bool,
+    ) -> _Resolved:
+        """Where one vendor property name goes (None: dropped), how its value converts, and how strongly."""
+        per_event = self.mapping.events.get(vendor_event) if vendor_event is not None else None
+        target: str | None
+        convert: Convert = _same
+        if per_event is not None and name in per_event.properties:
+            target, level = per_event.properties[name], _EXPLICIT
+        elif name in self.mapping.properties:
+            target, level = self.mapping.properties[name], _EXPLICIT
+        elif name in builtin and (builtin[name].target.startswith("$") or self.declares(builtin[name].target, event)):
+            target, convert, level = builtin[name].target, builtin[name].convert, _BUILTIN
+        elif name.startswith("$"):
+            target, level = None, _ASIS
+        else:
+            target, level = name, _ASIS
+        if presets_only and target not in PRESET_SCHEMAS:
+            target = None
+        return target, convert, level
+
+    def _table(
+        self, vendor_event: str | None, event: str | None, builtin: Mapping[str, Translation], presets_only: bool
+    ) -> dict[str, _Resolved] | None:
+        """The memo of resolved names for one combination of arguments; None once the memo is full.
+
+        Names and vendor events come from the wire, so both levels are
+        bounded. The entry keeps `builtin` alive so that its id is not reused.
+        """
+        key = (vendor_event, event, id(builtin), presets_only)
+        entry = self._tables.get(key)
+        if entry is not None and entry[0] is builtin:
+            return entry[1]
+        if len(self._tables) >= _CACHED_TABLES:
+            return None
+        table: dict[str, _Resolved] = {}
+        self._tables[key] = (builtin, table)
+        return table
 
     def identity_type(self, vendor_key: str, builtin: Mapping[str, tuple[str, ...]]) -> str | None:
         """The plan's identity type for a vendor identity key, or None when the plan has no place for it.

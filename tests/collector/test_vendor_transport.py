@@ -259,3 +259,12 @@ def test_decoders_raise_only_vendor_errors_on_any_input(body: bytes, query: str,
     ):
         with contextlib.suppress(VendorError):
             attempt()
+
+
+def test_the_name_memo_never_mixes_up_built_in_tables() -> None:
+    mapper = names()
+    for target in ("$device_model", "$os", "$app_name"):  # fresh dicts: ids may be reused once freed
+        out = mapper.properties(
+            {"$model": "P60"}, vendor_event=None, event=None, builtin={"$model": Translation(target)}, dropped=[]
+        )
+        assert out == {target: "P60"}
