@@ -300,13 +300,16 @@ class SegmentMapper:
         seen: Counter[str] = Counter()
         out: list[MappedRecord | Rejection] = []
         for record in request.records:
-            out.append(rejection_of(record) or self.map_record(record, request, now_ms=now_ms, seen=seen))
+            out.append(self.map_record(record, request, now_ms=now_ms, seen=seen))
         return Mapped(tuple(out))
 
     def map_record(
         self, record: VendorRecord, request: SegmentRequest, *, now_ms: int, seen: Counter[str] | None = None
     ) -> MappedRecord | Rejection:
         """Map one decoded message of `request`."""
+        undecoded = rejection_of(record)
+        if undecoded is not None:
+            return undecoded
         msg: dict[str, Any] = record.value
         i = record.index
 

@@ -280,13 +280,16 @@ class SensorsMapper:
         seen: Counter[str] = Counter()
         out: list[MappedRecord | Rejection] = []
         for record in request.records:
-            out.append(rejection_of(record) or self.map_record(record, project=request.project_of(record), seen=seen))
+            out.append(self.map_record(record, project=request.project_of(record), seen=seen))
         return Mapped(tuple(out))
 
     def map_record(
         self, record: VendorRecord, *, project: str = DEFAULT_PROJECT, seen: Counter[str] | None = None
     ) -> MappedRecord | Rejection:
         """Map one decoded record; `seen` numbers identical records within one request (see the module doc)."""
+        undecoded = rejection_of(record)
+        if undecoded is not None:
+            return undecoded
         value: dict[str, Any] = record.value
         i = record.index
 

@@ -323,6 +323,7 @@ async def test_segment_batches_from_the_consumer_thread(aiohttp_server: Any, gzi
     client = await asyncio.to_thread(app)
     assert client.errors == []  # type: ignore[attr-defined]
     assert all(("Content-Encoding" in c.headers) == gzip for c in capture.requests)
+    assert all(c.body.startswith(b"\x1f\x8b") == gzip for c in capture.requests)  # the decoder gunzips
     assert all(c.headers["Authorization"].startswith("Basic ") for c in capture.requests)
     kept = stored(segment_mapped(capture.requests))
     assert len(kept) == 150

@@ -35,7 +35,8 @@ class CaptureServer:
     fail_next: list[int] = field(default_factory=list)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # The decoders gunzip with a cap; aiohttp would otherwise inflate bodies itself, uncapped.
+        app = web.Application(handler_args={"auto_decompress": False})
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
