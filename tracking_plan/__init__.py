@@ -11,12 +11,13 @@ See docs/plan-format.md for the format.
 from ._version import __version__
 from .errors import EventFileError, PlanLoadError, PlanProblem, TrackingPlanError
 from .loader import build_plan, load_plan, parse_plan, read_document
-from .model import BusinessLine, EventSpec, IdentityType, Plan, PlanSettings
+from .model import BusinessLine, EventMapping, EventSpec, IdentityType, Plan, PlanSettings, VendorMapping
 from .validator import Stage, Validator, Violation
 
 __all__ = [
     "BusinessLine",
     "EventFileError",
+    "EventMapping",
     "EventSpec",
     "IdentityType",
     "Plan",
@@ -26,6 +27,7 @@ __all__ = [
     "Stage",
     "TrackingPlanError",
     "Validator",
+    "VendorMapping",
     "Violation",
     "__version__",
     "build_plan",

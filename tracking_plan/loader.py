@@ -9,7 +9,8 @@ Three stages, each reporting every problem it finds (not only the first):
    and column, and what was expected.
 3. Semantic checks the meta-schema cannot express: every event name starts with
    a registered business-line prefix, `$ref`s resolve without cycles, patterns
-   compile, PII tags are known.
+   compile, PII tags are known, and every vendor mapping points at an event,
+   property or identity type the plan declares.
 
 `read_document` stops after stage 2 and returns the raw document; the linter and
 the differ work on that. `load_plan` runs all three and returns a `Plan`.
@@ -28,8 +29,9 @@ from typing import Any
 import jsonschema_rs
 
 from ._jsonpos import Locator, join_pointer
+from .envelope import PRESET_SCHEMAS
 from .errors import PlanLoadError, PlanProblem
-from .model import BusinessLine, EventSpec, IdentityType, Plan, PlanSettings
+from .model import VENDORS, BusinessLine, EventSpec, IdentityType, Plan, PlanSettings
 from .pii import PII_TAGS
 
 __all__ = ["Document", "load_plan", "parse_plan", "read_document"]
@@ -358,6 +360,9 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
             status=spec.get("status", "active"),
             tags=tuple(spec.get("tags", ())),
         )
+    plan_names = _PlanNames(events, identities, common, users)
+    for vendor in VENDORS:
+        _check_mapping(doc.get("mappings", {}).get(vendor, {}), ("mappings", vendor), plan_names, problems)
     problems.raise_if_any()
     settings = doc.get("settings", {})
     return Plan(
@@ -377,6 +382,72 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
         source=source,
         document=doc,
     )
+
+
+class _PlanNames:
+    """The names a vendor mapping may point at."""
+
+    def __init__(
+        self,
+        events: Mapping[str, EventSpec],
+        identities: Mapping[str, IdentityType],
+        common: Mapping[str, Any],
+        users: Mapping[str, Any],
+    ) -> None:
+        self.events = events
+        self.identities = identities
+        self.common = set(common.get("properties", {})) | set(PRESET_SCHEMAS)
+        self.anywhere = self.common | set(users.get("properties", {}))
+        for spec in events.values():
+            self.anywhere.update(spec.properties)
+
+    def of_event(self, name: str) -> set[str]:
+        return self.common | set(self.events[name].properties)
+
+
+def _check_mapping(spec: Mapping[str, Any], path: Path_, names: _PlanNames, problems: _Problems) -> None:
+    """Every target of one vendor's mapping must exist in the plan (problem code `mapping-target`)."""
+
+    def bad(message: str, *where: str | int) -> None:
+        problems.add(message, join_pointer([*path, *where]), "mapping-target")
+
+    for vendor_name, target in spec.get("events", {}).items():
+        event = target if isinstance(target, str) else target["event"]
+        if event not in names.events:
+            bad(
+                f"vendor event {vendor_name!r} maps to {event!r}, which is not an event in the plan",
+                "events",
+                vendor_name,
+            )
+            continue
+        own = {} if isinstance(target, str) else target.get("properties", {})
+        allowed = names.of_event(event)
+        for prop, to in own.items():
+            if to is not None and to not in allowed:
+                bad(
+                    f"vendor property {prop!r} maps to {to!r}, which event {event!r} does not declare "
+                    "(nor the common properties or the presets)",
+                    "events",
+                    vendor_name,
+                    "properties",
+                    prop,
+                )
+    for prop, to in spec.get("properties", {}).items():
+        if to is not None and to not in names.anywhere:
+            bad(
+                f"vendor property {prop!r} maps to {to!r}, "
+                "which no event, common or user property and no preset declares",
+                "properties",
+                prop,
+            )
+    for ident, to in spec.get("identities", {}).items():
+        if to is not None and to not in names.identities:
+            known = ", ".join(names.identities)
+            bad(
+                f"vendor identity {ident!r} maps to {to!r}, which is not an identity type ({known})",
+                "identities",
+                ident,
+            )
 
 
 def parse_plan(text: str, source: str = "<plan>") -> Plan:

@@ -12,10 +12,24 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["BusinessLine", "EventSpec", "IdentityType", "Plan", "PlanSettings", "iter_pii"]
+__all__ = [
+    "VENDORS",
+    "BusinessLine",
+    "EventMapping",
+    "EventSpec",
+    "IdentityType",
+    "Plan",
+    "PlanSettings",
+    "VendorMapping",
+    "iter_pii",
+]
 
 Trigger = Literal["client", "server"]
 Schema = dict[str, Any]
+
+# The vendor SDKs whose traffic the collector can take in (docs/migration.md);
+# the keys allowed under a plan's `mappings`.
+VENDORS = ("sensors", "segment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,30 @@ class EventSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EventMapping:
+    """Where one vendor event goes: a planned event, and property names for that event only."""
+
+    event: str
+    properties: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VendorMapping:
+    """How one vendor's names map onto the plan's (`mappings.<vendor>` in the plan).
+
+    Keys are the vendor's names as its SDK sends them (`SubmitOrder`,
+    `StockCode`, `$identity_mobile`); values are the plan's names, or None to
+    drop that vendor name on purpose. The loader has checked that every target
+    exists in the plan.
+    """
+
+    vendor: str
+    events: Mapping[str, EventMapping] = field(default_factory=dict)
+    properties: Mapping[str, str | None] = field(default_factory=dict)
+    identities: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A loaded tracking plan."""
 
@@ -111,6 +149,35 @@ class Plan:
     def identity_pii(self) -> dict[str, str]:
         """Identity types whose values are tagged, with their tag."""
         return {name: t.pii for name, t in self.identities.items() if t.pii}
+
+    def vendor_mapping(self, vendor: str) -> VendorMapping:
+        """The plan's mapping for a vendor in `VENDORS` (empty when the plan has none)."""
+        if vendor not in VENDORS:
+            raise ValueError(f"unknown vendor {vendor!r}; expected one of {', '.join(VENDORS)}")
+        spec: Mapping[str, Any] = self.mappings.get(vendor) or {}
+        events = {
+            name: EventMapping(target)
+            if isinstance(target, str)
+            else EventMapping(target["event"], dict(target.get("properties", {})))
+            for name, target in spec.get("events", {}).items()
+        }
+        return VendorMapping(vendor, events, dict(spec.get("properties", {})), dict(spec.get("identities", {})))
+
+    def property_names(self, event_name: str | None = None) -> frozenset[str]:
+        """Every property name an event may carry (its own and the common ones), or that any part of the plan declares.
+
+        Presets are not included; `envelope.PRESET_SCHEMAS` lists them.
+        """
+        names = set(self.common_properties.get("properties", {}))
+        if event_name is not None:
+            spec = self.events.get(event_name)
+            if spec is not None:
+                names.update(spec.properties)
+            return frozenset(names)
+        names.update(self.user_properties.get("properties", {}))
+        for spec in self.events.values():
+            names.update(spec.properties)
+        return frozenset(names)
 
 
 def iter_pii(schema: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
