@@ -253,6 +253,20 @@ class Stitcher:
         return a
 
 
+def _in_order(links: list[Link], nodes: Mapping[int, Node]) -> list[Link]:
+    """Links by first key; links sharing one (an event id reused for other identities) by their identities."""
+    links.sort(key=lambda lk: lk.first)
+    i = 0
+    while i < len(links) - 1:
+        j = i + 1
+        while j < len(links) and links[j].first == links[i].first:
+            j += 1
+        if j - i > 1:
+            links[i:j] = sorted(links[i:j], key=lambda lk: sorted((nodes[m].type, nodes[m].value) for m in lk.members))
+        i = j
+    return links
+
+
 def severed_pairs(explicit: Iterable[tuple[int, int, Key, str]]) -> set[Pair]:
     """The pairs whose latest explicit word (bind or unbind, by key) is an unbind."""
     latest: dict[Pair, tuple[Key, str]] = {}
@@ -283,20 +297,21 @@ def replay(
     for node in current.values():
         stitcher.add(node)
 
-    def order(link: Link) -> tuple[Key, tuple[tuple[str, str], ...]]:
-        return link.first, tuple(sorted((current[m].type, current[m].value) for m in link.members))
-
     refusals: dict[tuple[str, str], Refused] = {}
     last: Key | None = None
-    for link in sorted((lk for lk in links if len(lk.members) > 1), key=order):
+    for link in _in_order([lk for lk in links if len(lk.members) > 1], current):
         last = link.first
         for r in stitcher.link(link, [current[m] for m in link.members], severed):
             refusals.setdefault((r.event_id, r.identity_type), r)
     persons: dict[int, str] = {}
     components: dict[str, Component] = {}
+    named: dict[int, str] = {}
     for node_id in current:
-        comp = stitcher.component(node_id)
-        pid = person_id(comp.rep, rules.person_key)
+        root = stitcher.find(node_id)
+        pid = named.get(root)
+        if pid is None:
+            comp = stitcher.component(root)
+            pid = named[root] = person_id(comp.rep, rules.person_key)
+            components[pid] = comp
         persons[node_id] = pid
-        components[pid] = comp
     return Outcome({i: n.first for i, n in current.items()}, persons, components, refusals, last)

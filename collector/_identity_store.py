@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS link (
 );
 CREATE INDEX IF NOT EXISTS link_cluster ON link (cluster);
 CREATE TABLE IF NOT EXISTS cluster (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     size INTEGER NOT NULL,
     last_time INTEGER,
     last_event TEXT
@@ -119,6 +119,9 @@ CREATE TABLE IF NOT EXISTS refusal (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refusal_link ON refusal (link) WHERE link IS NOT NULL;
 """
+
+# Values per `IN (...)` query when looking up a batch's identities (SQLite allows 32,766).
+_PREFETCH_CHUNK: Final = 500
 
 # Transactions wait this long for another process's write lock before failing.
 DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
@@ -210,6 +213,9 @@ class Store:
         self.busy_timeout_s = busy_timeout_s
         self.pid = os.getpid()
         self._conn: sqlite3.Connection | None = self._connect()
+        # Clusters replayed and links replayed in them, since this store was opened.
+        self.replays = 0
+        self.replayed_links = 0
         self.pending: list[Change] = self._check_policy()
 
     # -- connection ------------------------------------------------------------
@@ -373,6 +379,7 @@ class Store:
         """Apply observations in one transaction; return the record's changes and what to cache."""
         with self.write() as conn:
             unit = Unit(self, conn)
+            unit.prefetch(observations)
             for obs in sorted(observations, key=lambda o: (o.time, o.event_id)):
                 unit.observe(obs)
             unit.finish()
@@ -412,7 +419,8 @@ class Unit:
     _after: dict[RefusalKey, RefusalValue | None] = field(default_factory=dict)
     _has_unbinds: bool = False
     _next_id: int = 0
-    _pending: list[_NodeRow] = field(default_factory=list)
+    # Identities known to be stored (None: unknown, ask). Lets a new identity skip its lookup.
+    _stored: set[tuple[str, str]] | None = None
 
     def __post_init__(self) -> None:
         self._has_unbinds = self.conn.execute("SELECT 1 FROM meta WHERE key = 'has_unbind'").fetchone() is not None
@@ -510,9 +518,14 @@ class Unit:
 
     def _link(self, identities: dict[str, str], key: Key) -> tuple[list[int], Key]:
         """Record that these identities were seen together at `key`; return their node ids and the link's first key."""
-        self._pending.clear()
         rows = [self._node(t, v, key) for t, v in identities.items()]
         ids = [r.node.id for r in rows]
+        if all(r.new for r in rows):
+            self._fresh_link(rows, key)
+            return ids, key
+        if any(r.new for r in rows):  # a link with a new identity is new
+            self._new_link(rows, key)
+            return ids, key
         found = self.conn.execute(
             "SELECT id, first_time, first_event, cluster FROM link WHERE members = ?", (_members_text(ids),)
         ).fetchone()
@@ -531,7 +544,23 @@ class Unit:
         self._new_link(rows, key)
         return ids, key
 
+    def prefetch(self, observations: Sequence[Observation]) -> None:
+        """Learn in a few queries which of these identities are stored, so new ones need no lookup."""
+        wanted = {(t, v) for o in observations for t, v in o.identities.items() if isinstance(v, str)}
+        values = sorted({v for _t, v in wanted})
+        stored: set[tuple[str, str]] = set()
+        for i in range(0, len(values), _PREFETCH_CHUNK):
+            chunk = values[i : i + _PREFETCH_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            stored.update(
+                (str(t), str(v))
+                for t, v in self.conn.execute(f"SELECT type, value FROM node WHERE value IN ({marks})", chunk)  # noqa: S608
+            )
+        self._stored = stored & wanted
+
     def _node(self, identity_type: str, value: str, key: Key) -> _NodeRow:
+        if self._stored is not None and (identity_type, value) not in self._stored:
+            return self._new_node(identity_type, value, key)
         row = self.conn.execute(
             "SELECT id, first_time, first_event, cluster, person FROM node WHERE value = ? AND type = ?",
             (value, identity_type),
@@ -539,25 +568,53 @@ class Unit:
         if row is not None:
             node = Node(int(row[0]), identity_type, value, (int(row[1]), str(row[2])))
             return _NodeRow(node, int(row[3]), str(row[4]), new=False)
-        for pending in self._pending:  # the same identity twice in one link cannot happen; kept for safety
-            if pending.node.type == identity_type and pending.node.value == value:
-                return pending
+        return self._new_node(identity_type, value, key)
+
+    def _new_node(self, identity_type: str, value: str, key: Key) -> _NodeRow:
         if not self._next_id:
             # The write lock is held, so ids past the current maximum are ours.
             self._next_id = int(self.conn.execute("SELECT coalesce(max(id), 0) FROM node").fetchone()[0]) + 1
         node = Node(self._next_id, identity_type, value, key)
         self._next_id += 1
-        nrow = _NodeRow(node, 0, person_id(node, self.store.rules.person_key), new=True)
-        self._pending.append(nrow)
-        return nrow
+        return _NodeRow(node, 0, "", new=True)  # its person is known once the link is applied
 
-    def _insert_node(self, row: _NodeRow) -> None:
-        n = row.node
+    def _insert_nodes(self, rows: Iterable[_NodeRow]) -> None:
+        params = []
+        for row in rows:
+            n = row.node
+            if not row.person:
+                row.person = person_id(n, self.store.rules.person_key)
+            params.append((n.id, n.type, n.value, n.first[0], n.first[1], row.cluster, row.person))
+            row.new = False
+            if self._stored is not None:
+                self._stored.add((n.type, n.value))
+        self.conn.executemany("INSERT INTO node VALUES (?, ?, ?, ?, ?, ?, ?)", params)
+
+    def _fresh_link(self, rows: list[_NodeRow], key: Key) -> None:
+        """A link of identities never seen before: a cluster and a person of their own.
+
+        No rule can refuse it (one value per type, nothing stored to clash
+        with, no unbind can name a node that did not exist), so the general
+        step is skipped: this is the path of every new device.
+        """
+        rules = self.store.rules
+        multi = len(rows) > 1
+        cluster = self._new_cluster(len(rows), key if multi else None)
         self.conn.execute(
-            "INSERT INTO node VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (n.id, n.type, n.value, n.first[0], n.first[1], row.cluster, row.person),
+            "INSERT INTO link (members, first_time, first_event, cluster) VALUES (?, ?, ?, ?)",
+            (_members_text(r.node.id for r in rows), key[0], key[1], cluster.id),
         )
-        row.new = False
+        rep = min((r.node for r in rows), key=rules.rep_rank)
+        pid = person_id(rep, rules.person_key)
+        if multi:
+            comp = rules.single(rep)
+            for r in rows:
+                if r.node is not rep:
+                    comp = rules.merged(comp, rules.single(r.node))
+            self._put_person(pid, comp)
+        for r in rows:
+            r.cluster, r.person = cluster.id, pid
+        self._insert_nodes(rows)
 
     def _new_link(self, rows: list[_NodeRow], key: Key) -> None:
         conn = self.conn
@@ -569,17 +626,21 @@ class Unit:
         in_order = multi and all(
             c not in self.dirty and (info.last is None or key > info.last) for c, info in clusters.items()
         )
-        target = self._merge_clusters(list(clusters.values())) if clusters else self._new_cluster()
         added = [r for r in rows if r.new]
+        last = key if multi else None
+        if clusters:
+            target = self._merge_clusters(list(clusters.values()))
+            target.size += len(added)
+            if last is not None and (target.last is None or last > target.last):
+                target.last = last
+            conn.execute(
+                "UPDATE cluster SET size = ?, last_time = ?, last_event = ? WHERE id = ?",
+                (target.size, *(target.last or (None, None)), target.id),
+            )
+        else:
+            target = self._new_cluster(len(added), last)
         for r in added:
             r.cluster = target.id
-        target.size += len(added)
-        if multi and (target.last is None or key > target.last):
-            target.last = key
-        conn.execute(
-            "UPDATE cluster SET size = ?, last_time = ?, last_event = ? WHERE id = ?",
-            (target.size, *(target.last or (None, None)), target.id),
-        )
         cur = conn.execute(
             "INSERT INTO link (members, first_time, first_event, cluster) VALUES (?, ?, ?, ?)",
             (_members_text(r.node.id for r in rows), key[0], key[1], target.id),
@@ -588,9 +649,7 @@ class Unit:
         if in_order:
             self._step(link, rows)
             return
-        for r in added:
-            self._insert_node(r)
-            self._put_person(r.person, self.store.rules.single(r.node))
+        self._insert_nodes(added)
         if multi:
             self.dirty.add(target.id)
 
@@ -639,10 +698,10 @@ class Unit:
                 if old != pid and stitcher.find(old_comp.rep.id) == root:
                     self._move_person(old, pid)
             self._put_person(pid, comp)
-            for r in rows:
-                if r.new and stitcher.find(r.node.id) == root:
-                    r.person = pid
-                    self._insert_node(r)
+            joined = [r for r in rows if r.new and stitcher.find(r.node.id) == root]
+            for r in joined:
+                r.person = pid
+            self._insert_nodes(joined)
 
     def _severed_among(self, ids: Sequence[int]) -> set[Pair]:
         severed: set[Pair] = set()
@@ -657,16 +716,25 @@ class Unit:
     # -- persons and clusters --------------------------------------------------------
 
     def _person(self, pid: str) -> Component:
+        """A stored component; one identity on its own has no `person` row."""
         row = self.conn.execute(
             "SELECT p.size, p.anons, p.logins, p.uniques, n.id, n.type, n.value, n.first_time, n.first_event"
             " FROM person p JOIN node n ON n.id = p.rep WHERE p.id = ?",
             (pid,),
         ).fetchone()
+        if row is None:
+            nid, ntype, value, ftime, fevent = self.conn.execute(
+                "SELECT id, type, value, first_time, first_event FROM node WHERE person = ?", (pid,)
+            ).fetchone()
+            return self.store.rules.single(Node(int(nid), str(ntype), str(value), (int(ftime), str(fevent))))
         size, anons, logins, uniques, nid, ntype, value, ftime, fevent = row
         rep = Node(int(nid), str(ntype), str(value), (int(ftime), str(fevent)))
         return Component(rep, int(size), int(anons), int(logins), frozenset(str(uniques).split(",")) - {""})
 
     def _put_person(self, pid: str, comp: Component) -> None:
+        if comp.size == 1:
+            self.conn.execute("DELETE FROM person WHERE id = ?", (pid,))
+            return
         self.conn.execute(
             "INSERT OR REPLACE INTO person VALUES (?, ?, ?, ?, ?, ?)",
             (pid, comp.rep.id, comp.size, comp.anons, comp.logins, ",".join(sorted(comp.uniques))),
@@ -682,9 +750,11 @@ class Unit:
         ).fetchone()
         return _ClusterRow(cid, int(size), None if ltime is None else (int(ltime), str(levent)))
 
-    def _new_cluster(self) -> _ClusterRow:
-        cur = self.conn.execute("INSERT INTO cluster (size) VALUES (0)")
-        return _ClusterRow(int(cur.lastrowid or 0), 0, None)
+    def _new_cluster(self, size: int, last: Key | None) -> _ClusterRow:
+        cur = self.conn.execute(
+            "INSERT INTO cluster (size, last_time, last_event) VALUES (?, ?, ?)", (size, *(last or (None, None)))
+        )
+        return _ClusterRow(int(cur.lastrowid or 0), size, last)
 
     def _merge_clusters(self, clusters: list[_ClusterRow]) -> _ClusterRow:
         """Relabel the smaller clusters into the largest one."""
@@ -705,12 +775,8 @@ class Unit:
 
     def recluster(self, nodes: set[int], links: Sequence[Link]) -> int:
         """Give a set of nodes and links a cluster of their own (after `forget` split one)."""
-        cid = self._new_cluster().id
         last = max((lk.first for lk in links if len(lk.members) > 1), default=None)
-        self.conn.execute(
-            "UPDATE cluster SET size = ?, last_time = ?, last_event = ? WHERE id = ?",
-            (len(nodes), *(last or (None, None)), cid),
-        )
+        cid = self._new_cluster(len(nodes), last).id
         self.conn.executemany("UPDATE node SET cluster = ? WHERE id = ?", [(cid, n) for n in nodes])
         self.conn.executemany("UPDATE link SET cluster = ? WHERE id = ?", [(cid, lk.id) for lk in links])
         return cid
@@ -760,6 +826,8 @@ class Unit:
             )
         }
         out = replay(rules, nodes, links, explicit)
+        self.store.replays += 1
+        self.store.replayed_links += len(links)
         conn.executemany(
             "UPDATE node SET first_time = ?, first_event = ? WHERE id = ?",
             [(f[0], f[1], i) for i, f in out.firsts.items() if f != nodes[i].first],

@@ -241,7 +241,7 @@ class IdentityGraph:
         self._generation = self._store.meta("generation")
         # Changes from replaying the store under a new policy, reported by the next observe_many.
         self._pending = self._store.pending
-        self.stats: dict[str, int] = {"observed": 0, "fast": 0, "slow": 0}
+        self._stats = {"observed": 0, "fast": 0, "slow": 0}
 
     # -- writing -------------------------------------------------------------------
 
@@ -256,47 +256,17 @@ class IdentityGraph:
         """
         with self._lock:
             store = self._ready()
-            young, old = self._young, self._old
-            slow: dict[object, Observation] = {}
-            odd: list[Observation] = []
-            seen = 0
-            for obs in observations:
-                seen += 1
-                if obs.kind in _EXPLICIT:
-                    odd.append(obs)
-                    continue
-                try:
-                    key: object = tuple(obs.identities.items())
-                    first = young.get(key)
-                except TypeError:  # an unhashable value: the slow path refuses it as junk
-                    odd.append(obs)
-                    continue
-                if first is None:
-                    first = old.get(key)
-                    if first is not None:
-                        young[key] = first
-                if first is not None and (obs.time, obs.event_id) >= first:
-                    continue
-                # Of several clean events with the same identities, only the earliest can matter.
-                other = slow.get(key)
-                if other is None:
-                    slow[key] = obs
-                    continue
-                later = obs
-                if (obs.time, obs.event_id) < (other.time, other.event_id):
-                    slow[key], later = obs, other
-                if not self._clean(later):
-                    odd.append(later)
-            self.stats["observed"] += seen
-            todo = [*slow.values(), *odd]
-            self.stats["fast"] += seen - len(todo)
-            self.stats["slow"] += len(todo)
+            todo, seen = self._sort_out(observations)
+            self._stats["observed"] += seen
+            self._stats["fast"] += seen - len(todo)
+            self._stats["slow"] += len(todo)
             if not todo and checkpoint is None:
                 return self._take_pending()
             try:
                 changes, cacheable = store.ingest(todo, checkpoint)
             except sqlite3.Error as e:
                 raise IdentityGraphError(f"identity graph {self.path}: {e}") from e
+            young = self._young
             for obs, first in cacheable:
                 young[tuple(obs.identities.items())] = first
             if len(young) > self._half:
@@ -388,6 +358,19 @@ class IdentityGraph:
         with self._lock:
             return self._ready().meta("checkpoint")
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since this graph was opened, for metrics.
+
+        `observed` events, of which `fast` were settled by the cache and `slow`
+        went to SQLite; `replays` of clusters after late events, and the
+        `replayed_links` they went through (a replay costs about 20-50 µs per
+        link of its cluster: a steady climb here means late events into a large
+        cluster, see docs/identity.md).
+        """
+        store = self._store
+        return {**self._stats, "replays": store.replays, "replayed_links": store.replayed_links}
+
     def counts(self) -> dict[str, int]:
         """Rows per table (identities are `node`, distinct identity sets `link`), for metrics."""
         with self._lock:
@@ -425,6 +408,49 @@ class IdentityGraph:
         except StoreError as e:
             raise IdentityGraphError(str(e)) from e
         return store
+
+    def _sort_out(self, observations: Iterable[Observation]) -> tuple[list[Observation], int]:
+        """The observations that need the store, and how many were looked at.
+
+        An event whose identities, in the same order, were seen together no
+        later than it changes nothing and is dropped here: the hot path.
+        """
+        young = self._young
+        young_get, old_get = young.get, self._old.get
+        explicit = _EXPLICIT
+        slow: dict[object, Observation] = {}
+        odd: list[Observation] = []
+        seen = 0
+        for obs in observations:
+            seen += 1
+            if obs.kind in explicit:
+                odd.append(obs)
+                continue
+            try:
+                key: object = tuple(obs.identities.items())
+                first = young_get(key)
+            except TypeError:  # an unhashable value: the store refuses it as junk
+                odd.append(obs)
+                continue
+            if first is None:
+                first = old_get(key)
+                if first is not None:
+                    young[key] = first
+            if first is not None:
+                t = obs.time
+                if t > first[0] or (t == first[0] and obs.event_id >= first[1]):
+                    continue
+            # Of several clean events with the same identities, only the earliest can matter.
+            other = slow.get(key)
+            if other is None:
+                slow[key] = obs
+                continue
+            later = obs
+            if (obs.time, obs.event_id) < (other.time, other.event_id):
+                slow[key], later = obs, other
+            if not self._clean(later):
+                odd.append(later)
+        return [*slow.values(), *odd], seen
 
     def _clean(self, obs: Observation) -> bool:
         """True when every identity is a declared type with a usable value (no per-event refusal)."""

@@ -324,3 +324,20 @@ def test_a_closed_graph_refuses_work() -> None:
         graph.observe_many([obs("e1", 1, anonymous_id="d")])
     with pytest.raises(IdentityGraphError, match="closed"):
         graph.person_of("anonymous_id", "d")
+
+
+def test_in_order_traffic_never_replays_and_a_late_event_replays_its_cluster_once() -> None:
+    graph = IdentityGraph(policy=IdentityPolicy(max_devices_per_login=5))
+    in_order = [obs(f"e{i:03d}", 100 + i, anonymous_id=f"dev-{i % 7}", login_id=f"u-{i % 3}") for i in range(60)]
+    graph.observe_many(in_order[:30])
+    graph.observe_many(in_order[30:])
+    assert graph.stats["replays"] == 0
+    late = [
+        obs("late-1", 5, anonymous_id="dev-1", login_id="u-2"),
+        obs("late-2", 6, anonymous_id="dev-2", login_id="u-0"),
+    ]
+    graph.observe_many(late)
+    assert graph.stats["replays"] == 1
+    # Unrelated clusters are left alone.
+    graph.observe_many([obs("late-3", 1, anonymous_id="elsewhere", login_id="u-9")])
+    assert graph.stats["replays"] == 1
