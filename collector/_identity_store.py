@@ -327,6 +327,63 @@ class Store:
             for table in ("node", "link", "cluster", "person", "explicit", "refusal")
         }
 
+    def check(self) -> list[str]:
+        """Problems with the stored summaries against the rows they summarise (none when healthy).
+
+        A full scan, for tests and offline verification: persons (representative,
+        counts), node first keys, clusters (sizes, latest link, membership).
+        """
+        conn = self.conn
+        rules = self.rules
+        problems: list[str] = []
+        nodes = {
+            int(i): (Node(int(i), str(t), str(v), (int(ft), str(fe))), int(c), str(p))
+            for i, t, v, ft, fe, c, p in conn.execute(
+                "SELECT id, type, value, first_time, first_event, cluster, person FROM node"
+            )
+        }
+        links = [
+            (Link(int(i), _members_of(m), (int(t), str(e))), int(c))
+            for i, m, t, e, c in conn.execute("SELECT id, members, first_time, first_event, cluster FROM link")
+        ]
+        firsts: dict[int, Key] = {}
+        last: dict[int, Key] = {}
+        for link, cid in links:
+            for m in link.members:
+                if m not in nodes or nodes[m][1] != cid:
+                    problems.append(f"link {link.id}: member {m} missing or in another cluster")
+                    continue
+                firsts[m] = min(firsts.get(m, link.first), link.first)
+            if len(link.members) > 1:
+                last[cid] = max(last.get(cid, link.first), link.first)
+        groups: dict[str, list[Node]] = {}
+        sizes: dict[int, int] = {}
+        for node, cid, pid in nodes.values():
+            if firsts.get(node.id) != node.first:
+                problems.append(f"node {node.id}: first {node.first}, its links say {firsts.get(node.id)}")
+            groups.setdefault(pid, []).append(node)
+            sizes[cid] = sizes.get(cid, 0) + 1
+        for cid, size, ltime, levent in conn.execute("SELECT id, size, last_time, last_event FROM cluster"):
+            stored_last = None if ltime is None else (int(ltime), str(levent))
+            if sizes.pop(int(cid), 0) != int(size) or last.get(int(cid)) != stored_last:
+                problems.append(f"cluster {cid}: size {size} last {stored_last} disagree with its rows")
+        problems += [f"cluster {cid}: no row" for cid in sizes]
+        rows = {str(r[0]): r[1:] for r in conn.execute("SELECT id, rep, size, anons, logins, uniques FROM person")}
+        for pid, members in groups.items():
+            comp = rules.single(members[0])
+            for n in members[1:]:
+                comp = rules.merged(comp, rules.single(n))
+            if person_id(comp.rep, rules.person_key) != pid:
+                problems.append(f"person {pid}: its representative is named differently")
+            want = (comp.rep.id, comp.size, comp.anons, comp.logins, ",".join(sorted(comp.uniques)))
+            got = rows.pop(pid, None)
+            if comp.size > 1 and (got is None or tuple(got) != want):
+                problems.append(f"person {pid}: row {got}, members say {want}")
+            if comp.size == 1 and got is not None:
+                problems.append(f"person {pid}: a lone identity with a row")
+        problems += [f"person {pid}: row without members" for pid in rows]
+        return problems
+
     # -- forget ------------------------------------------------------------------
 
     def forget(self, person: str) -> tuple[list[tuple[str, str]], list[Change]]:
@@ -538,8 +595,7 @@ class Unit:
             )
             if len(rows) > 1:
                 self.dirty.add(int(found[3]))
-            for r in rows:
-                self._lower_first(r, key)
+            self._lower_firsts(rows, key)
             return ids, key
         self._new_link(rows, key)
         return ids, key
@@ -618,9 +674,7 @@ class Unit:
 
     def _new_link(self, rows: list[_NodeRow], key: Key) -> None:
         conn = self.conn
-        for r in rows:
-            if not r.new:
-                self._lower_first(r, key)
+        self._lower_firsts(rows, key)
         clusters = {r.cluster: self._cluster(r.cluster) for r in rows if not r.new}
         multi = len(rows) > 1
         in_order = multi and all(
@@ -653,23 +707,36 @@ class Unit:
         if multi:
             self.dirty.add(target.id)
 
-    def _lower_first(self, row: _NodeRow, key: Key) -> None:
-        """An existing node was seen earlier than thought: record it, and let it become its person's representative."""
+    def _lower_first(self, row: _NodeRow, key: Key) -> tuple[str, str] | None:
+        """An existing node was seen earlier than thought: record it, and let it become its person's representative.
+
+        Returns (old, new) person id when the person was renamed.
+        """
         if key >= row.node.first:
-            return
+            return None
         node = Node(row.node.id, row.node.type, row.node.value, key)
         row.node = node
         self.conn.execute("UPDATE node SET first_time = ?, first_event = ? WHERE id = ?", (key[0], key[1], node.id))
         if row.cluster in self.dirty:
-            return
+            return None  # the replay names everyone
         comp = self._person(row.person)
         rules = self.store.rules
         if comp.rep.id == node.id or rules.rep_rank(node) >= rules.rep_rank(comp.rep):
-            return  # the representative is unchanged (its own row now holds the earlier key)
-        new_pid = person_id(node, rules.person_key)
-        self._move_person(row.person, new_pid)
+            return None  # the representative is unchanged (its own row now holds the earlier key)
+        old, new_pid = row.person, person_id(node, rules.person_key)
+        self._move_person(old, new_pid)
         self._put_person(new_pid, Component(node, comp.size, comp.anons, comp.logins, comp.uniques))
-        row.person = new_pid
+        return old, new_pid
+
+    def _lower_firsts(self, rows: list[_NodeRow], key: Key) -> None:
+        for r in rows:
+            if r.new:
+                continue
+            renamed = self._lower_first(r, key)
+            if renamed is not None:
+                for other in rows:
+                    if other.person == renamed[0]:
+                        other.person = renamed[1]
 
     def _step(self, link: Link, rows: list[_NodeRow]) -> None:
         """Apply a link that sorts after its clusters' history on top of the stored components."""
@@ -836,11 +903,11 @@ class Unit:
             "UPDATE node SET person = ? WHERE id = ?",
             [(p, i) for i, p in out.persons.items() if p != old_person[i]],
         )
-        conn.executemany(
-            "DELETE FROM person WHERE id = ?", [(p,) for p in set(old_person.values()) - set(out.components)]
-        )
+        old_pids = set(old_person.values())
+        conn.executemany("DELETE FROM person WHERE id = ?", [(p,) for p in old_pids - out.components.keys()])
         for pid, comp in out.components.items():
-            self._put_person(pid, comp)
+            if comp.size > 1 or pid in old_pids:  # a lone identity has no row to write or clear
+                self._put_person(pid, comp)
         for key in old_refusals.keys() | out.refusals.keys():
             old = old_refusals.get(key)
             new = out.refusals.get(key)

@@ -376,6 +376,11 @@ class IdentityGraph:
         with self._lock:
             return self._ready().counts()
 
+    def check(self) -> list[str]:
+        """Problems in the stored graph's own bookkeeping; empty when healthy (a full scan)."""
+        with self._lock:
+            return self._ready().check()
+
     def close(self) -> None:
         """Close the store; the graph cannot be used afterwards."""
         with self._lock:

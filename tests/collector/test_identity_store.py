@@ -53,6 +53,7 @@ def test_the_graph_survives_a_restart(tmp_path: Path) -> None:
     with IdentityGraph(path, POLICY) as graph:
         graph.observe_many(events[300:])
         assert graph_state(graph, events) == reference(events, POLICY)
+        assert graph.check() == []
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -173,6 +174,7 @@ def test_two_processes_on_one_file_end_where_one_would(tmp_path: Path) -> None:
     assert child.exitcode == 0
     with IdentityGraph(path, POLICY) as graph:
         assert graph_state(graph, events) == reference(events, POLICY)
+        assert graph.check() == []
 
 
 def test_forget_deletes_a_person_and_leaves_no_value_in_the_files(tmp_path: Path) -> None:
@@ -207,6 +209,7 @@ def test_forget_deletes_a_person_and_leaves_no_value_in_the_files(tmp_path: Path
             "login_id": {"other-user"},
         }
         assert graph.refusals() == []
+        assert graph.check() == []
         assert graph.forget(person).identities == {}
         blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
         for canary in (canary_login, canary_device, canary_customer, "ghost"):

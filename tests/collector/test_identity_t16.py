@@ -57,6 +57,7 @@ def test_one_anonymous_id_identifying_as_5000_logins(tmp_path: Path) -> None:
         # Every event is still stored under its own login: each one resolves to a person.
         assert all(graph.person_of("login_id", login) is not None for login in logins)
         assert_messages_clean(every, ["poisoned-device", *logins[:50]])
+        assert graph.check() == []
 
 
 def test_one_login_with_10000_anonymous_ids_in_an_hour(tmp_path: Path) -> None:
@@ -77,6 +78,7 @@ def test_one_login_with_10000_anonymous_ids_in_an_hour(tmp_path: Path) -> None:
         assert {r.rule for r in record} == {"device_cap"}
         assert len(ledger.held) == 9500
         assert_messages_clean(every, ["shared-login", "device-00001", "device-09999"])
+        assert graph.check() == []
 
 
 def test_illegal_ids_are_all_refused() -> None:
