@@ -123,6 +123,9 @@ CREATE INDEX IF NOT EXISTS refusal_link ON refusal (link) WHERE link IS NOT NULL
 # Values per `IN (...)` query when looking up a batch's identities (SQLite allows 32,766).
 _PREFETCH_CHUNK: Final = 500
 
+# The envelope's limit on names (`Limits.max_name_length`).
+_MAX_TYPE_NAME: Final = 100
+
 # Transactions wait this long for another process's write lock before failing.
 DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
 
@@ -148,15 +151,36 @@ class StoreError(Exception):
     """The store cannot be used as asked (a closed graph, a schema from another version, a fork)."""
 
 
+def _is_type_name(identity_type: object) -> bool:
+    return (
+        isinstance(identity_type, str)
+        and len(identity_type) <= _MAX_TYPE_NAME
+        and IDENTITY_NAME_RE.match(identity_type) is not None
+    )
+
+
 def safe_type_name(identity_type: object) -> str:
     """An identity type as it may appear in a refusal: a plan-style name, or a placeholder.
 
     Types come from the sender; one that is not a snake_case name could carry
     anything (a phone number as a key), so it is never echoed.
     """
-    if isinstance(identity_type, str) and len(identity_type) <= 100 and IDENTITY_NAME_RE.match(identity_type):
-        return identity_type
-    return "(invalid name)"
+    return identity_type if isinstance(identity_type, str) and _is_type_name(identity_type) else "(invalid name)"
+
+
+def unusable(policy: IdentityPolicy, identity_type: object, value: object) -> str | None:
+    """Why an identity cannot be linked at all (`unknown_type`, `junk_id`), or None when it can.
+
+    A type must be a plan-style name (a key such as a phone number is refused
+    whatever the policy) and, when the policy lists types, one of them.
+    """
+    if not _is_type_name(identity_type) or (
+        policy.identity_types is not None and identity_type not in policy.identity_types
+    ):
+        return UNKNOWN_TYPE
+    if is_junk_identity(value):
+        return JUNK_ID
+    return None
 
 
 def policy_fingerprint(policy: IdentityPolicy) -> str:
@@ -416,6 +440,9 @@ class Store:
             }
             conn.executemany("DELETE FROM node WHERE id = ?", [(i,) for i in removed])
             conn.executemany("DELETE FROM person WHERE id = ?", [(p,) for p in persons])
+            # The cluster may fall apart, and one old person with it: no part's replay may treat
+            # another part's person as its own (and clear its row), so the parts start unnamed.
+            conn.execute("UPDATE node SET person = '' WHERE cluster = ?", (cluster,))
             conn.execute("DELETE FROM cluster WHERE id = ?", (cluster,))
             for part in _connected_parts(kept, cluster_nodes - removed):
                 unit.dirty.add(unit.recluster(part, [lk for lk in kept if lk.members[0] in part]))
@@ -525,12 +552,11 @@ class Unit:
         key: Key = (obs.time, obs.event_id)
         valid: dict[str, str] = {}
         for t, v in obs.identities.items():
-            if policy.identity_types is not None and t not in policy.identity_types:
-                self.refuse_event(obs.event_id, safe_type_name(t), UNKNOWN_TYPE)
-            elif is_junk_identity(v):
-                self.refuse_event(obs.event_id, safe_type_name(t), JUNK_ID)
-            else:
+            rule = unusable(policy, t, v)
+            if rule is None:
                 valid[t] = v
+            else:
+                self.refuse_event(obs.event_id, safe_type_name(t), rule)
         if not valid:
             return
         if obs.kind == UNBIND:

@@ -41,7 +41,6 @@ from types import MappingProxyType
 from typing import Final
 
 from maidian.tracking_plan import Plan
-from maidian.tracking_plan.envelope import is_junk_identity
 
 from ._identity_rules import (
     ANONYMOUS,
@@ -56,7 +55,7 @@ from ._identity_rules import (
     UNTRUSTED_UNBIND,
     Key,
 )
-from ._identity_store import DEFAULT_BUSY_TIMEOUT_S, Change, Store, StoreError
+from ._identity_store import DEFAULT_BUSY_TIMEOUT_S, Change, Store, StoreError, unusable
 
 __all__ = [
     "RULES",
@@ -458,9 +457,9 @@ class IdentityGraph:
         return [*slow.values(), *odd], seen
 
     def _clean(self, obs: Observation) -> bool:
-        """True when every identity is a declared type with a usable value (no per-event refusal)."""
-        types = self.policy.identity_types
-        return all((types is None or t in types) and not is_junk_identity(v) for t, v in obs.identities.items())
+        """True when no identity of the event is refused on its own (no per-event refusal to file)."""
+        policy = self.policy
+        return all(unusable(policy, t, v) is None for t, v in obs.identities.items())
 
     def _take_pending(self) -> list[Refusal]:
         pending, self._pending = self._pending, []

@@ -341,3 +341,13 @@ def test_in_order_traffic_never_replays_and_a_late_event_replays_its_cluster_onc
     # Unrelated clusters are left alone.
     graph.observe_many([obs("late-3", 1, anonymous_id="elsewhere", login_id="u-9")])
     assert graph.stats["replays"] == 1
+
+
+def test_a_malformed_type_name_is_refused_even_without_a_plan() -> None:
+    graph = IdentityGraph()  # no plan: any well-formed type is accepted
+    changes = graph.observe_many([Observation("e1", 1, "track", {"13812345678": "x", "wechat_id": "w-1"})])
+    assert [(r.rule, r.identity_type) for r in changes] == [("unknown_type", "(invalid name)")]
+    assert graph.person_of("13812345678", "x") is None
+    assert graph.person_of("wechat_id", "w-1") is not None
+    # The same event again (a replay) is settled without a second refusal.
+    assert graph.observe_many([Observation("e1", 1, "track", {"13812345678": "x", "wechat_id": "w-1"})]) == []

@@ -255,3 +255,23 @@ def test_a_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(IdentityGraphError, match="schema 99"):
         IdentityGraph(path)
+
+
+def test_forget_that_splits_another_person_keeps_every_part_consistent() -> None:
+    # a1 was refused on l1's link; forgetting a1's person removes that link, so f1 falls away from l1.
+    events = [
+        obs("e0", 0, anonymous_id="a1", login_id="l2"),
+        obs("e1", 0, anonymous_id="a2", login_id="l1"),
+        obs("e2", 0, login_id="l1", anonymous_id="a1", device_fp="f1"),
+        obs("e3", 0, device_fp="f1"),
+    ]
+    graph = IdentityGraph()
+    graph.observe_many(events)
+    assert graph.person_of("device_fp", "f1") == graph.person_of("login_id", "l1")
+    graph.forget(graph.person_of("login_id", "l2") or "")
+    assert graph.check() == []
+    assert graph.identities_of(graph.person_of("login_id", "l1") or "") == {"anonymous_id": {"a2"}, "login_id": {"l1"}}
+    assert graph.person_of("device_fp", "f1") != graph.person_of("login_id", "l1")
+    graph.observe_many(events)
+    assert graph.check() == []
+    assert graph.person_of("device_fp", "f1") == graph.person_of("login_id", "l1")
