@@ -152,12 +152,14 @@ class Ledger:
 
     def __init__(self) -> None:
         self.held: dict[tuple[str, str], str] = {}
+        self.withdrawn = 0
 
     def apply(self, changes: Iterable[Refusal]) -> None:
         for r in changes:
             key = (r.event_id, r.identity_type)
             if r.withdrawn:
                 assert self.held.pop(key) == r.rule, r
+                self.withdrawn += 1
             else:
                 assert key not in self.held, r
                 self.held[key] = r.rule
