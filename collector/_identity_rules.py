@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
-from maidian.tracking_plan.envelope import BUILTIN_IDENTITIES
+from maidian.tracking_plan.envelope import BUILTIN_IDENTITIES, IDENTITY_NAME_RE, is_junk_identity
 
 if TYPE_CHECKING:
     from .identity import IdentityPolicy
@@ -57,6 +57,9 @@ UNTRUSTED_UNBIND: Final = "untrusted_unbind"
 
 # The plan loader's default priority for a declared identity type.
 DEFAULT_PRIORITY: Final = 100
+
+# The envelope's limit on names (`Limits.max_name_length`).
+_MAX_TYPE_NAME: Final = 100
 
 Key = tuple[int, str]
 """The order of events: (time in epoch ms, event_id)."""
@@ -119,6 +122,38 @@ class Outcome:
     components: dict[str, Component]
     refusals: dict[tuple[str, str], Refused]
     last: Key | None
+
+
+def _is_type_name(identity_type: object) -> bool:
+    return (
+        isinstance(identity_type, str)
+        and len(identity_type) <= _MAX_TYPE_NAME
+        and IDENTITY_NAME_RE.match(identity_type) is not None
+    )
+
+
+def safe_type_name(identity_type: object) -> str:
+    """An identity type as it may appear in a refusal: a plan-style name, or a placeholder.
+
+    Types come from the sender; one that is not a snake_case name could carry
+    anything (a phone number as a key), so it is never echoed.
+    """
+    return identity_type if isinstance(identity_type, str) and _is_type_name(identity_type) else "(invalid name)"
+
+
+def unusable(policy: IdentityPolicy, identity_type: object, value: object) -> str | None:
+    """Why an identity cannot be linked at all (`unknown_type`, `junk_id`), or None when it can.
+
+    A type must be a plan-style name (a key such as a phone number is refused
+    whatever the policy) and, when the policy lists types, one of them.
+    """
+    if not _is_type_name(identity_type) or (
+        policy.identity_types is not None and identity_type not in policy.identity_types
+    ):
+        return UNKNOWN_TYPE
+    if is_junk_identity(value):
+        return JUNK_ID
+    return None
 
 
 def pair(a: int, b: int) -> Pair:

@@ -54,8 +54,10 @@ from ._identity_rules import (
     UNKNOWN_TYPE,
     UNTRUSTED_UNBIND,
     Key,
+    unusable,
 )
-from ._identity_store import DEFAULT_BUSY_TIMEOUT_S, Change, Store, StoreError, unusable
+from ._identity_store import DEFAULT_BUSY_TIMEOUT_S, Store, StoreError
+from ._identity_unit import Change
 
 __all__ = [
     "RULES",
