@@ -1,0 +1,678 @@
+"""The SDK's sans-I/O core: events in, request bodies out, answers in, decisions out.
+
+`SdkCore` does everything that is not waiting: it enriches an event with the
+client's identities and presets, checks it against the plan, applies the PII
+tags, mints its id, packs it once to msgpack and puts the bytes in a buffer
+(`track`); it cuts batches from the buffer, joins the packed events into one
+body without re-encoding them, compresses it and signs it (`next_batch`); it
+reads the collector's answer, settles what is done, schedules what must be
+retried and reports what was refused (`on_result`); and it says when it next
+needs to be called (`next_deadline`).
+
+Like h11, it never touches a socket, a thread or an event loop. Time comes in
+as arguments (`now`, monotonic seconds, for scheduling; `wall_ms`, epoch
+milliseconds, for stamps), randomness from an injected `random.Random`, nonces
+from an injected function, so tests drive it with fakes and no sleeps. The two
+shells (`Client`: a thread; `AsyncClient`: an asyncio task) are loops around it.
+
+Rules:
+- `track()` and the other recording calls are the host's path. They may be
+  called from any thread at any time; they touch only the buffer (a deque
+  append), an id counter (`itertools.count`, atomic under the GIL) and
+  immutable snapshots, and return whether a full batch is waiting so the shell
+  can wake its sender. Outside strict mode they never raise.
+- Everything else (`next_batch`, `on_result`, `next_deadline`, `stats`,
+  `request_flush`) is the sender's and is called under the shell's lock.
+- An event's id is minted once, in `track()`, and travels inside its packed
+  bytes; a retried batch resends the same bytes.
+- The collector's answer decides (`retry.classify`): accepted and duplicate
+  events are done; quarantined events are reported and never resent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from maidian.tracking_plan import envelope
+from maidian.tracking_plan.pii import apply_pii, hash_value, mask_value
+from maidian.tracking_plan.signing import make_nonce, sign
+
+from ._buffer import Buffer
+from ._presets import LIB, LIB_VERSION, presets
+from .config import Config
+from .errors import InvalidEvent
+from .retry import backoff_s, classify, parse_retry_after
+
+if TYPE_CHECKING:
+    from maidian.tracking_plan.model import Plan
+    from maidian.tracking_plan.validator import Validator
+
+__all__ = ["Batch", "Callbacks", "PlanChecks", "Response", "SdkCore", "Stats", "compile_plan"]
+
+# Drop reasons, as counted in `Stats.dropped` and passed to `on_drop`.
+OVERFLOW: Final = "overflow"  # the buffer or spool was full (QueueLimits.overflow says which end)
+EXPIRED: Final = "expired"  # older than the spool's age cap
+UNENCODABLE: Final = "unencodable"  # a value msgpack cannot carry (an object, a set, ...)
+INVALID: Final = "invalid"  # refused before an id was minted (not a string name, junk identity)
+TOO_LARGE: Final = "too_large"  # one event larger than a whole batch may be
+REJECTED_BATCH: Final = "rejected_batch"  # the collector refused the whole body (400/415): a bug, reported
+
+_EVENTS_KEY: Final = msgspec.msgpack.encode("events")
+
+
+@dataclass(frozen=True, slots=True)
+class Callbacks:
+    """The host's hooks. Each is called from whichever thread noticed; exceptions in them are swallowed."""
+
+    # (reason, count): events that will never be delivered.
+    on_drop: Callable[[str, int], None] | None = None
+    # (event name or type, violations): the plan says no (warn mode).
+    on_violation: Callable[[str, Sequence[Any]], None] | None = None
+    # (event_id, event name or type, reasons): the collector stored the event in quarantine.
+    on_quarantine: Callable[[str, str, Sequence[Any]], None] | None = None
+    # A one-line message for anything else worth a log line (auth refused, bad answer).
+    on_error: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChecks:
+    """A plan compiled for the SDK, once per client (and shared with forked children)."""
+
+    plan_version: str
+    source: Validator | None  # strict: the plan's own schemas, before PII tags apply
+    wire: Validator | None  # warn: the collector's verdict, on the packed event
+    event_names: frozenset[str]
+    accept_unknown: bool
+    pii_by_event: Mapping[str, Mapping[tuple[str, ...], str]]
+    pii_common: Mapping[tuple[str, ...], str]
+    pii_profile: Mapping[tuple[str, ...], str]
+    pii_identities: Mapping[str, str]
+
+
+def compile_plan(plan: Plan, mode: str) -> PlanChecks:
+    """Compile what `mode` needs: a source-stage validator (strict) or a wire-stage one (warn)."""
+    from maidian.tracking_plan.validator import Validator
+
+    return PlanChecks(
+        plan_version=plan.version,
+        source=Validator(plan, stage="source") if mode == "strict" else None,
+        wire=Validator(plan, stage="wire") if mode == "warn" else None,
+        event_names=frozenset(plan.events),
+        accept_unknown=plan.settings.unknown_events == "accept",
+        pii_by_event={name: plan.pii_paths(name) for name in plan.events},
+        pii_common=plan.pii_paths("\x00no event\x00"),
+        pii_profile=plan.pii_paths(None),
+        pii_identities=plan.identity_pii(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What the transport got: an HTTP status, or `status=None` and an `error` when there was no answer."""
+
+    status: int | None
+    body: bytes = b""
+    retry_after: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Events on their way: packed once, re-wrapped (new `sent_at`, nonce) on each attempt."""
+
+    events: list[bytes]
+    refs: list[Any]
+    path: str = envelope.BATCH_PATH
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counters since the client started (a fork's child starts again from zero)."""
+
+    tracked: int  # accepted by track() and friends into the buffer
+    sent: int  # put on the wire at least once
+    acknowledged: int  # answered accepted or duplicate: done
+    duplicates: int  # of which the collector already had
+    quarantined: int  # stored by the collector in quarantine, with reasons; not resent
+    dropped: Mapping[str, int]  # never to be delivered, by reason
+    retries: int  # request attempts after the first, over all batches
+    violations: int  # events the plan check flagged (warn mode) or refused (strict mode)
+    queued: int  # waiting in the buffer
+    in_flight: int  # in requests without an answer yet, or waiting to be retried
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _safe(callback: Callable[..., None] | None, *args: Any) -> None:
+    if callback is None:
+        return
+    with suppress(Exception):  # a broken host callback must not break tracking
+        callback(*args)
+
+
+class SdkCore:
+    """The sans-I/O engine shared by `Client` and `AsyncClient`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        buffer: Buffer,
+        source_id: str,
+        anonymous_id: str,
+        checks: PlanChecks | None = None,
+        callbacks: Callbacks | None = None,
+        rng: random.Random | None = None,
+        nonce: Callable[[], str] = make_nonce,
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.source_id = source_id
+        self._buffer = buffer
+        self._checks = checks
+        self._cb = callbacks or Callbacks()
+        self._rng = rng or random.Random()
+        self._nonce = nonce
+        self._count_lock: AbstractContextManager[Any] = lock or nullcontext()
+        self._encode = msgspec.msgpack.Encoder(decimal_format="number").encode
+        self._seq = itertools.count(1)
+        self._accepted_count = itertools.count()
+        self._prefix = source_id + "-"
+        self._strict = config.mode == "strict" and checks is not None and checks.source is not None
+        self._warn = config.mode == "warn" and checks is not None
+        self._max_events = config.batch.max_events
+        self._presets = presets(config.app_name, config.app_version, server=config.source is not None)
+        self._supers: dict[str, Any] = {}
+        self._base: dict[str, Any] = dict(self._presets)
+        self._raw_ids: dict[str, str] = {"anonymous_id": anonymous_id}
+        self._ids: dict[str, str] = {"anonymous_id": anonymous_id}
+        self._timers: dict[str, int] = {}
+        # Sender state: touched only under the shell's lock.
+        self._zstd: Any = None
+        self._retry: list[Batch] = []
+        self._in_flight = 0
+        self._in_flight_events = 0
+        self._blocked_until = 0.0
+        self._failures = 0
+        self._holding = False
+        self._flushing = False
+        self._last_take = float("-inf")
+        self._sent = 0
+        self._acknowledged = 0
+        self._duplicates = 0
+        self._quarantined = 0
+        self._retries = 0
+        self._violations = 0
+        self._dropped: dict[str, int] = {}
+
+    # -- the host's path -------------------------------------------------------
+
+    def track(
+        self,
+        event: str,
+        properties: Mapping[str, Any] | None,
+        wall_ms: int,
+        *,
+        time_ms: int | None = None,
+        identities: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Record one track event. True when a full batch is waiting (wake the sender)."""
+        if type(event) is not str or not event:
+            return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {event!r:.40}"])
+        props = self._base if properties is None else {**self._base, **properties}
+        if self._timers:
+            started = self._timers.pop(event, None)
+            if started is not None:
+                props = {**props, "$duration_ms": max(0, wall_ms - started)}
+        checks = self._checks
+        if checks is not None:
+            if (self._strict or self._warn) and not self._cheap_check(event, props, identities, wall_ms, time_ms):
+                return False
+            paths = checks.pii_by_event.get(event, checks.pii_common)
+            if paths:
+                props = apply_pii(props, paths, self._pii_key())
+        ids = self._ids if identities is None else self._transform_ids(identities)
+        seq = next(self._seq)
+        try:
+            packed = self._encode(
+                {
+                    "type": "track",
+                    "event": event,
+                    "event_id": self._prefix + str(seq),
+                    "time": wall_ms if time_ms is None else time_ms,
+                    "identities": ids,
+                    "properties": props,
+                }
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            return self._refuse(event, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        return self._put(packed, event)
+
+    def record(
+        self,
+        event_type: str,
+        properties: Mapping[str, Any],
+        wall_ms: int,
+        *,
+        identities: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Record a profile operation or a bind/unbind (`envelope.PROFILE_TYPES`, `bind`, `unbind`)."""
+        props: Mapping[str, Any] = properties
+        checks = self._checks
+        ids = self._raw_ids if identities is None else identities
+        if checks is not None:
+            if self._strict and checks.source is not None:
+                candidate = self._envelope(
+                    event_type, event=None, event_id="x-0", time_ms=wall_ms, ids=ids, props=props
+                )
+                violations = checks.source.validate(candidate)
+                if violations:
+                    self._count_violation()
+                    raise InvalidEvent(event_type, violations)
+            if event_type in envelope.PROFILE_TYPES and checks.pii_profile:
+                props = apply_pii(dict(props), checks.pii_profile, self._pii_key())
+        wire_ids = self._ids if identities is None else self._transform_ids(identities)
+        seq = next(self._seq)
+        try:
+            packed = self._encode(
+                self._envelope(
+                    event_type, event=None, event_id=self._prefix + str(seq), time_ms=wall_ms, ids=wire_ids, props=props
+                )
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            return self._refuse(event_type, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        return self._put(packed, event_type)
+
+    def _put(self, packed: bytes, name: str) -> bool:
+        if len(packed) > self.config.batch.max_bytes:
+            return self._refuse(name, TOO_LARGE, [f"the event packs to {len(packed)} bytes"])
+        dropped = self._buffer.put(packed)
+        if dropped:
+            self._drop(OVERFLOW, dropped)
+            if dropped and self.config.queue.overflow == "drop_newest":
+                return False
+        next(self._accepted_count)
+        return self._buffer.pending() % self._max_events == 0
+
+    @staticmethod
+    def _envelope(
+        event_type: str,
+        *,
+        event: str | None,
+        event_id: str,
+        time_ms: int,
+        ids: Mapping[str, str],
+        props: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": event_type}
+        if event is not None:
+            out["event"] = event
+        out["event_id"] = event_id
+        out["time"] = time_ms
+        out["identities"] = ids
+        out["properties"] = props
+        return out
+
+    def _cheap_check(
+        self,
+        event: str,
+        props: Mapping[str, Any],
+        identities: Mapping[str, str] | None,
+        wall_ms: int,
+        time_ms: int | None,
+    ) -> bool:
+        checks = self._checks
+        assert checks is not None
+        if self._strict and checks.source is not None:
+            candidate = self._envelope(
+                "track",
+                event=event,
+                event_id="x-0",
+                time_ms=wall_ms if time_ms is None else time_ms,
+                ids=self._raw_ids if identities is None else identities,
+                props=props,
+            )
+            violations = checks.source.validate(candidate)
+            if violations:
+                self._count_violation()
+                raise InvalidEvent(event, violations)
+            return True
+        if event not in checks.event_names and not checks.accept_unknown:
+            # Sent anyway: the collector stores it in quarantine, where it can be replayed.
+            self._count_violation()
+            _safe(self._cb.on_violation, event, [f"event {event!r} is not in the tracking plan [unknown_event]"])
+        return True
+
+    def _refuse(self, name: str, reason: str, problems: list[str]) -> bool:
+        if self._strict:
+            raise InvalidEvent(name, problems)
+        self._drop(reason, 1)
+        _safe(self._cb.on_error, f"{name}: {problems[0]}")
+        return False
+
+    def _pii_key(self) -> bytes:
+        key = self.config.pii_key
+        if key is None:  # compile-time check in the shell makes this unreachable with hash tags
+            raise InvalidEvent("pii", ["a property is tagged 'hash' but no pii_key is configured"])
+        return key
+
+    def _transform_ids(self, identities: Mapping[str, str]) -> dict[str, str]:
+        tags = self._checks.pii_identities if self._checks is not None else {}
+        if not tags:
+            return dict(identities)
+        out = {}
+        for name, value in identities.items():
+            tag = tags.get(name)
+            if tag == "hash":
+                out[name] = hash_value(value, self._pii_key())
+            elif tag == "mask":
+                out[name] = mask_value(value)
+            else:
+                out[name] = value
+        return out
+
+    def _count_violation(self) -> None:
+        with self._count_lock:
+            self._violations += 1
+
+    def _drop(self, reason: str, count: int) -> None:
+        with self._count_lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + count
+        _safe(self._cb.on_drop, reason, count)
+
+    # -- identities, super properties, timers (host's path, rare) ---------------
+
+    @property
+    def identities(self) -> dict[str, str]:
+        """The identities attached to events, as given (before PII tags apply)."""
+        return dict(self._raw_ids)
+
+    def set_identity(self, name: str, value: str | None) -> None:
+        """Attach (or with None, detach) an identity to every later event."""
+        raw = dict(self._raw_ids)
+        if value is None:
+            raw.pop(name, None)
+        else:
+            raw[name] = value
+        self._raw_ids = raw
+        self._ids = self._transform_ids(raw)
+
+    def clear_identities(self) -> None:
+        """Keep only the anonymous id (logout)."""
+        self._raw_ids = {"anonymous_id": self._raw_ids["anonymous_id"]}
+        self._ids = self._transform_ids(self._raw_ids)
+
+    def register_super_properties(self, properties: Mapping[str, Any]) -> None:
+        self._supers = {**self._supers, **properties}
+        self._base = {**self._presets, **self._supers}
+
+    def unregister_super_property(self, name: str) -> None:
+        self._supers = {k: v for k, v in self._supers.items() if k != name}
+        self._base = {**self._presets, **self._supers}
+
+    def time_event(self, name: str, wall_ms: int) -> None:
+        self._timers[name] = wall_ms
+
+    def refuse_identity(self, what: str, value: object) -> bool:
+        """Report a junk identity value: raise in strict mode, else count and call back."""
+        return self._refuse(
+            what, INVALID, [f"{what} got a value that cannot identify anybody ({type(value).__name__})"]
+        )
+
+    # -- the sender's path (under the shell's lock) -----------------------------
+
+    def request_flush(self) -> None:
+        """Send what waits now, without waiting for batches to fill."""
+        self._flushing = True
+
+    def idle(self) -> bool:
+        """Nothing waits, nothing is in flight, nothing waits for a retry."""
+        return self._buffer.pending() == 0 and self._in_flight == 0 and not self._retry
+
+    def next_deadline(self, now: float) -> float:
+        """The latest monotonic time at which the shell should call `next_batch` again.
+
+        The shell must also call it after every answer (an answer frees a slot) and
+        when `track()` says a full batch waits.
+        """
+        idle_s = self.config.batch.linger_s or 1.0
+        if self._in_flight >= self.config.batch.max_in_flight:
+            return now + idle_s
+        if now < self._blocked_until:
+            return self._blocked_until
+        pending = self._buffer.pending()
+        if self._retry or (self._flushing and pending):
+            return now
+        if pending:
+            return max(now, self._last_take + self.config.batch.linger_s)
+        return now + idle_s
+
+    def next_batch(self, now: float, wall_ms: int) -> Batch | None:
+        """The next request to send, or None (nothing due, or enough in flight)."""
+        if self._in_flight >= self.config.batch.max_in_flight or now < self._blocked_until:
+            return None
+        if self._retry:
+            batch = self._retry.pop(0)
+        else:
+            pending = self._buffer.pending()
+            if pending == 0:
+                if self._in_flight == 0:
+                    self._flushing = False
+                return None
+            limits = self.config.batch
+            if pending < limits.max_events and not self._flushing and now < self._last_take + limits.linger_s:
+                return None
+            events, refs = self._buffer.take(limits.max_events, limits.max_bytes)
+            if not events:
+                return None
+            self._last_take = now
+            batch = Batch(events, refs)
+            self._sent += len(events)
+            if self._warn:
+                self._validate_in_background(events)
+        batch.attempt += 1
+        self._wrap(batch, wall_ms)
+        self._in_flight += 1
+        self._in_flight_events += len(batch)
+        return batch
+
+    def _wrap(self, batch: Batch, wall_ms: int) -> None:
+        if self._zstd is None:
+            import zstandard
+
+            self._zstd = zstandard.ZstdCompressor(level=self.config.batch.zstd_level)
+        head: dict[str, Any] = {
+            "sent_at": wall_ms,
+            "lib": LIB,
+            "lib_version": LIB_VERSION,
+            "plan_version": self._checks.plan_version if self._checks is not None else None,
+        }
+        if self._dropped:
+            head["dropped"] = {"source": self.source_id, "counts": dict(self._dropped)}
+        encoded = self._encode(head)
+        # The head is a fixmap; one more entry, "events", follows as the array of packed events.
+        body = b"".join(
+            (
+                bytes((encoded[0] + 1,)),
+                encoded[1:],
+                _EVENTS_KEY,
+                _array_header(len(batch.events)),
+                *batch.events,
+            )
+        )
+        batch.body = self._zstd.compress(body)
+        headers = {
+            "Content-Type": envelope.CONTENT_TYPE_MSGPACK,
+            "Content-Encoding": "zstd",
+        }
+        config = self.config
+        if config.source is not None and config.secret is not None:
+            timestamp = wall_ms // 1000
+            nonce = self._nonce()
+            headers[envelope.HEADER_SOURCE] = config.source
+            headers[envelope.HEADER_TIMESTAMP] = str(timestamp)
+            headers[envelope.HEADER_NONCE] = nonce
+            headers[envelope.HEADER_SIGNATURE] = sign(
+                config.secret, timestamp=timestamp, nonce=nonce, method="POST", path=batch.path, body=batch.body
+            )
+        elif config.write_key is not None:
+            headers[envelope.HEADER_WRITE_KEY] = config.write_key
+        batch.headers = headers
+
+    def _validate_in_background(self, events: list[bytes]) -> None:
+        checks = self._checks
+        assert checks is not None
+        assert checks.wire is not None
+        decode = msgspec.msgpack.decode
+        for packed in events:
+            event = decode(packed)
+            violations = checks.wire.validate(event)
+            if violations:
+                self._count_violation()
+                _safe(self._cb.on_violation, event.get("event") or event.get("type"), violations)
+
+    def on_result(self, batch: Batch, response: Response, now: float, wall_s: float) -> None:
+        """Settle, retry or drop the batch's events according to the collector's answer."""
+        self._in_flight -= 1
+        self._in_flight_events -= len(batch)
+        decision = classify(response.status, response.error)
+        action = decision.action
+        if action == "done":
+            results = self._results(response.body, len(batch))
+            if results is None:
+                action = "retry"
+                _safe(self._cb.on_error, "the collector's 200 answer does not list one result per event; retrying")
+            else:
+                self._settle(batch, results)
+                self._failures = 0
+                self._holding = False
+                self._blocked_until = 0.0
+                return
+        if action == "retry":
+            self._failures += 1
+            wait = backoff_s(self._failures, self.config.retry.base_s, self.config.retry.cap_s, self._rng)
+            advised = parse_retry_after(response.retry_after, wall_s, self.config.retry.max_retry_after_s)
+            if advised is not None:
+                wait = max(wait, advised)
+            self._blocked_until = max(self._blocked_until, now + wait)
+            self._retries += 1
+            self._retry.append(batch)
+        elif action == "hold":
+            if not self._holding:
+                _safe(self._cb.on_error, f"the collector refused the credentials ({decision.reason}); events are kept")
+            self._holding = True
+            self._blocked_until = max(self._blocked_until, now + self.config.retry.auth_retry_s)
+            self._retries += 1
+            self._retry.append(batch)
+        elif action == "split":
+            if len(batch) > 1:
+                half = len(batch) // 2
+                refs = batch.refs
+                self._retry[:0] = [
+                    Batch(batch.events[:half], refs[:half], attempt=batch.attempt),
+                    Batch(batch.events[half:], refs[half:], attempt=batch.attempt),
+                ]
+            else:
+                self._buffer.settle(batch.refs)
+                self._drop(TOO_LARGE, 1)
+        else:
+            self._buffer.settle(batch.refs)
+            self._drop(REJECTED_BATCH, len(batch))
+            _safe(
+                self._cb.on_error, f"the collector refused a whole batch ({decision.reason}): {response.body[:200]!r}"
+            )
+
+    @staticmethod
+    def _results(body: bytes, count: int) -> list[Any] | None:
+        try:
+            answer = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return None
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != count:
+            return None
+        return results
+
+    def _settle(self, batch: Batch, results: list[Any]) -> None:
+        for i, result in enumerate(results):
+            status = result.get("status") if isinstance(result, dict) else None
+            if status == envelope.ACCEPTED:
+                self._acknowledged += 1
+            elif status == envelope.DUPLICATE:
+                self._acknowledged += 1
+                self._duplicates += 1
+            else:
+                self._quarantined += 1
+                reasons = result.get("reasons", []) if isinstance(result, dict) else [f"unknown status {status!r}"]
+                event = msgspec.msgpack.decode(batch.events[i])
+                _safe(self._cb.on_quarantine, event.get("event_id"), event.get("event") or event.get("type"), reasons)
+        self._buffer.settle(batch.refs)
+
+    def verdicts(self, batch: Batch, response: Response) -> list[tuple[str, list[Any]]]:
+        """Debug mode: (status, reasons) per event of a `/v1/debug` answer; raises nothing."""
+        results = self._results(response.body, len(batch)) if response.status == 200 else None
+        if results is None:
+            return [(f"error: {classify(response.status, response.error).reason}", [])] * len(batch)
+        return [(str(r.get("status")), list(r.get("reasons", []))) for r in results]
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def take_debug_batch(self, wall_ms: int) -> Batch | None:
+        """Debug mode: everything waiting, as one request to the validate-only endpoint."""
+        events, refs = self._buffer.take(self.config.batch.max_events, self.config.batch.max_bytes)
+        if not events:
+            return None
+        batch = Batch(events, refs, path=envelope.DEBUG_PATH)
+        self._sent += len(events)
+        batch.attempt = 1
+        self._wrap(batch, wall_ms)
+        return batch
+
+    def forked(self, buffer: Buffer, source_id: str, lock: AbstractContextManager[Any] | None) -> SdkCore:
+        """A core for a forked child: same identities and super properties, a new source, nothing pending."""
+        child = SdkCore(
+            self.config,
+            buffer=buffer,
+            source_id=source_id,
+            anonymous_id=self._raw_ids["anonymous_id"],
+            checks=self._checks,
+            callbacks=self._cb,
+            lock=lock,
+        )
+        child._raw_ids, child._ids = self._raw_ids, self._ids
+        child._supers, child._base = self._supers, self._base
+        return child
+
+    def stats(self) -> Stats:
+        # itertools.count exposes its next value only through pickling support.
+        tracked = int(self._accepted_count.__reduce__()[1][0])
+        return Stats(
+            tracked=tracked,
+            sent=self._sent,
+            acknowledged=self._acknowledged,
+            duplicates=self._duplicates,
+            quarantined=self._quarantined,
+            dropped=dict(self._dropped),
+            retries=self._retries,
+            violations=self._violations,
+            queued=self._buffer.pending(),
+            in_flight=self._in_flight_events + sum(len(b) for b in self._retry),
+        )
