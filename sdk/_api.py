@@ -37,8 +37,11 @@ INTERNAL = "internal"
 CLOSED = "closed"
 
 
+_time_ns = time.time_ns
+
+
 def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
 
 
 def _to_ms(value: datetime | int | None) -> int | None:
@@ -174,13 +177,30 @@ class BaseClient:
         tracking on behalf of many users).
         """
         if self._slow:
-            self._slow_path()
-            if self._closed:
-                return
+            self._track_slow(event, properties, time, identities)
+            return
         try:
             if self._core.track(
-                event, properties, _wall_ms(), time_ms=None if time is None else _to_ms(time), identities=identities
+                event, properties, _time_ns() // 1_000_000, None if time is None else _to_ms(time), identities
             ):
+                self._wake()
+        except InvalidEvent:
+            raise
+        except Exception as exc:
+            self._internal(exc)
+
+    def _track_slow(
+        self,
+        event: str,
+        properties: Mapping[str, Any] | None,
+        time: datetime | int | None,
+        identities: Mapping[str, str] | None,
+    ) -> None:
+        self._slow_path()
+        if self._closed:
+            return
+        try:
+            if self._core.track(event, properties, _wall_ms(), None if time is None else _to_ms(time), identities):
                 self._wake()
         except InvalidEvent:
             raise
@@ -332,7 +352,7 @@ class BaseClient:
         import msgspec
 
         for packed, (status, reasons) in zip(batch.events, verdicts, strict=True):
-            event = msgspec.msgpack.decode(packed)
+            event = msgspec.msgpack.decode(self._core.whole(packed))
             name = event.get("event") or event.get("type")
             line = f"maidian debug: {name} {event.get('event_id')}: {status}"
             for reason in reasons:

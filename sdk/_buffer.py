@@ -47,17 +47,24 @@ class Buffer(Protocol):
 
 
 class MemoryBuffer:
-    """A bounded deque of packed events."""
+    """A bounded deque of packed events.
 
-    __slots__ = ("_drop_oldest", "_max_events", "_queue")
+    `queue` is public so that the core's `track()` can append to it directly
+    while it is below the cap (C calls only); at the cap it calls `put`.
+    """
+
+    __slots__ = ("_drop_oldest", "_max_events", "queue")
+
+    # Track events may wait without their preset entries (core._PresetsSuffix).
+    holds_short_events = True
 
     def __init__(self, max_events: int, overflow: str) -> None:
-        self._queue: deque[bytes] = deque()
+        self.queue: deque[Any] = deque()
         self._max_events = max_events
         self._drop_oldest = overflow == "drop_oldest"
 
-    def put(self, packed: bytes) -> int:
-        queue = self._queue
+    def put(self, packed: Any) -> int:
+        queue = self.queue
         if len(queue) < self._max_events:
             queue.append(packed)
             return 0
@@ -72,7 +79,7 @@ class MemoryBuffer:
         return 1
 
     def take(self, max_events: int, max_bytes: int) -> tuple[list[bytes], list[Any]]:
-        queue = self._queue
+        queue = self.queue
         out: list[bytes] = []
         size = 0
         popleft = queue.popleft
@@ -92,10 +99,10 @@ class MemoryBuffer:
         return None
 
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     def clear(self) -> None:
-        self._queue.clear()
+        self.queue.clear()
 
     def close(self) -> None:
         return None

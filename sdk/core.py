@@ -124,9 +124,12 @@ class Response:
 
 @dataclass(slots=True, eq=False)
 class Batch:
-    """Events on their way: packed once, re-wrapped (new `sent_at`, nonce) on each attempt."""
+    """Events on their way: packed once, re-wrapped (new `sent_at`, nonce) on each attempt.
 
-    events: list[bytes]
+    `events` are as the buffer holds them: use `SdkCore.whole` for an event's complete bytes.
+    """
+
+    events: list[Any]
     refs: list[Any]
     path: str = envelope.BATCH_PATH
     body: bytes = b""
@@ -151,6 +154,46 @@ class Stats:
     violations: int  # events the plan check flagged (warn mode) or refused (strict mode)
     queued: int  # waiting in the buffer
     in_flight: int  # in requests without an answer yet, or waiting to be retried
+
+
+_EMPTY: Final[Mapping[str, Any]] = {}
+
+
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 0x10000:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
+
+
+def _header_size(first: int) -> int:
+    return 1 if first < 0xDE else (3 if first == 0xDE else 5)
+
+
+class _PresetsSuffix:
+    """The presets, packed once, as map entries that end every track event.
+
+    A track event is packed as its five envelope fields, then `properties`,
+    whose map header counts the caller's properties plus the presets and whose
+    entries are the caller's. The preset entries themselves are appended to the
+    event's bytes when its batch is built (or when it is spooled), so the
+    buffer holds ~170 fewer bytes per event and `track()` neither merges nor
+    re-encodes the presets. `properties` is the event's last field, which is
+    what makes the append valid msgpack.
+    """
+
+    __slots__ = ("_headers", "count", "entries", "size")
+
+    def __init__(self, packed_presets: bytes, count: int) -> None:
+        self.entries = packed_presets[_header_size(packed_presets[0]) :]
+        self.count = count
+        self.size = len(self.entries)
+        self._headers = [_map_header(n + count) for n in range(16)]
+
+    def header(self, n: int) -> bytes:
+        """The map header of a properties map with `n` entries of the caller's, plus the presets."""
+        return self._headers[n] if n < 16 else _map_header(n + self.count)
 
 
 def _array_header(n: int) -> bytes:
@@ -200,8 +243,16 @@ class SdkCore:
         self._warn = config.mode == "warn" and checks is not None
         self._max_events = config.batch.max_events
         self._presets = presets(config.app_name, config.app_version, server=config.source is not None)
+        self._preset_names = frozenset(self._presets)
+        self._presets_suffix = _PresetsSuffix(self._encode(self._presets), len(self._presets))
+        # A memory buffer keeps track events without their presets (a third of their bytes);
+        # a spool keeps whole events, so that a later client resumes them as they were.
+        self._short = getattr(buffer, "holds_short_events", False)
+        # A memory buffer's deque, for `track`'s fast path: C calls only while below the cap.
+        self._queue: Any = getattr(buffer, "queue", None)
+        self._queue_cap = config.queue.max_events
+        self._max_short_bytes = config.batch.max_bytes - self._presets_suffix.size
         self._supers: dict[str, Any] = {}
-        self._base: dict[str, Any] = dict(self._presets)
         self._raw_ids: dict[str, str] = {"anonymous_id": anonymous_id}
         self._ids: dict[str, str] = {"anonymous_id": anonymous_id}
         self._timers: dict[str, int] = {}
@@ -230,14 +281,18 @@ class SdkCore:
         event: str,
         properties: Mapping[str, Any] | None,
         wall_ms: int,
-        *,
         time_ms: int | None = None,
         identities: Mapping[str, str] | None = None,
     ) -> bool:
-        """Record one track event. True when a full batch is waiting (wake the sender)."""
+        """Record one track event. True when a full batch is waiting (wake the sender).
+
+        Positional on purpose: this is the host's hot path, and keyword passing costs.
+        """
         if type(event) is not str or not event:
             return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {event!r:.40}"])
-        props = self._base if properties is None else {**self._base, **properties}
+        props: Mapping[str, Any] = _EMPTY if properties is None else properties
+        if self._supers:
+            props = {**self._supers, **props}
         if self._timers:
             started = self._timers.pop(event, None)
             if started is not None:
@@ -248,22 +303,49 @@ class SdkCore:
                 return False
             paths = checks.pii_by_event.get(event, checks.pii_common)
             if paths:
-                props = apply_pii(props, paths, self._pii_key())
-        ids = self._ids if identities is None else self._transform_ids(identities)
-        seq = next(self._seq)
+                props = apply_pii(dict(props), paths, self._pii_key())
+        encode = self._encode
         try:
-            packed = self._encode(
-                {
-                    "type": "track",
-                    "event": event,
-                    "event_id": self._prefix + str(seq),
-                    "time": wall_ms if time_ms is None else time_ms,
-                    "identities": ids,
-                    "properties": props,
-                }
-            )
+            if self._preset_names.isdisjoint(props):
+                # The head ends with "properties": nil; the nil byte gives way to the properties,
+                # whose preset entries are appended when the batch is built (`_PresetsSuffix`).
+                head = encode(
+                    {
+                        "type": "track",
+                        "event": event,
+                        "event_id": self._prefix + str(next(self._seq)),
+                        "time": wall_ms if time_ms is None else time_ms,
+                        "identities": self._ids if identities is None else self._transform_ids(identities),
+                        "properties": None,
+                    }
+                )
+                n = len(props)
+                body = encode(props)
+                packed: bytes | bytearray = b"".join(
+                    (head[:-1], self._presets_suffix.header(n), body[1:] if n < 16 else body[_header_size(body[0]) :])
+                )
+                if not self._short:
+                    packed += self._presets_suffix.entries
+            else:  # the caller overrides a preset: pack the event whole
+                packed = bytearray(
+                    encode(
+                        {
+                            "type": "track",
+                            "event": event,
+                            "event_id": self._prefix + str(next(self._seq)),
+                            "time": wall_ms if time_ms is None else time_ms,
+                            "identities": self._ids if identities is None else self._transform_ids(identities),
+                            "properties": {**self._presets, **props},
+                        }
+                    )
+                )
         except (TypeError, ValueError, OverflowError) as exc:
             return self._refuse(event, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        queue = self._queue
+        if queue is not None and len(packed) <= self._max_short_bytes and len(queue) < self._queue_cap:
+            queue.append(packed)
+            next(self._accepted_count)
+            return len(queue) % self._max_events == 0
         return self._put(packed, event)
 
     def record(
@@ -292,19 +374,27 @@ class SdkCore:
         wire_ids = self._ids if identities is None else self._transform_ids(identities)
         seq = next(self._seq)
         try:
-            packed = self._encode(
-                self._envelope(
-                    event_type, event=None, event_id=self._prefix + str(seq), time_ms=wall_ms, ids=wire_ids, props=props
+            packed = bytearray(
+                self._encode(
+                    self._envelope(
+                        event_type,
+                        event=None,
+                        event_id=self._prefix + str(seq),
+                        time_ms=wall_ms,
+                        ids=wire_ids,
+                        props=props,
+                    )
                 )
             )
         except (TypeError, ValueError, OverflowError) as exc:
             return self._refuse(event_type, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
         return self._put(packed, event_type)
 
-    def _put(self, packed: bytes, name: str) -> bool:
-        if len(packed) > self.config.batch.max_bytes:
+    def _put(self, packed: bytes | bytearray, name: str) -> bool:
+        if len(packed) + self._presets_suffix.size > self.config.batch.max_bytes:
             return self._refuse(name, TOO_LARGE, [f"the event packs to {len(packed)} bytes"])
-        dropped = self._buffer.put(packed)
+        dropped = self._buffer.put(packed if self._short else bytes(packed))  # type: ignore[arg-type]
+        # (the fast path in `track` appends to a memory buffer's deque directly)
         if dropped:
             self._drop(OVERFLOW, dropped)
             if dropped and self.config.queue.overflow == "drop_newest":
@@ -348,7 +438,7 @@ class SdkCore:
                 event_id="x-0",
                 time_ms=wall_ms if time_ms is None else time_ms,
                 ids=self._raw_ids if identities is None else identities,
-                props=props,
+                props={**self._presets, **props},
             )
             violations = checks.source.validate(candidate)
             if violations:
@@ -422,11 +512,9 @@ class SdkCore:
 
     def register_super_properties(self, properties: Mapping[str, Any]) -> None:
         self._supers = {**self._supers, **properties}
-        self._base = {**self._presets, **self._supers}
 
     def unregister_super_property(self, name: str) -> None:
         self._supers = {k: v for k, v in self._supers.items() if k != name}
-        self._base = {**self._presets, **self._supers}
 
     def time_event(self, name: str, wall_ms: int) -> None:
         self._timers[name] = wall_ms
@@ -509,15 +597,17 @@ class SdkCore:
             head["dropped"] = {"source": self.source_id, "counts": dict(self._dropped)}
         encoded = self._encode(head)
         # The head is a fixmap; one more entry, "events", follows as the array of packed events.
-        body = b"".join(
-            (
-                bytes((encoded[0] + 1,)),
-                encoded[1:],
-                _EVENTS_KEY,
-                _array_header(len(batch.events)),
-                *batch.events,
-            )
-        )
+        parts: list[bytes | bytearray] = [bytes((encoded[0] + 1,)), encoded[1:], _EVENTS_KEY]
+        parts.append(_array_header(len(batch.events)))
+        if self._short:
+            suffix = self._presets_suffix.entries
+            for packed in batch.events:
+                parts.append(packed)
+                if type(packed) is bytes:
+                    parts.append(suffix)
+        else:
+            parts.extend(batch.events)
+        body = b"".join(parts)
         batch.body = self._zstd.compress(body)
         headers = {
             "Content-Type": envelope.CONTENT_TYPE_MSGPACK,
@@ -543,7 +633,7 @@ class SdkCore:
         assert checks.wire is not None
         decode = msgspec.msgpack.decode
         for packed in events:
-            event = decode(packed)
+            event = decode(self.whole(packed))
             violations = checks.wire.validate(event)
             if violations:
                 self._count_violation()
@@ -622,9 +712,15 @@ class SdkCore:
             else:
                 self._quarantined += 1
                 reasons = result.get("reasons", []) if isinstance(result, dict) else [f"unknown status {status!r}"]
-                event = msgspec.msgpack.decode(batch.events[i])
+                event = msgspec.msgpack.decode(self.whole(batch.events[i]))
                 _safe(self._cb.on_quarantine, event.get("event_id"), event.get("event") or event.get("type"), reasons)
         self._buffer.settle(batch.refs)
+
+    def whole(self, packed: bytes | bytearray) -> bytes:
+        """An event's complete packed form, presets included."""
+        if self._short and type(packed) is bytes:
+            return packed + self._presets_suffix.entries
+        return bytes(packed)
 
     def verdicts(self, batch: Batch, response: Response) -> list[tuple[str, list[Any]]]:
         """Debug mode: (status, reasons) per event of a `/v1/debug` answer; raises nothing."""
@@ -658,7 +754,7 @@ class SdkCore:
             lock=lock,
         )
         child._raw_ids, child._ids = self._raw_ids, self._ids
-        child._supers, child._base = self._supers, self._base
+        child._supers = self._supers
         return child
 
     def stats(self) -> Stats:

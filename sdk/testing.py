@@ -74,7 +74,7 @@ class Recorder(BaseClient):
         while buffer.pending():
             packed, refs = buffer.take(10_000, 1 << 30)
             for item in packed:
-                event = msgspec.msgpack.decode(item)
+                event = msgspec.msgpack.decode(self._core.whole(item))
                 if self._wire is not None and self.config.mode == "warn":
                     problems = self._wire.validate(event)
                     if problems:
