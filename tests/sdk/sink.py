@@ -68,7 +68,7 @@ class Sink:
     raw: list[dict[str, Any]] = field(default_factory=list)
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     quarantined: dict[str, list[Any]] = field(default_factory=dict)
-    bodies: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # decompressed, as the collector would read them
     batches: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -179,7 +179,8 @@ class Sink:
             self._log(arrived, request, headers, (), auth.status, body)
             return auth
         try:
-            batch = self._decode(body, headers)
+            plain = self._plain(body, headers)
+            batch = self._decode(plain, headers)
         except Exception as exc:
             self._log(arrived, request, headers, (), 400, body)
             return web.json_response({"error": {"code": "undecodable", "message": str(exc)[:200]}}, status=400)
@@ -201,7 +202,7 @@ class Sink:
                     status=fault.status, body=fault.body, headers=resp_headers, content_type="application/json"
                 )
         self._log(arrived, request, headers, ids, 200, body)
-        self.bodies.append(body)
+        self.bodies.append(plain)
         self.batches.append({k: v for k, v in batch.items() if k != "events"})
         results = self._store(events) if request.path == envelope.BATCH_PATH else self._judge(events)
         counts = {s: sum(1 for r in results if r["status"] == s) for s in envelope.OUTCOMES}
@@ -235,11 +236,15 @@ class Sink:
         return None
 
     @staticmethod
-    def _decode(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    def _plain(body: bytes, headers: dict[str, str]) -> bytes:
         if headers.get("Content-Encoding") == "zstd":
-            body = zstandard.ZstdDecompressor().decompress(
+            return zstandard.ZstdDecompressor().decompress(
                 body, max_output_size=envelope.DEFAULT_LIMITS.max_decoded_bytes
             )
+        return body
+
+    @staticmethod
+    def _decode(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         if headers.get("Content-Type", "").startswith(envelope.CONTENT_TYPE_JSON):
             batch = msgspec.json.decode(body)
         else:
