@@ -207,7 +207,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.fsync(self._write_fd)
         os.close(self._write_fd)
-        self._new_segment()
+        self._active = self._new_segment()
 
     def _drop_oldest_segments(self, need: int) -> int:
         dropped = 0

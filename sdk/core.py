@@ -240,7 +240,7 @@ class SdkCore:
         self._accepted_count = itertools.count()
         self._prefix = source_id + "-"
         self._strict = config.mode == "strict" and checks is not None and checks.source is not None
-        self._warn = config.mode == "warn" and checks is not None
+        self._warn = config.mode == "warn" and checks is not None and checks.wire is not None
         self._max_events = config.batch.max_events
         self._presets = presets(config.app_name, config.app_version, server=config.source is not None)
         self._preset_names = frozenset(self._presets)
