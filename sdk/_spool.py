@@ -235,8 +235,8 @@ class Spool:
         refs = [None] * len(events)
         size = sum(map(len, events))
         with self._lock:
-            self._report_drops()
             self._expire()
+            self._report_drops()
             self._sync()
             for seg in list(self._segments):
                 if len(events) >= max_events or size >= max_bytes:
