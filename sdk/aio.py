@@ -136,7 +136,7 @@ class AsyncClient(BaseClient):
         self._wake()
         while not self._core.idle():
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._core.stalled_past(deadline):
                 return False
             progress.clear()
             if self._wake_event is not None:

@@ -92,7 +92,7 @@ class Client(BaseClient):
         with self._settled:
             while not self._core.idle():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._core.stalled_past(deadline):
                     return False
                 self._settled.wait(remaining)
         return True

@@ -265,7 +265,7 @@ class SdkCore:
         self._failures = 0
         self._holding = False
         self._flushing = False
-        self._last_take = float("-inf")
+        self._pending_since: float | None = None  # when the sender first saw the oldest waiting event
         self._sent = 0
         self._acknowledged = 0
         self._duplicates = 0
@@ -345,7 +345,8 @@ class SdkCore:
         if queue is not None and len(packed) <= self._max_short_bytes and len(queue) < self._queue_cap:
             queue.append(packed)
             next(self._accepted_count)
-            return len(queue) % self._max_events == 0
+            waiting = len(queue)
+            return waiting == 1 or waiting % self._max_events == 0
         return self._put(packed, event)
 
     def record(
@@ -400,7 +401,8 @@ class SdkCore:
             if dropped and self.config.queue.overflow == "drop_newest":
                 return False
         next(self._accepted_count)
-        return self._buffer.pending() % self._max_events == 0
+        waiting = self._buffer.pending()
+        return waiting == 1 or waiting % self._max_events == 0
 
     @staticmethod
     def _envelope(
@@ -531,6 +533,10 @@ class SdkCore:
         """Send what waits now, without waiting for batches to fill."""
         self._flushing = True
 
+    def stalled_past(self, deadline: float) -> bool:
+        """True when nothing is in flight and no attempt is allowed before `deadline` (backing off)."""
+        return self._in_flight == 0 and self._blocked_until > deadline
+
     def idle(self) -> bool:
         """Nothing waits, nothing is in flight, nothing waits for a retry."""
         return self._buffer.pending() == 0 and self._in_flight == 0 and not self._retry
@@ -539,7 +545,7 @@ class SdkCore:
         """The latest monotonic time at which the shell should call `next_batch` again.
 
         The shell must also call it after every answer (an answer frees a slot) and
-        when `track()` says a full batch waits.
+        when `track()` returns True (the first event after a quiet spell, or a full batch).
         """
         idle_s = self.config.batch.linger_s or 1.0
         if self._in_flight >= self.config.batch.max_in_flight:
@@ -547,10 +553,11 @@ class SdkCore:
         if now < self._blocked_until:
             return self._blocked_until
         pending = self._buffer.pending()
-        if self._retry or (self._flushing and pending):
+        if self._retry or (self._flushing and pending) or pending >= self._max_events:
             return now
         if pending:
-            return max(now, self._last_take + self.config.batch.linger_s)
+            since = self._pending_since if self._pending_since is not None else now
+            return max(now, since + self.config.batch.linger_s)
         return now + idle_s
 
     def next_batch(self, now: float, wall_ms: int) -> Batch | None:
@@ -566,12 +573,17 @@ class SdkCore:
                     self._flushing = False
                 return None
             limits = self.config.batch
-            if pending < limits.max_events and not self._flushing and now < self._last_take + limits.linger_s:
-                return None
+            if pending < limits.max_events and not self._flushing:
+                # A batch that is not full waits until its oldest event has lingered.
+                if self._pending_since is None:
+                    self._pending_since = now
+                if now < self._pending_since + limits.linger_s:
+                    return None
             events, refs = self._buffer.take(limits.max_events, limits.max_bytes)
             if not events:
                 return None
-            self._last_take = now
+            if not self._buffer.pending():
+                self._pending_since = None  # what is left, if anything, is as old as what was taken
             batch = Batch(events, refs)
             self._sent += len(events)
             if self._warn:

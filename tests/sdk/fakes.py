@@ -64,3 +64,9 @@ def answer(batch: Batch, *statuses: str, reasons: list[Any] | None = None) -> Re
     chosen = list(statuses) or ["accepted"] * len(batch)
     results = [{"status": s, **({"reasons": reasons or []} if s == "quarantined" else {})} for s in chosen]
     return Response(200, msgspec.json.encode({"results": results}))
+
+
+def send_now(core: SdkCore, now: float = 0.0, wall_ms: int = 1_763_800_000_000) -> Batch | None:
+    """The next batch without waiting for the linger (as `flush()` asks)."""
+    core.request_flush()
+    return core.next_batch(now, wall_ms)

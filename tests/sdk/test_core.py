@@ -20,44 +20,60 @@ from maidian.tracking_plan.model import Plan
 from maidian.tracking_plan.pii import hash_value
 
 from tests.sdk.conftest import ORDER
-from tests.sdk.fakes import SOURCE, answer, decode, ids, make_core
+from tests.sdk.fakes import SOURCE, answer, decode, ids, make_core, send_now
 
 T0 = 1_763_800_000_000
 
 
-def test_a_batch_closes_at_max_events_and_track_says_so() -> None:
+def test_a_batch_closes_at_max_events_and_track_says_when_to_wake_the_sender() -> None:
     core = make_core(batch=BatchLimits(max_events=3, linger_s=5))
+    assert core.track("stock_order_submit", ORDER, T0) is True  # the first after a quiet spell: start the clock
+    assert core.next_batch(now=100.0, wall_ms=T0) is None
+    assert core.next_deadline(100.0) == 105.0
     assert core.track("stock_order_submit", ORDER, T0) is False
-    assert core.track("stock_order_submit", ORDER, T0) is False
-    assert core.next_batch(now=100.0, wall_ms=T0) is not None  # the first batch goes at once: nothing was sent yet
-    assert core.track("stock_order_submit", ORDER, T0) is False
-    assert core.next_batch(now=100.1, wall_ms=T0) is None  # one waits, the linger has not passed
-    core.track("stock_order_submit", ORDER, T0)
-    assert core.track("stock_order_submit", ORDER, T0) is True  # a full batch waits: wake the sender
-    batch = core.next_batch(now=100.2, wall_ms=T0)
+    assert core.track("stock_order_submit", ORDER, T0) is True  # a full batch waits
+    assert core.next_deadline(100.1) == 100.1
+    batch = core.next_batch(now=100.1, wall_ms=T0)
     assert batch is not None
     assert len(batch) == 3
+    assert core.next_batch(now=100.2, wall_ms=T0) is None
 
 
-def test_a_batch_closes_when_the_linger_passes_and_at_max_bytes() -> None:
+def test_a_batch_closes_when_its_oldest_event_has_lingered_and_at_max_bytes() -> None:
     core = make_core(batch=BatchLimits(max_events=100, max_bytes=1000, linger_s=2, max_in_flight=5))
     core.track("stock_order_submit", ORDER, T0)
-    assert core.next_batch(now=10.0, wall_ms=T0) is not None
+    assert core.next_batch(now=10.0, wall_ms=T0) is None
     for _ in range(10):
         core.track("stock_order_submit", ORDER, T0)
     assert core.next_batch(now=11.0, wall_ms=T0) is None
     assert core.next_deadline(11.0) == 12.0
     batch = core.next_batch(now=12.0, wall_ms=T0)
     assert batch is not None
-    assert 1 < len(batch) < 10  # cut by bytes: the packed events total at most max_bytes
-    assert sum(len(core.whole(e)) for e in batch.events) <= 1000 + 200 * len(batch)
+    assert 1 < len(batch) < 11  # cut by bytes: the packed events total at most max_bytes
+    assert sum(len(e) for e in batch.events) <= 1000
+    # The rest lingered as long: due at once, in batches cut by bytes too.
+    taken = len(batch)
+    while (rest := core.next_batch(now=12.0, wall_ms=T0)) is not None:
+        taken += len(rest)
+    assert taken == 11
+
+
+def test_flush_sends_what_waits_without_lingering() -> None:
+    core = make_core(batch=BatchLimits(max_events=100, linger_s=60))
+    core.track("stock_order_submit", ORDER, T0)
+    assert core.next_batch(now=0.0, wall_ms=T0) is None
+    core.request_flush()
+    batch = core.next_batch(now=0.0, wall_ms=T0)
+    assert batch is not None
+    core.on_result(batch, answer(batch), 0.0, 0)
+    assert core.idle()
 
 
 def test_the_body_is_a_protocol_batch_of_events_packed_once() -> None:
     core = make_core()
     core.track("stock_order_submit", ORDER, T0, T0 - 5, {"login_id": "u_1"})
     core.record("profile_set", {"risk_level": "C3"}, T0)
-    batch = core.next_batch(now=0.0, wall_ms=T0 + 10)
+    batch = send_now(core, wall_ms=T0 + 10)
     assert batch is not None
     body = decode(batch)
     assert list(body) == list(envelope.BATCH_FIELDS)
@@ -102,7 +118,7 @@ def test_any_properties_round_trip_with_the_presets_appended(props: dict[str, An
 def test_a_caller_may_override_a_preset() -> None:
     core = make_core()
     core.track("stock_order_submit", {"$app_version": "9.9.9", "x": 1}, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     props = decode(batch)["events"][0]["properties"]
     assert props["$app_version"] == "9.9.9"
@@ -113,7 +129,7 @@ def test_a_retry_resends_the_same_ids_after_the_backoff() -> None:
     core = make_core(retry=RetryPolicy(base_s=1.0, cap_s=1.0))
     for _ in range(3):
         core.track("stock_order_submit", ORDER, T0)
-    first = core.next_batch(0.0, T0)
+    first = send_now(core)
     assert first is not None
     sent_ids = ids(first)
     core.on_result(first, Response(None, error="ConnectionResetError"), now=1.0, wall_s=T0 / 1000)
@@ -169,7 +185,7 @@ def test_retry_after_reads_seconds_and_dates_caps_them_and_ignores_garbage() -> 
 def test_retry_after_is_a_minimum_over_the_backoff(header: str, least: float, most: float) -> None:
     core = make_core(retry=RetryPolicy(base_s=0.5, cap_s=30))
     core.track("stock_order_submit", ORDER, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     core.on_result(batch, Response(429, retry_after=header), now=10.0, wall_s=T0 / 1000)
     assert least <= core.next_deadline(10.0) - 10.0 <= most
@@ -186,16 +202,16 @@ def test_413_splits_the_batch_and_a_lone_event_too_large_is_dropped_counted() ->
     core = make_core(callbacks=Callbacks(on_drop=lambda r, n: drops.append((r, n))))
     for _ in range(4):
         core.track("stock_order_submit", ORDER, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     core.on_result(batch, Response(413), 0.0, T0 / 1000)
-    halves = [core.next_batch(0.0, T0), core.next_batch(0.0, T0)]
+    halves = [send_now(core), send_now(core)]
     assert [len(h) for h in halves if h is not None] == [2, 2]
     assert ids(halves[0]) + ids(halves[1]) == ids(batch)  # type: ignore[arg-type]
     core.on_result(halves[0], answer(halves[0]), 0.0, 0)  # type: ignore[arg-type]
     core.on_result(halves[1], Response(413), 0.0, 0)  # type: ignore[arg-type]
     for _ in range(2):
-        single = core.next_batch(0.0, T0)
+        single = send_now(core)
         assert single is not None
         core.on_result(single, Response(413), 0.0, 0)
     assert core.stats().dropped == {"too_large": 2}
@@ -208,7 +224,7 @@ def test_400_drops_the_whole_batch_counted_and_reported() -> None:
     core = make_core(callbacks=Callbacks(on_error=errors.append))
     for _ in range(5):
         core.track("stock_order_submit", ORDER, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     core.on_result(batch, Response(400, b'{"error": {"code": "bad_batch"}}'), 0.0, 0)
     assert core.stats().dropped == {"rejected_batch": 5}
@@ -219,7 +235,7 @@ def test_400_drops_the_whole_batch_counted_and_reported() -> None:
 def test_401_keeps_the_events_and_retries_slowly() -> None:
     core = make_core(retry=RetryPolicy(auth_retry_s=60))
     core.track("stock_order_submit", ORDER, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     core.on_result(batch, Response(401), 0.0, 0)
     assert core.next_batch(59.9, T0) is None
@@ -235,7 +251,7 @@ def test_quarantined_events_are_reported_and_never_resent() -> None:
     core.track("stock_order_submit", ORDER, T0)
     core.track("stock_order_submit", ORDER, T0)
     core.track("stock_order_submit", ORDER, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     reasons = [{"rule": "enum", "path": "/properties/side", "message": "expected one of"}]
     core.on_result(batch, answer(batch, "accepted", "quarantined", "duplicate", reasons=reasons), 0.0, 0)
@@ -250,7 +266,7 @@ def test_quarantined_events_are_reported_and_never_resent() -> None:
 def test_a_200_without_one_result_per_event_is_retried(body: bytes) -> None:
     core = make_core()
     core.track("stock_order_submit", ORDER, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     core.on_result(batch, Response(200, body), 0.0, 0)
     assert not core.idle()
@@ -269,7 +285,7 @@ def test_overflow_policy_is_exact_and_reported(overflow: str, kept: list[int]) -
         core.track("stock_order_submit", {"i": i}, T0)
     assert core.stats().dropped == {"overflow": 3}
     assert drops == [("overflow", 1)] * 3
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     assert [e["properties"]["i"] for e in decode(batch)["events"]] == kept
     assert decode(batch)["dropped"] == {"source": SOURCE, "counts": {"overflow": 3}}
@@ -291,7 +307,7 @@ def test_unencodable_values_are_counted_in_production_and_raise_in_strict(mini_p
 def test_server_sources_sign_every_attempt_with_a_fresh_nonce() -> None:
     core = make_core(write_key=None, source="orders-service", secret="s3cret")
     core.track("stock_order_filled", {"stock_code": "600519"}, T0)
-    first = core.next_batch(0.0, T0)
+    first = send_now(core)
     assert first is not None
     attempts = [(dict(first.headers), first.body)]
     core.on_result(first, Response(503), 0.0, 0)
@@ -318,11 +334,11 @@ def test_in_flight_requests_are_bounded() -> None:
     core = make_core(batch=BatchLimits(max_events=1, max_in_flight=2, linger_s=0))
     for _ in range(5):
         core.track("stock_order_submit", ORDER, T0)
-    taken = [core.next_batch(0.0, T0) for _ in range(3)]
+    taken = [send_now(core) for _ in range(3)]
     assert taken[2] is None
     assert taken[0] is not None
     core.on_result(taken[0], answer(taken[0]), 0.0, 0)
-    assert core.next_batch(0.0, T0) is not None
+    assert send_now(core) is not None
 
 
 def test_pii_tags_apply_to_properties_profiles_and_identities(mini_plan: Plan) -> None:
@@ -331,7 +347,7 @@ def test_pii_tags_apply_to_properties_profiles_and_identities(mini_plan: Plan) -
     core.record("profile_set", {"real_name": "张三丰"}, T0)
     core.set_identity("mobile_hash", "13812345678")
     core.track("account_login", {}, T0)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     order, profile, login = decode(batch)["events"]
     assert order["properties"]["mobile"] == "138****5678"
@@ -346,7 +362,7 @@ def test_a_timed_event_carries_its_duration_once() -> None:
     core.time_event("stock_order_submit", T0)
     core.track("stock_order_submit", {}, T0 + 1500)
     core.track("stock_order_submit", {}, T0 + 3000)
-    batch = core.next_batch(0.0, T0)
+    batch = send_now(core)
     assert batch is not None
     first, second = decode(batch)["events"]
     assert first["properties"]["$duration_ms"] == 1500
@@ -361,7 +377,7 @@ def test_a_forked_core_keeps_identities_and_starts_a_new_source() -> None:
     child = core.forked(type(core._buffer)(10, "drop_oldest"), "f" * 32, None)  # type: ignore[call-arg]
     assert child.stats().queued == 0
     child.track("stock_order_submit", {}, T0)
-    batch = child.next_batch(0.0, T0)
+    batch = send_now(child)
     assert batch is not None
     (event,) = decode(batch)["events"]
     assert event["event_id"] == "f" * 32 + "-1"
