@@ -16,10 +16,12 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._api import BaseClient, _wall_ms
-from ._http import HttpTransport
+
+if TYPE_CHECKING:
+    from ._http import HttpTransport
 
 __all__ = ["Client"]
 
@@ -48,16 +50,22 @@ class Client(BaseClient):
         if self.config.debug:
             return
         for i in range(self.config.batch.max_in_flight):
-            transport = HttpTransport(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
-            thread = threading.Thread(target=self._run, args=(transport,), name=f"maidian-sender-{i}", daemon=True)
-            self._transports.append(transport)
+            thread = threading.Thread(target=self._run, name=f"maidian-sender-{i}", daemon=True)
             self._threads.append(thread)
             thread.start()
 
     def _wake(self) -> None:
         self._wake_event.set()
 
-    def _run(self, transport: HttpTransport) -> None:
+    def _run(self) -> None:
+        # http.client (and the ssl module it loads) is imported here, off the host's start-up path.
+        from ._http import HttpTransport
+
+        transport = HttpTransport(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
+        with self._lock:
+            self._transports.append(transport)
+            if self._stopping:
+                transport.abort()
         core = self._core
         lock = self._lock
         wake = self._wake_event
@@ -113,8 +121,9 @@ class Client(BaseClient):
             self._slow = True
         self._wake_event.set()
         if not done:
-            for transport in self._transports:
-                transport.abort()
+            with self._lock:
+                for transport in self._transports:
+                    transport.abort()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._core._buffer.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Final, Literal
 
 __all__ = ["Action", "Decision", "backoff_s", "classify", "parse_retry_after"]
@@ -62,6 +61,8 @@ def parse_retry_after(value: str | None, now_s: float, cap_s: float) -> float | 
         return None
     if text.isdigit():
         return min(float(text), cap_s)
+    from email.utils import parsedate_to_datetime  # rare: keep it off the import path
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
