@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
+
+import msgspec
 
 from .errors import ConfigError
 
@@ -35,8 +36,7 @@ MODES: Final = ("strict", "warn", "off")
 OVERFLOWS: Final = ("drop_oldest", "drop_newest")
 
 
-@dataclass(frozen=True, slots=True)
-class BatchLimits:
+class BatchLimits(msgspec.Struct, frozen=True):
     """When a batch is closed and how many may be on the wire at once."""
 
     # 500 order events pack to ~150 KiB and compress to ~7 KiB: a quarter of the
@@ -56,8 +56,7 @@ class BatchLimits:
     zstd_level: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True):
     """Exponential backoff with full jitter; Retry-After is a minimum."""
 
     # First retry after up to 0.5 s, doubling per consecutive failure.
@@ -70,8 +69,7 @@ class RetryPolicy:
     auth_retry_s: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class QueueLimits:
+class QueueLimits(msgspec.Struct, frozen=True):
     """The in-memory buffer of packed events."""
 
     # ~300 B per packed order event: 100,000 events hold about 30 MiB, a
@@ -82,8 +80,7 @@ class QueueLimits:
     overflow: Overflow = "drop_oldest"
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolConfig:
+class SpoolConfig(msgspec.Struct, frozen=True):
     """The optional disk spool; `None` in `Config.spool` means memory only."""
 
     path: str
@@ -99,8 +96,7 @@ class SpoolConfig:
     fsync_interval_s: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+class Timeouts(msgspec.Struct, frozen=True):
     """Time budgets."""
 
     # RELIABILITY.md T8: a blackholed collector is detected within 10.5 s.
@@ -110,8 +106,7 @@ class Timeouts:
     connect_s: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     """Everything a client needs, resolved once."""
 
     endpoint: str
@@ -124,11 +119,11 @@ class Config:
     app_name: str | None = None
     app_version: str | None = None
     debug: bool = False
-    batch: BatchLimits = field(default_factory=BatchLimits)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    queue: QueueLimits = field(default_factory=QueueLimits)
+    batch: BatchLimits = msgspec.field(default_factory=BatchLimits)
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    queue: QueueLimits = msgspec.field(default_factory=QueueLimits)
     spool: SpoolConfig | None = None
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
 
 
 def _pick(value: str | None, env: Mapping[str, str], name: str) -> str | None:

@@ -35,7 +35,6 @@ import itertools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -67,8 +66,7 @@ _EVENTS_KEY: Final = msgspec.msgpack.encode("events")
 _ACCEPTED_RESULT: Final = {"status": envelope.ACCEPTED}
 
 
-@dataclass(frozen=True, slots=True)
-class Callbacks:
+class Callbacks(msgspec.Struct, frozen=True):
     """The host's hooks. Each is called from whichever thread noticed; exceptions in them are swallowed."""
 
     # (reason, count): events that will never be delivered.
@@ -81,8 +79,7 @@ class Callbacks:
     on_error: Callable[[str], None] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PlanChecks:
+class PlanChecks(msgspec.Struct, frozen=True):
     """A plan compiled for the SDK, once per client (and shared with forked children)."""
 
     plan_version: str
@@ -113,8 +110,7 @@ def compile_plan(plan: Plan, mode: str) -> PlanChecks:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(msgspec.Struct, frozen=True):
     """What the transport got: an HTTP status, or `status=None` and an `error` when there was no answer."""
 
     status: int | None
@@ -123,8 +119,7 @@ class Response:
     error: str | None = None
 
 
-@dataclass(slots=True, eq=False)
-class Batch:
+class Batch(msgspec.Struct, eq=False):
     """Events on their way: packed once, re-wrapped (new `sent_at`, nonce) on each attempt.
 
     `events` are as the buffer holds them: use `SdkCore.whole` for an event's complete bytes.
@@ -134,15 +129,14 @@ class Batch:
     refs: list[Any]
     path: str = envelope.BATCH_PATH
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 0
 
     def __len__(self) -> int:
         return len(self.events)
 
 
-@dataclass(frozen=True, slots=True)
-class Stats:
+class Stats(msgspec.Struct, frozen=True):
     """Counters since the client started (a fork's child starts again from zero)."""
 
     tracked: int  # accepted by track() and friends into the buffer

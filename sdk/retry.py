@@ -19,8 +19,9 @@ capped (600 s by default); garbage falls back to plain backoff.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 __all__ = ["Action", "Decision", "backoff_s", "classify", "parse_retry_after"]
 
@@ -29,8 +30,7 @@ Action = Literal["done", "retry", "hold", "split", "drop"]
 _RETRY_STATUSES: Final = frozenset({408, 429})
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """The action for one answer, and a short reason for stats and callbacks."""
 
     action: Action
