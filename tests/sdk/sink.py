@@ -251,7 +251,7 @@ class Sink:
             batch = msgspec.msgpack.decode(body)
         if not isinstance(batch, dict) or not isinstance(batch.get("events"), list):
             raise ValueError("not a batch")
-        unknown = set(batch) - set(envelope.BATCH_FIELDS) - {"dropped"}
+        unknown = set(batch) - set(envelope.BATCH_FIELDS)
         if unknown:
             raise ValueError(f"unknown batch fields {sorted(unknown)}")
         return batch
