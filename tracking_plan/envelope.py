@@ -44,7 +44,6 @@ from typing import Any, Final
 
 __all__ = [
     "BATCH_FIELDS",
-    "OPTIONAL_BATCH_FIELDS",
     "BUILTIN_IDENTITIES",
     "DEFAULT_LIMITS",
     "EVENT_FIELDS",
@@ -55,6 +54,7 @@ __all__ = [
     "HEADER_TIMESTAMP",
     "HEADER_WRITE_KEY",
     "JUNK_IDENTITY_VALUES",
+    "OPTIONAL_BATCH_FIELDS",
     "OUTCOMES",
     "PRESET_SCHEMAS",
     "PROFILE_TYPES",
