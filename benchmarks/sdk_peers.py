@@ -13,7 +13,7 @@ maidian's batches are decoded there, so its answers list one result per event.
 
 Each SDK runs in a fresh process per run, measuring:
 
-- `track()` isolated: the mean cost of 20,000 calls while nothing sends (the
+- `track()` isolated: the mean cost of 20,000 calls (best of five passes) while nothing sends (the
   client points at a path that never answers, with batch thresholds it never
   reaches; Mixpanel, which sends in the caller, gets a consumer that only keeps
   the message);
@@ -280,7 +280,8 @@ def worker(name: str, base: str) -> dict[str, float]:
     out: dict[str, float] = {}
     track, _ = make(name, base, idle=True)
     _timed(track, 1000)  # warm up
-    out["track_isolated_us"] = _timed(track, N_TRACK)
+    # The best of five passes, as timeit does: on a shared machine the minimum is the cost, the rest is noise.
+    out["track_isolated_us"] = min(_timed(track, N_TRACK) for _ in range(5))
     del track
     gc.collect()
 
@@ -326,21 +327,24 @@ def floors() -> dict[str, float]:
     n = 50_000
     source = make_source_id()
     ids = {"anonymous_id": uuid.uuid4().hex, "login_id": USER}
-    q: queue.Queue[Any] = queue.Queue()
-    gc.collect()
-    start = time.perf_counter()
-    for i in range(n):
-        q.put_nowait(
-            {
-                "type": "track",
-                "event": EVENT,
-                "event_id": make_event_id(source, i + 1),
-                "time": time.time_ns() // 1_000_000,
-                "identities": ids,
-                "properties": ORDER,
-            }
-        )
-    out["floor_envelope_id_queue_put_us"] = (time.perf_counter() - start) / n * 1e6
+    passes = []
+    for _ in range(5):
+        q: queue.Queue[Any] = queue.Queue()
+        gc.collect()
+        start = time.perf_counter()
+        for i in range(n):
+            q.put_nowait(
+                {
+                    "type": "track",
+                    "event": EVENT,
+                    "event_id": make_event_id(source, i + 1),
+                    "time": time.time_ns() // 1_000_000,
+                    "identities": ids,
+                    "properties": ORDER,
+                }
+            )
+        passes.append((time.perf_counter() - start) / n * 1e6)
+    out["floor_envelope_id_queue_put_us"] = min(passes)
 
     encode = msgspec.msgpack.Encoder().encode
 

@@ -372,9 +372,13 @@ class BaseClient:
         core.request_flush()
         try:
             while time.monotonic() < deadline and not core.idle():
-                batch = core.next_batch(time.monotonic(), _wall_ms())
+                now = time.monotonic()
+                batch = core.next_batch(now, _wall_ms())
                 if batch is None:
-                    return  # backing off or blocked: the rest stays in the spool, if any
+                    if core.stalled_past(deadline):
+                        return  # backing off past the budget: the rest stays in the spool, if any
+                    time.sleep(max(0.0, min(core.next_deadline(now), deadline) - now))
+                    continue
                 response = self._send_bounded(transport, batch, deadline)
                 core.on_result(batch, response, time.monotonic(), time.time())
         finally:

@@ -88,9 +88,7 @@ class AsyncClient(BaseClient):
         wake = self._wake_event
         timeout = aiohttp.ClientTimeout(total=self.config.timeouts.request_s, connect=self.config.timeouts.connect_s)
         connector = aiohttp.TCPConnector(limit=self.config.batch.max_in_flight)
-        async with aiohttp.ClientSession(
-            self.config.endpoint, timeout=timeout, connector=connector, auto_decompress=False
-        ) as session:
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
             try:
                 while not self._stopping:
                     wake.clear()
@@ -111,7 +109,8 @@ class AsyncClient(BaseClient):
     async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
         response = Response(None, error="cancelled")
         try:
-            async with session.post(batch.path, data=batch.body, headers=batch.headers) as reply:
+            url = self.config.endpoint + batch.path  # the endpoint may carry a path prefix
+            async with session.post(url, data=batch.body, headers=batch.headers) as reply:
                 body = await reply.read()
                 response = Response(reply.status, body, reply.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -237,6 +237,8 @@ class SdkCore:
         self._strict = config.mode == "strict" and checks is not None and checks.source is not None
         self._warn = config.mode == "warn" and checks is not None and checks.wire is not None
         self._max_events = config.batch.max_events
+        # Never more per request than the collector accepts, whatever max_events says.
+        self._batch_events = min(config.batch.max_events, envelope.DEFAULT_LIMITS.max_events)
         self._presets = presets(config.app_name, config.app_version, server=config.source is not None)
         self._preset_names = frozenset(self._presets)
         self._presets_suffix = _PresetsSuffix(self._encode(self._presets), len(self._presets))
@@ -443,8 +445,8 @@ class SdkCore:
                 raise InvalidEvent(event, violations)
             return True
         if event not in checks.event_names and not checks.accept_unknown:
-            # Sent anyway: the collector stores it in quarantine, where it can be replayed.
-            self._count_violation()
+            # Said at once; counted by the full check in the sender. Sent anyway: the
+            # collector stores it in quarantine, where it can be replayed.
             _safe(self._cb.on_violation, event, [f"event {event!r} is not in the tracking plan [unknown_event]"])
         return True
 
@@ -574,7 +576,7 @@ class SdkCore:
                     self._pending_since = now
                 if now < self._pending_since + limits.linger_s:
                     return None
-            events, refs = self._buffer.take(limits.max_events, limits.max_bytes)
+            events, refs = self._buffer.take(self._batch_events, limits.max_bytes)
             if not events:
                 return None
             if not self._buffer.pending():

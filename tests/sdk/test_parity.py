@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from maidian.sdk import BatchLimits, InvalidEvent, RetryPolicy, ServerRejected, Timeouts
+from maidian.sdk import BatchLimits, InvalidEvent, QueueLimits, RetryPolicy, ServerRejected, Timeouts
 from maidian.sdk.utm import utm_properties
 from maidian.tracking_plan import Validator, build_plan
 from maidian.tracking_plan.model import Plan
@@ -158,6 +158,26 @@ async def test_burst_of_20000_against_a_slow_collector_loses_nothing(sink: Sink,
     await c.close()
 
 
+async def test_overflow_keeps_the_newest_counts_exactly_and_tells_the_collector(sink: Sink, shell_kind: str) -> None:
+    drops: list[int] = []
+    c = Shell(
+        shell_kind,
+        sink.url,
+        queue=QueueLimits(max_events=10_000),
+        batch=BatchLimits(max_events=20_000, linger_s=3600),  # nothing leaves until flush()
+        on_drop=lambda reason, n: drops.append(n),
+    )
+    for i in range(15_000):
+        c.track("stock_order_submit", {**ORDER, "quantity": i})
+    assert c.stats.dropped == {"overflow": 5_000}
+    assert sum(drops) == 5_000
+    assert await c.flush(30)
+    source = c.source_id
+    assert sink.ids() == {f"{source}-{i}" for i in range(5_001, 15_001)}
+    assert sink.batches[0]["dropped"] == {"source": source, "counts": {"overflow": 5_000}}
+    await c.close()
+
+
 async def test_pii_tags_are_applied_before_events_leave(sink: Sink, shell_kind: str, mini_plan: Plan) -> None:
     c = Shell(shell_kind, sink.url, plan=mini_plan, pii_key="k1")
     c.track("stock_order_submit", {**_valid_order(), "mobile": "13812345678", "id_card": "110101199003077777"})
@@ -209,7 +229,7 @@ async def test_warn_mode_counts_and_calls_back_without_raising(sink: Sink, shell
     c.track("stock_order_submit", _valid_order())
     assert await c.flush()
     assert {name for name, _ in seen} == {"stock_order_submit", "stock_order_bogus"}
-    assert c.stats.violations == 3  # the unknown name is flagged at the call and again by the full check
+    assert c.stats.violations == 2  # the unknown name is said at the call, counted once by the full check
     assert c.stats.quarantined == 2
     assert len(quarantined) == 2
     assert set(quarantined) == set(sink.quarantined)

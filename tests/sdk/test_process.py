@@ -51,6 +51,14 @@ def test_exit_without_flush_delivers_everything_within_the_budget(sink: Sink) ->
     assert exited - float(said["at"]) < 2.0 + 1.0  # type: ignore[arg-type]
 
 
+def test_an_async_client_delivers_at_exit_after_its_loop_is_gone(sink: Sink) -> None:
+    proc, said = run_child("async-exit", sink.url, "2000")
+    exited, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert sink.ids() == expected_ids(said["source"], 2000)
+    assert exited - float(said["at"]) < 2.0 + 1.0  # type: ignore[arg-type]
+
+
 def test_exit_is_never_held_longer_than_the_budget_by_a_dead_collector(sink: Sink) -> None:
     sink.blackhole = True
     proc, said = run_child("exit", sink.url, "100", "1.0")
