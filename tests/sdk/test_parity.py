@@ -250,6 +250,18 @@ async def test_flush_and_close_keep_their_timeouts_against_a_blackholed_collecto
     assert c.stats.dropped == {"closed": 1}
 
 
+async def test_a_silent_collector_is_timed_out_and_the_batch_retried(sink: Sink, shell_kind: str) -> None:
+    sink.blackhole = True
+    c = Shell(shell_kind, sink.url, timeouts=Timeouts(request_s=0.5), retry=RetryPolicy(base_s=0.05, cap_s=0.1))
+    c.track("stock_order_submit", ORDER)
+    assert await asyncio.to_thread(sink.arrived.wait, 10)
+    sink.blackhole = False  # the next attempt is answered
+    assert await c.flush(10)
+    assert len(sink.stored) == 1
+    assert c.stats.retries >= 1
+    await c.close()
+
+
 async def test_debug_mode_shows_each_verdict_at_once(
     sink: Sink, shell_kind: str, mini_plan: Plan, capsys: pytest.CaptureFixture[str]
 ) -> None:

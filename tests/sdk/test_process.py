@@ -68,14 +68,14 @@ def test_exit_is_never_held_longer_than_the_budget_by_a_dead_collector(sink: Sin
 
 
 def test_kill_9_with_a_spool_then_a_new_client_delivers_everything(sink: Sink, tmp_path: Path) -> None:
-    sink.delay_s = 0.02  # slow enough that kills land while batches are in flight
+    sink.delay_s = 0.05  # slow enough that kills land while batches are in flight
     spool = str(tmp_path / "spool")
     expected: set[str] = set()
     rng = random.Random(3)
     for _ in range(3):
         proc, said = run_child("spool", sink.url, "3000", spool)
         expected |= expected_ids(said["source"], int(said["tracked"]))  # type: ignore[arg-type]
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.2))
         proc.send_signal(signal.SIGKILL)
         finish(proc)
     assert len(sink.ids()) < len(expected), "the kills should have left events unsent"
