@@ -464,6 +464,7 @@ def main() -> None:
         for run in range(args.runs):
             for name in names:
                 print(f"run {run + 1}/{args.runs}: {name}", file=sys.stderr, flush=True)
+                time.sleep(2.0)  # let the sink finish whatever the previous SDK left it
                 result = run_worker(name, base)
                 if result is not None:
                     samples[name].append(result)

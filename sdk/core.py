@@ -242,6 +242,7 @@ class SdkCore:
         self._presets = presets(config.app_name, config.app_version, server=config.source is not None)
         self._preset_names = frozenset(self._presets)
         self._presets_suffix = _PresetsSuffix(self._encode(self._presets), len(self._presets))
+        self._small_headers = [self._presets_suffix.header(n) for n in range(16)]
         # A memory buffer keeps track events without their presets (a third of their bytes);
         # a spool keeps whole events, so that a later client resumes them as they were.
         self._short = getattr(buffer, "holds_short_events", False)
@@ -318,9 +319,11 @@ class SdkCore:
                 )
                 n = len(props)
                 body = encode(props)
-                packed: bytes | bytearray = b"".join(
-                    (head[:-1], self._presets_suffix.header(n), body[1:] if n < 16 else body[_header_size(body[0]) :])
-                )
+                if n < 16:
+                    packed: bytes | bytearray = b"".join((head[:-1], self._small_headers[n], body[1:]))
+                else:
+                    header = self._presets_suffix.header(n)
+                    packed = b"".join((head[:-1], header, body[_header_size(body[0]) :]))
                 if not self._short:
                     packed += self._presets_suffix.entries
             else:  # the caller overrides a preset: pack the event whole
