@@ -44,14 +44,13 @@ def _wall_ms() -> int:
     return _time_ns() // 1_000_000
 
 
-def _to_ms(value: datetime | int | None) -> int | None:
-    if value is None:
-        return None
+def _to_ms(value: datetime | int) -> int:
+    """Epoch milliseconds; -1 for anything else, which the core refuses (raising only in strict mode)."""
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise InvalidEvent("track", [f"time must be a datetime or epoch milliseconds, got {type(value).__name__}"])
+    return -1
 
 
 def _load_plan(plan: Plan | str | os.PathLike[str] | None) -> Plan | None:

@@ -22,7 +22,10 @@ import time
 from types import TracebackType
 from typing import Any
 
-import aiohttp
+try:
+    import aiohttp
+except ImportError as exc:  # the base install has no HTTP stack
+    raise ImportError("AsyncClient needs aiohttp: pip install 'maidian[async]'") from exc
 
 from ._api import BaseClient, _wall_ms
 from .core import Batch, Response

@@ -288,7 +288,19 @@ class SdkCore:
         """
         if type(event) is not str or not event:
             return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {event!r:.40}"])
-        props: Mapping[str, Any] = _EMPTY if properties is None else properties
+        if time_ms is not None and (type(time_ms) is not int or time_ms < 0):
+            return self._refuse(event, INVALID, ["time must be a datetime or non-negative epoch milliseconds"])
+        props: Mapping[str, Any]
+        if properties is None:
+            props = _EMPTY
+        elif type(properties) is dict:
+            props = properties
+        elif isinstance(properties, Mapping):
+            props = dict(properties)
+        else:  # packed as the properties map, anything else would corrupt the whole batch
+            return self._refuse(  # type: ignore[unreachable]  # callers are not always typed
+                event, INVALID, [f"properties must be a mapping, got {type(properties).__name__}"]
+            )
         if self._supers:
             props = {**self._supers, **props}
         if self._timers:
@@ -358,6 +370,10 @@ class SdkCore:
         identities: Mapping[str, str] | None = None,
     ) -> bool:
         """Record a profile operation or a bind/unbind (`envelope.PROFILE_TYPES`, `bind`, `unbind`)."""
+        if not isinstance(properties, Mapping):
+            return self._refuse(  # type: ignore[unreachable]  # callers are not always typed
+                event_type, INVALID, [f"properties must be a mapping, got {type(properties).__name__}"]
+            )
         props: Mapping[str, Any] = properties
         checks = self._checks
         ids = self._raw_ids if identities is None else identities

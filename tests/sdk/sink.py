@@ -164,11 +164,12 @@ class Sink:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
+        blackholed = self.blackhole  # as it was when the request came, whatever a test flips meanwhile
         self.arrived.set()
         body = await request.read()
         headers = dict(request.headers)
         fault = self._next_fault()
-        if self.blackhole:
+        if blackholed:
             assert self._release is not None
             await self._release.wait()
             return web.Response(status=503)

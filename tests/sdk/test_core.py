@@ -297,8 +297,14 @@ def test_unencodable_values_are_counted_in_production_and_raise_in_strict(mini_p
     core = make_core(callbacks=Callbacks(on_error=errors.append))
     core.track("stock_order_submit", {"when": object()}, T0)
     core.track(None, {}, T0)  # type: ignore[arg-type]
-    assert core.stats().dropped == {"unencodable": 1, "invalid": 1}
-    assert len(errors) == 2
+    core.track("stock_order_submit", ["not", "a", "mapping"], T0)  # type: ignore[arg-type]
+    core.track("stock_order_submit", {}, T0, -1)
+    assert core.stats().dropped == {"unencodable": 1, "invalid": 3}
+    assert len(errors) == 4
+    core.track("stock_order_submit", {"ok": True}, T0)
+    batch = send_now(core)
+    assert batch is not None
+    assert len(decode(batch)["events"]) == 1  # the refused ones never reached the buffer
     strict = make_core(checks=compile_plan(mini_plan, "strict"), mode="strict")
     with pytest.raises(InvalidEvent):
         strict.track("stock_order_submit", {"stock_code": object()}, T0)

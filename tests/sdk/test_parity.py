@@ -196,6 +196,23 @@ async def test_pii_tags_are_applied_before_events_leave(sink: Sink, shell_kind: 
     await c.close()
 
 
+async def test_bad_calls_never_raise_in_production_and_are_counted(sink: Sink, shell_kind: str) -> None:
+    errors: list[str] = []
+    c = Shell(shell_kind, sink.url, on_error=errors.append)
+    c.track("stock_order_submit", ORDER, time=1.5)  # type: ignore[arg-type]
+    c.track("stock_order_submit", ["side", "buy"])  # type: ignore[arg-type]
+    c.track(None)  # type: ignore[arg-type]
+    c.track("stock_order_submit", {"at": object()})
+    c.profile_set("risk_level")  # type: ignore[arg-type]
+    c.login("undefined")
+    c.track("stock_order_submit", ORDER)
+    assert await c.flush()
+    assert c.stats.dropped == {"invalid": 5, "unencodable": 1}
+    assert len(errors) == 6
+    assert len(sink.stored) == 1
+    await c.close()
+
+
 async def test_strict_mode_raises_at_the_call_site(sink: Sink, shell_kind: str, mini_plan: Plan) -> None:
     c = Shell(shell_kind, sink.url, plan=mini_plan, mode="strict", pii_key="k1")
     with pytest.raises(InvalidEvent) as info:
