@@ -326,6 +326,14 @@ class BaseClient:
         except Exception:  # noqa: S110  # the host's callback failing must not reach the host's call
             pass
 
+    def _report_bug(self, exc: BaseException) -> None:
+        """A sender-side bug: report it through on_error (nothing is dropped by it)."""
+        try:
+            if self._callbacks.on_error is not None:
+                self._callbacks.on_error(f"internal error in maidian.sdk's sender: {type(exc).__name__}: {exc}")
+        except Exception:  # noqa: S110  # the host's callback failing must not stop the sender
+            pass
+
     def _slow_path(self) -> None:
         """Called before recording when `_slow` is set. Subclasses restart after fork here."""
         if self._closed:

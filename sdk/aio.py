@@ -95,12 +95,16 @@ class AsyncClient(BaseClient):
             try:
                 while not self._stopping:
                     wake.clear()
-                    now = time.monotonic()
-                    while (batch := core.next_batch(now, _wall_ms())) is not None:
-                        task = asyncio.get_running_loop().create_task(self._send(session, batch))
-                        self._sends.add(task)
-                        task.add_done_callback(self._sends.discard)
-                    wait_s = core.next_deadline(time.monotonic()) - time.monotonic()
+                    try:
+                        now = time.monotonic()
+                        while (batch := core.next_batch(now, _wall_ms())) is not None:
+                            task = asyncio.get_running_loop().create_task(self._send(session, batch))
+                            self._sends.add(task)
+                            task.add_done_callback(self._sends.discard)
+                        wait_s = core.next_deadline(time.monotonic()) - time.monotonic()
+                    except Exception as exc:  # a bug must not kill the sender: say so, pause, go on
+                        self._report_bug(exc)
+                        wait_s = 1.0
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), max(wait_s, 0.001))
             finally:

@@ -66,26 +66,37 @@ class Client(BaseClient):
             self._transports.append(transport)
             if self._stopping:
                 transport.abort()
+        wake = self._wake_event
+        while True:
+            try:
+                if not self._step(transport):
+                    break
+            except Exception as exc:  # a bug must not kill the sender: say so, pause, go on
+                self._report_bug(exc)
+                wake.wait(1.0)
+        transport.close()
+
+    def _step(self, transport: HttpTransport) -> bool:
+        """One turn of the sender loop; False when the client is stopping."""
         core = self._core
         lock = self._lock
         wake = self._wake_event
-        while True:
-            wake.clear()
-            with lock:
-                if self._stopping:
-                    break
-                now = time.monotonic()
-                batch = core.next_batch(now, _wall_ms())
-                wait_s = 0.0 if batch is not None else core.next_deadline(now) - now
-            if batch is None:
-                wake.wait(max(wait_s, 0.001))
-                continue
-            response = transport.send(batch.path, batch.body, batch.headers)
-            with lock:
-                core.on_result(batch, response, time.monotonic(), time.time())
-                self._settled.notify_all()
-            wake.set()
-        transport.close()
+        wake.clear()
+        with lock:
+            if self._stopping:
+                return False
+            now = time.monotonic()
+            batch = core.next_batch(now, _wall_ms())
+            wait_s = 0.0 if batch is not None else core.next_deadline(now) - now
+        if batch is None:
+            wake.wait(max(wait_s, 0.001))
+            return True
+        response = transport.send(batch.path, batch.body, batch.headers)
+        with lock:
+            core.on_result(batch, response, time.monotonic(), time.time())
+            self._settled.notify_all()
+        wake.set()
+        return True
 
     def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Send everything tracked so far; True when all of it was answered within `timeout_s`."""

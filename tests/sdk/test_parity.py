@@ -213,6 +213,29 @@ async def test_bad_calls_never_raise_in_production_and_are_counted(sink: Sink, s
     await c.close()
 
 
+async def test_a_bug_in_the_sender_is_reported_and_sending_goes_on(
+    sink: Sink, shell_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors: list[str] = []
+    c = Shell(shell_kind, sink.url, on_error=errors.append)
+    core = c.client._core
+    real = core.next_batch
+    calls = [0]
+
+    def flaky(now: float, wall_ms: int) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("boom")
+        return real(now, wall_ms)
+
+    monkeypatch.setattr(core, "next_batch", flaky)
+    c.track("stock_order_submit", ORDER)
+    assert await c.flush(10)
+    assert len(sink.stored) == 1
+    assert any("boom" in e for e in errors)
+    await c.close()
+
+
 async def test_strict_mode_raises_at_the_call_site(sink: Sink, shell_kind: str, mini_plan: Plan) -> None:
     c = Shell(shell_kind, sink.url, plan=mini_plan, mode="strict", pii_key="k1")
     with pytest.raises(InvalidEvent) as info:
