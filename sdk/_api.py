@@ -276,10 +276,15 @@ class BaseClient:
             if self._core.refuse_identity(identity_type, value):
                 self._wake()
             return
-        if self._core.identities.get(identity_type) == value:
+        previous = self._core.identities.get(identity_type)
+        if previous == value:
             return
         self._core.set_identity(identity_type, value)
-        self._record("bind", {}, None)
+        try:
+            self._record("bind", {}, None)
+        except InvalidEvent:  # strict mode: a refused binding must not stick to later events
+            self._core.set_identity(identity_type, previous)
+            raise
 
     def unbind(self, identity_type: str, value: str | None = None) -> None:
         """Record that an identity no longer belongs to this user, and detach it from later events."""

@@ -245,10 +245,13 @@ async def test_strict_mode_raises_at_the_call_site(sink: Sink, shell_kind: str, 
     assert "side" in str(info.value)
     with pytest.raises(InvalidEvent):
         c.profile_set({"risk_level": "C9"})
+    with pytest.raises(InvalidEvent):
+        c.bind("customer_no", "123")  # the plan wants ten digits
+    assert "customer_no" not in c.identities
     c.track("stock_order_submit", _valid_order())
     assert await c.flush()
     assert len(sink.stored) == 1
-    assert c.stats.violations == 2
+    assert c.stats.violations == 3
     await c.close()
 
 
