@@ -128,7 +128,11 @@ class BaseClient:
         # True when a call must take the slow path: closed, debug, or a forked child not yet restarted.
         self._slow = self.config.debug
         self._core = self._new_core(self._open_buffer(), make_source_id())
+        self._start()
         _lifecycle.register(self)
+
+    def _start(self) -> None:
+        """Set up the shell's sender (a subclass hook, called once at the end of construction)."""
 
     # -- construction ------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import time
 from types import TracebackType
-from typing import Any
 
 try:
     import aiohttp
@@ -42,8 +41,7 @@ class AsyncClient(BaseClient):
     ...     client.track("stock_order_submit", {"stock_code": "600519"})
     """
 
-    def __init__(self, endpoint: str | None = None, **kwargs: Any) -> None:
-        super().__init__(endpoint, **kwargs)
+    def _start(self) -> None:
         self._reset_sender()
 
     def _reset_sender(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._api import BaseClient, _wall_ms
 
@@ -35,10 +35,6 @@ class Client(BaseClient):
     >>> client = Client("http://127.0.0.1:8106", write_key="wk_live_...")   # doctest: +SKIP
     >>> client.track("stock_order_submit", {"stock_code": "600519", "side": "buy"})  # doctest: +SKIP
     """
-
-    def __init__(self, endpoint: str | None = None, **kwargs: Any) -> None:
-        super().__init__(endpoint, **kwargs)
-        self._start()
 
     def _start(self) -> None:
         self._lock = threading.Lock()
