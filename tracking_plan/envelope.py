@@ -14,7 +14,8 @@ An event (one map in a batch)::
 A batch::
 
     {"sent_at": <epoch ms>, "lib": "maidian-python", "lib_version": "0.1.0",
-     "plan_version": "1.4.0" | None, "events": [event, ...]}
+     "plan_version": "1.4.0" | None, "events": [event, ...],
+     "dropped": {"source": "<source id>", "counts": {"overflow": 12}}}   (optional)
 
 Rules:
 - `event_id` is minted once, when the event is tracked, and never changes on a
@@ -53,6 +54,7 @@ __all__ = [
     "HEADER_TIMESTAMP",
     "HEADER_WRITE_KEY",
     "JUNK_IDENTITY_VALUES",
+    "OPTIONAL_BATCH_FIELDS",
     "OUTCOMES",
     "PRESET_SCHEMAS",
     "PROFILE_TYPES",
@@ -80,7 +82,9 @@ IDENTITY_TYPES_OPS: Final = frozenset({"bind", "unbind"})
 EVENT_TYPES: Final = frozenset({TRACK}) | PROFILE_TYPES | IDENTITY_TYPES_OPS
 
 EVENT_FIELDS: Final = ("type", "event", "event_id", "time", "identities", "properties")
-BATCH_FIELDS: Final = ("sent_at", "lib", "lib_version", "plan_version", "events")
+BATCH_FIELDS: Final = ("sent_at", "lib", "lib_version", "plan_version", "events", "dropped")
+# Present only when the sender dropped events: {"source": <source id>, "counts": {reason: n}}, cumulative.
+OPTIONAL_BATCH_FIELDS: Final = frozenset({"dropped"})
 
 BUILTIN_IDENTITIES: Final = ("anonymous_id", "login_id")
 
