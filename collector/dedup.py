@@ -27,7 +27,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["SeenIds", "id_ranges", "split_event_id"]
+__all__ = ["SeenIds", "id_ranges", "split_event_id", "to_ranges"]
 
 _SOURCE_LEN: Final = 32
 # Nineteen digits fit in a signed 64-bit integer (envelope's `_SOURCE_RE`).
@@ -37,19 +37,38 @@ _MAX_SEQ_DIGITS: Final = 19
 def split_event_id(event_id: str) -> tuple[str, int] | None:
     """(source, seq) for an SDK-form id, None for an opaque one.
 
-    Equivalent to `envelope.parse_event_id` for what it accepts as a pair
-    (the form is canonical: no leading zero, so the pair maps back to one id),
-    but cheaper: no regular expression on the hot path.
+    Cheaper than `envelope.parse_event_id` (no regular expression on the hot
+    path) and still one-to-one: the source is the first 32 characters and the
+    sequence is canonical ASCII digits (no leading zero), so a pair maps back
+    to exactly one id.
     """
     if len(event_id) < _SOURCE_LEN + 2 or event_id[_SOURCE_LEN] != "-":
         return None
     digits = event_id[_SOURCE_LEN + 1 :]
-    if len(digits) > _MAX_SEQ_DIGITS or digits[0] == "0" or not (digits.isascii() and digits.isdigit()):
+    if len(digits) > _MAX_SEQ_DIGITS or digits[0] == "0" or not digits.isdigit() or not digits.isascii():
         return None
-    source = event_id[:_SOURCE_LEN]
-    if not (source.isascii() and source.isalnum()):
-        return None
-    return source, int(digits)
+    return event_id[:_SOURCE_LEN], int(digits)
+
+
+def to_ranges(seqs: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Sequence numbers per source as flat [lo, hi, lo, hi, ...] ranges (sorts the lists in place)."""
+    ranges: dict[str, list[int]] = {}
+    for source, values in seqs.items():
+        values.sort()
+        lo = hi = values[0]
+        if values[-1] - lo == len(values) - 1:  # one run with no gap or repeat: the usual batch
+            ranges[source] = [lo, values[-1]]
+            continue
+        flat: list[int] = []
+        for v in values[1:]:
+            if v <= hi + 1:
+                hi = max(hi, v)
+            else:
+                flat += (lo, hi)
+                lo = hi = v
+        flat += (lo, hi)
+        ranges[source] = flat
+    return ranges
 
 
 def id_ranges(event_ids: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -62,20 +81,7 @@ def id_ranges(event_ids: Iterable[str]) -> tuple[dict[str, list[int]], list[str]
             opaque.append(eid)
         else:
             seqs.setdefault(pair[0], []).append(pair[1])
-    ranges: dict[str, list[int]] = {}
-    for source, values in seqs.items():
-        values.sort()
-        flat: list[int] = []
-        lo = hi = values[0]
-        for v in values[1:]:
-            if v <= hi + 1:
-                hi = max(hi, v)
-            else:
-                flat += (lo, hi)
-                lo = hi = v
-        flat += (lo, hi)
-        ranges[source] = flat
-    return ranges, opaque
+    return to_ranges(seqs), opaque
 
 
 class _Ranges:
@@ -140,6 +146,14 @@ class SeenIds:
             return event_id in self._opaque
         ranges = self._sources.get(pair[0])
         return ranges is not None and pair[1] in ranges
+
+    def has(self, source: str, seq: int) -> bool:
+        """Whether the SDK-form id (source, seq) is seen (no parsing)."""
+        ranges = self._sources.get(source)
+        return ranges is not None and seq in ranges
+
+    def has_opaque(self, event_id: str) -> bool:
+        return event_id in self._opaque
 
     def __len__(self) -> int:
         """Sources plus opaque ids: the size of the state, not the number of ids."""

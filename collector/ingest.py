@@ -35,7 +35,7 @@ import msgspec
 
 from .auth import Principal
 from .decode import Batch
-from .dedup import SeenIds, id_ranges
+from .dedup import SeenIds, id_ranges, split_event_id, to_ranges
 from .frames import encode_frame
 from .judge import Judge, event_summary, reason_dicts
 from .metrics import Metrics
@@ -83,15 +83,16 @@ def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int)
 def build_accepted_frame(
     head: dict[str, Any],
     stored: list[tuple[dict[str, Any], Any, int, list[str] | None]],
-    event_ids: list[str],
+    ranges: dict[str, list[int]],
+    opaque: list[str],
 ) -> bytes:
     """A raw-log frame for accepted events: (event, encoded event, corrected time, flags) each.
 
-    The head lists the ids, one identity observation per distinct identity set
-    (the earliest event with it; every bind/unbind), the event-name counts and
-    the time range, so derived state is rebuilt from heads alone.
+    The head lists the ids (`ranges`/`opaque`, as `dedup.id_ranges` makes
+    them), one identity observation per distinct identity set (the earliest
+    event with it; every non-track event), the event-name counts and the time
+    range, so derived state is rebuilt from heads alone.
     """
-    ranges, opaque = id_ranges(event_ids)
     observations: dict[Any, list[Any]] = {}
     ops: list[list[Any]] = []
     names: dict[str, int] = {}
@@ -101,16 +102,18 @@ def build_accepted_frame(
         times.append(corrected)
         if event_flags:
             flags[str(i)] = event_flags
-        kind = event["type"]
         identities = event["identities"]
-        if kind == "track":
+        if event["type"] == "track":
             name = event["event"]
             names[name] = names.get(name, 0) + 1
             key = tuple(identities.items())
             seen = observations.get(key)
-            if seen is None or (corrected, event["event_id"]) < (seen[0], seen[1]):
-                observations[key] = [corrected, event["event_id"], kind, identities]
+            if seen is None:
+                observations[key] = [corrected, event["event_id"], "track", identities]
+            elif (corrected, event["event_id"]) < (seen[0], seen[1]):
+                seen[0], seen[1] = corrected, event["event_id"]
         else:
+            kind = event["type"]
             names[kind] = names.get(kind, 0) + 1
             ops.append([corrected, event["event_id"], kind, identities])
     head = dict(head)
@@ -173,14 +176,20 @@ class Ingest:
         verdicts = self.judge.judge(batch, trusted=principal.trusted, received_ms=received_ms)
         results: list[dict[str, Any]] = [_ACCEPTED] * verdicts.count
         seen, pending = self.seen, self.pending
+        has = seen.has
+        split = split_event_id
         waits: list[asyncio.Future[None]] = []
         local: set[str] = set()
         to_store: list[tuple[dict[str, Any], Any, int, list[str] | None]] = []
         ids: list[str] = []
+        seqs: dict[str, list[int]] = {}
+        opaque: list[str] = []
         duplicates = 0
+        msgpack = batch.format == "msgpack"
         for index, event, raw, corrected, flags in verdicts.valid:
             eid = event["event_id"]
-            if eid in local or eid in seen:
+            pair = split(eid)
+            if eid in local or (seen.has_opaque(eid) if pair is None else has(pair[0], pair[1])):
                 results[index] = _DUPLICATE
                 duplicates += 1
                 continue
@@ -192,10 +201,20 @@ class Ingest:
                 continue
             local.add(eid)
             ids.append(eid)
-            if store:
-                to_store.append((event, self._encoded(batch, event, raw), corrected, flags))
+            if pair is None:
+                opaque.append(eid)
             else:
+                got = seqs.get(pair[0])
+                if got is None:
+                    seqs[pair[0]] = [pair[1]]
+                else:
+                    got.append(pair[1])
+            if not store:
                 results[index] = {"status": "accepted", "time": corrected, **({"flags": flags} if flags else {})}
+            elif msgpack:
+                to_store.append((event, raw, corrected, flags))
+            else:
+                to_store.append((event, self._encoded(batch, event, raw), corrected, flags))
         q_records: list[tuple[Any, msgspec.Raw, int, list[dict[str, Any]]]] = []
         q_ids: list[str] = []
         for index, event, raw, corrected, reasons in verdicts.invalid:
@@ -215,6 +234,7 @@ class Ingest:
         head = _head(batch, principal, request_id, received_ms)
         commits: list[asyncio.Future[None]] = []
         appended: Appended | None = None
+        ranges: dict[str, list[int]] = {}
         q_appended: Appended | None = None
         # From here to the first await no other request runs: the pending marks are atomic with the checks.
         tickets: list[int] = []
@@ -227,7 +247,8 @@ class Ingest:
                     for eid in q_ids:
                         self.pending_quarantine[eid] = q_appended.committed
             if to_store:
-                appended = self.raw.append(build_accepted_frame(head, to_store, ids))
+                ranges = to_ranges(seqs)
+                appended = self.raw.append(build_accepted_frame(head, to_store, ranges, opaque))
                 tickets.append(self._track("raw", appended))
                 if appended.committed is not None:
                     commits.append(appended.committed)
@@ -245,7 +266,7 @@ class Ingest:
                     self._inflight.pop(ticket, None)
         # Durable: now, and only now, the ids count as seen.
         if appended is not None:
-            seen.add(ids, received_ms)
+            seen.add_head(ranges, opaque, received_ms)
         if q_appended is not None:
             self.quarantined.add(q_ids, received_ms)
         for ticket in tickets:

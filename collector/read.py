@@ -26,7 +26,7 @@ import msgspec
 from maidian.tracking_plan import Plan, Validator
 
 from .catalog import Catalog, IdentityFeed
-from .dedup import SeenIds
+from .dedup import SeenIds, id_ranges
 from .errors import CollectorError
 from .frames import Frame, decode_body, read_frame_at, read_frames, segment_files
 from .ingest import build_accepted_frame
@@ -299,7 +299,8 @@ def replay_quarantine(
             new_head["rid"] = f"replay:{segment}:{offset}"
             new_head["plan_version"] = plan.version
             new_head["replay"] = refs
-            writer.append_sync(build_accepted_frame(new_head, stored, ids))
+            ranges, opaque = id_ranges(ids)
+            writer.append_sync(build_accepted_frame(new_head, stored, ranges, opaque))
             state.seen.add(ids, now_ms)
             moved += len(stored)
     finally:
