@@ -70,7 +70,8 @@ async def test_t6_partial_rejection(client: Any, data_dir: Any) -> None:
                 assert set(reason) == {"rule", "path", "message"}
                 assert "110101199001011234" not in reason["message"]
     ids = stored_ids(data_dir)
-    assert len(ids) == 92 and len(set(ids)) == 92  # 2 earlier + 90 now, each once
+    assert len(ids) == 92
+    assert len(set(ids)) == 92
 
 
 async def test_duplicates_within_one_request(client: Any, data_dir: Any) -> None:
@@ -85,7 +86,8 @@ async def test_concurrent_requests_store_an_event_once(client: Any, data_dir: An
     assert sum(r["accepted"] for r in results) == 50
     assert sum(r["duplicate"] for r in results) == 7 * 50
     ids = stored_ids(data_dir)
-    assert len(ids) == 50 and len(set(ids)) == 50
+    assert len(ids) == 50
+    assert len(set(ids)) == 50
 
 
 async def test_opaque_ids_are_deduplicated(client: Any, data_dir: Any) -> None:

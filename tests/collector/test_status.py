@@ -26,7 +26,8 @@ from tests.collector.helpers import (
 async def error_of(resp: Any, status: int, code: str | None = None) -> dict[str, Any]:
     assert resp.status == status, await resp.text()
     body = await resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
     if code is not None:
         assert body["error"]["code"] == code
     assert body["error"]["message"]
@@ -57,7 +58,8 @@ async def test_401_and_403(client: Any) -> None:
     error = await error_of(
         await client.post(f"/v1/batch?write_key={KEY}", data=body, headers=headers_for(key=None)), 401
     )
-    assert "X-Maidian-Write-Key" in error["message"] and KEY not in error["message"]
+    assert "X-Maidian-Write-Key" in error["message"]
+    assert KEY not in error["message"]
 
 
 async def test_rotation_accepts_both_keys(client: Any) -> None:
@@ -124,7 +126,8 @@ async def test_503_while_the_disk_is_full_and_recovery_without_restart(
     assert int(resp.headers["Retry-After"]) >= 1
     assert "disk" in error["message"]
     ready = await client.get("/readyz")
-    assert ready.status == 503 and (await ready.json())["reason"] == "disk"
+    assert ready.status == 503
+    assert (await ready.json())["reason"] == "disk"
     assert (await client.get("/healthz")).status == 200
     disk.full = False
     resp = await client.post("/v1/batch", data=body_of([order(2)]), headers=headers_for())
