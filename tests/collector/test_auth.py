@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from maidian.collector.auth import NonceCache, RateLimiter
 from maidian.collector.config import WriteKey
+from maidian.collector.errors import RateLimited
 
 from tests.collector.helpers import body_of, filled, signed_headers, statuses
 from tests.conftest import ROOT
@@ -67,12 +70,10 @@ def test_token_bucket_refills() -> None:
     key = WriteKey("k", "0" * 64, rate_events_per_s=100, burst_events=100)
     limiter = RateLimiter()
     limiter.take(key, 100, 0.0)
-    try:
+    with pytest.raises(RateLimited) as info:
         limiter.take(key, 50, 0.1)
-    except Exception as exc:
-        assert getattr(exc, "retry_after_s", 0) >= 1
-    else:
-        raise AssertionError("over the quota")
+    assert info.value.retry_after_s is not None
+    assert info.value.retry_after_s >= 1
     limiter.take(key, 50, 0.6)
 
 
