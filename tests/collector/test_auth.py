@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from maidian.collector.auth import NonceCache, RateLimiter
 from maidian.collector.config import WriteKey
 from maidian.collector.errors import RateLimited
