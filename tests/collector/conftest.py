@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ def data_dir(tmp_path: Path) -> Path:
 def start(aiohttp_client: Any, data_dir: Path) -> ClientFactory:
     """Start a collector app (optionally with storage overrides); returns its test client."""
 
-    async def go(**storage: Any) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = await aiohttp_client(make_app(make_config(data_dir, **storage)))
+    async def go(plan: Path | None = None, **storage: Any) -> TestClient[Any, Any]:
+        config = make_config(data_dir, **storage)
+        if plan is not None:
+            config = replace(config, plan=plan)
+        client: TestClient[Any, Any] = await aiohttp_client(make_app(config))
         return client
 
     return go
