@@ -116,7 +116,7 @@ async def _ingest(request: web.Request, *, store: bool) -> web.Response:
         raise Unavailable("the collector is starting", retry_after_s=1)
     if collector.in_flight >= collector.config.server.max_in_flight:
         raise Unavailable("the collector is overloaded", retry_after_s=1)
-    collector.in_flight += 1
+    collector.enter()
     try:
         limits = collector.config.limits
         fmt, coding = read_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
@@ -136,7 +136,7 @@ async def _ingest(request: web.Request, *, store: bool) -> web.Response:
         outcome = await ingest.ingest(batch, principal, request_id[:64], store=store)
         return web.Response(body=_json.encode(outcome.to_dict()), content_type=_CONTENT_JSON)
     finally:
-        collector.in_flight -= 1
+        collector.leave()
 
 
 async def _batch(request: web.Request) -> web.Response:

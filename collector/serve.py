@@ -64,6 +64,11 @@ async def _run(config: Config) -> None:
     await stop.wait()
     collector.stopping = True
     print("maidian: stopping: draining requests in flight", file=sys.stderr, flush=True)
+    # Stop accepting, then let requests in flight finish, bodies included (aiohttp's own
+    # shutdown stops reading from connections, which would cut a body still arriving).
+    await site.stop()
+    if not await collector.wait_idle(config.server.shutdown_timeout_s):
+        print("maidian: requests still in flight at the shutdown timeout; closing them", file=sys.stderr, flush=True)
     await runner.cleanup()
     print("maidian: stopped", file=sys.stderr, flush=True)
 

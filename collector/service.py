@@ -143,6 +143,7 @@ class Collector:
         self.ready = False
         self.stopping = False
         self.in_flight = 0
+        self._idle: asyncio.Event | None = None
         self.started_s = 0.0
         self.ready_after_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -295,6 +296,29 @@ class Collector:
             lambda: self.raw.write_errors + self.quarantine.write_errors,
         )
         m.counter("maidian_log_bytes_total", "Bytes appended to the raw log.", lambda: self.raw.written_bytes)
+
+    def enter(self) -> None:
+        """A request starts."""
+        self.in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def leave(self) -> None:
+        """A request ends."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight (or the timeout passes); True when idle."""
+        if self.in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def is_ready(self) -> bool:
         return self.ready and not self.stopping and self.raw.healthy and self.quarantine.healthy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_any_arrival_order_gives_the_same_persons(tmp_path: Path, seed: int, cut
     events = story(now_ms() - 600_000)
     random.Random(seed).shuffle(events)
     edges = sorted({0, *cuts, len(events)})
-    batches = [events[a:b] for a, b in zip(edges, edges[1:], strict=False) if events[a:b]]
+    batches = [events[a:b] for a, b in itertools.pairwise(edges) if events[a:b]]
     data_dir = tmp_path / f"data-{seed}-{'-'.join(map(str, cuts))}"
     run_app(data_dir, batches)
     person = ids_of(person_events(data_dir, "u-1"))
