@@ -24,7 +24,7 @@ import msgspec
 from maidian.tracking_plan import Plan, Validator, Violation
 from maidian.tracking_plan.envelope import Limits
 
-from .decode import Batch, decode_event
+from .decode import Batch, check_limits, decode_event, event_too_large
 
 __all__ = ["Judge", "Verdicts", "event_summary", "reason_dicts"]
 
@@ -77,8 +77,17 @@ class Judge:
             base_flags = [FLAG_SKEW]
         latest = received_ms + self.future_ms
         oldest = received_ms - self.window_ms
+        values = batch.values
+        max_event_bytes = limits.max_event_bytes
         for index, raw in enumerate(batch.events):
-            event, problem = decode_event(raw, fmt, limits)
+            if values is None:
+                event, problem = decode_event(raw, fmt, limits)
+            else:
+                event = values[index]
+                size = len(raw)
+                problem = (
+                    check_limits(event, limits, size) if size <= max_event_bytes else event_too_large(size, limits)
+                )
             if problem is not None:
                 out.invalid.append((index, event, raw, received_ms, [problem]))
                 continue
