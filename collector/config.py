@@ -53,9 +53,10 @@ DEFAULT_SEGMENT_MAX_AGE_S: Final = 3600
 # Bytes written but not yet covered by an fsync before new requests get 503:
 # about 20,000 events' worth of 500-event frames, far above a healthy disk's backlog.
 DEFAULT_MAX_UNSYNCED_BYTES: Final = 64 << 20
-# Requests being handled at once before new ones get 503 (each holds at most one
-# decoded 16 MiB body; 64 of them bound memory at 1 GiB in the worst case).
-DEFAULT_MAX_IN_FLIGHT: Final = 64
+# Requests being handled at once before new ones get 503. Each waits for an fsync
+# (up to ~10 ms on a busy disk), so many must be in flight to keep the disk busy;
+# each holds at most a 16 MiB decoded body: 256 bound memory at 4 GiB in the worst case.
+DEFAULT_MAX_IN_FLIGHT: Final = 256
 # RELIABILITY.md T12: events more than an hour in the future are clamped and flagged.
 DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
 

@@ -53,7 +53,8 @@ ENCODINGS: Final = ("zstd", "gzip", "identity")
 # zstd's own default maximum window (8 MiB, level 19 uses at most that): a frame
 # asking for more memory than this is refused before any output is produced.
 _MAX_WINDOW_BYTES: Final = 1 << 23
-_CHUNK: Final = 1 << 20
+# Output read per call when streaming: each call allocates this much up front.
+_CHUNK: Final = 256 << 10
 
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=False):
@@ -117,12 +118,28 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the body inflates to more than {limit} bytes; send smaller batches")
 
 
+# One decompression context for the process: creating one costs about 7 µs, a
+# fifth of decoding a 50-event batch. Only the event loop's thread uses it.
+_dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW_BYTES)
+
+
 def _unzstd(body: bytes, limit: int) -> bytes:
-    dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW_BYTES)
+    try:
+        size = zstandard.frame_content_size(body)
+    except zstandard.ZstdError:
+        size = -1  # not a zstd frame: the streaming path says why
+    if 0 <= size <= limit:
+        # One frame that declares its size (what the SDK sends): decompress in one call.
+        # zstd checks the output against the declared size; extra frames are refused here
+        # and go through the streaming path, which caps them as a whole.
+        try:
+            return _dctx.decompress(body, allow_extra_data=False)
+        except zstandard.ZstdError:
+            pass
     out = bytearray()
     try:
         # read_across_frames: a body of several frames is one stream, capped as a whole.
-        with dctx.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
+        with _dctx.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
             while True:
                 chunk = reader.read(min(_CHUNK, limit + 1 - len(out)))
                 if not chunk:

@@ -46,6 +46,9 @@ __all__ = ["Ingest", "Outcome", "build_accepted_frame"]
 _ACCEPTED: Final = {"status": "accepted"}
 _DUPLICATE: Final = {"status": "duplicate"}
 _msgpack = msgspec.msgpack.Encoder()
+_json = msgspec.json.Encoder()
+_ACCEPTED_JSON: Final = _json.encode(_ACCEPTED)
+_DUPLICATE_JSON: Final = _json.encode(_DUPLICATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,15 @@ class Outcome:
     duplicate: int
     quarantined: int
     results: list[dict[str, Any]]
+
+    def to_json(self) -> bytes:
+        """The response body; the two common results are spliced in as bytes, not encoded each time."""
+        parts = [
+            _ACCEPTED_JSON if r is _ACCEPTED else _DUPLICATE_JSON if r is _DUPLICATE else _json.encode(r)
+            for r in self.results
+        ]
+        head = f'{{"accepted":{self.accepted},"duplicate":{self.duplicate},"quarantined":{self.quarantined},"results":['
+        return head.encode() + b",".join(parts) + b"]}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +110,8 @@ def build_accepted_frame(
     names: dict[str, int] = {}
     times: list[int] = []
     flags: dict[str, list[str]] = {}
+    last_ids: Any = None
+    last: list[Any] = []
     for i, (event, _raw, corrected, event_flags) in enumerate(stored):
         times.append(corrected)
         if event_flags:
@@ -106,12 +120,15 @@ def build_accepted_frame(
         if event["type"] == "track":
             name = event["event"]
             names[name] = names.get(name, 0) + 1
-            key = tuple(identities.items())
-            seen = observations.get(key)
-            if seen is None:
-                observations[key] = [corrected, event["event_id"], "track", identities]
-            elif (corrected, event["event_id"]) < (seen[0], seen[1]):
-                seen[0], seen[1] = corrected, event["event_id"]
+            # Events of one batch usually share one identity set: compare with the last one first.
+            if identities != last_ids:
+                key = tuple(identities.items())
+                entry = observations.get(key)
+                if entry is None:
+                    entry = observations[key] = [corrected, event["event_id"], "track", identities]
+                last_ids, last = identities, entry
+            if corrected <= last[0] and (corrected, event["event_id"]) < (last[0], last[1]):
+                last[0], last[1] = corrected, event["event_id"]
         else:
             kind = event["type"]
             names[kind] = names.get(kind, 0) + 1
