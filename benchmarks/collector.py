@@ -335,6 +335,10 @@ def pipeline_floor(plan_path: Path, plan_events: int, batch: int, data: Path, du
     collector = Collector(config)
     collector.open()
     principal = Principal("bench", "key", trusted=False)
+    import gc
+
+    gc.freeze()  # as `maidian serve` does once it has started
+    gc.set_threshold(50_000, 20, 20)
 
     async def run() -> tuple[int, float]:
         await collector.start()

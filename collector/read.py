@@ -253,7 +253,8 @@ def replay_quarantine(
     now_ms = int(now() * 1000)
     state = load_dedup_state(data, None, window_s, now_ms)
     judge = Judge(plan, Validator(plan), _limits(), window_s=window_s, future_tolerance_s=3600)
-    writer = LogWriter(data.raw, pid_writer_id("r"))
+    writer_id = pid_writer_id("r")
+    writer = LogWriter(data.raw, writer_id)
     writer.open()
     moved = duplicate = invalid = 0
     try:
@@ -305,6 +306,7 @@ def replay_quarantine(
             moved += len(stored)
     finally:
         writer.close_sync()
+        (data.raw / f"{writer_id}.lock").unlink(missing_ok=True)  # a one-off writer id
     catalog = Catalog(data)
     try:
         catalog.catch_up()

@@ -224,6 +224,10 @@ class Collector:
         assert self.dedup is not None
         follow_segments(self.data, self.dedup, self.writer_id)
 
+    async def catch_up_catalog(self) -> None:
+        """Index the log into the catalog and feed the identity graph now (on the indexer thread)."""
+        await asyncio.get_running_loop().run_in_executor(self._index_pool, self._index)
+
     def _index(self) -> None:
         if self._catalog is None:
             self._catalog = Catalog(self.data)
