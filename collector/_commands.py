@@ -9,14 +9,40 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, add_command, print_plan_problems
+from maidian.tracking_plan.errors import PlanLoadError
+
+from .errors import CollectorError, NoSuchPerson
 
 __all__ = ["add_collector_commands"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _reporting(handler: Handler) -> Handler:
+    """Turn the errors a command expects into a message and its exit code."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except NoSuchPerson as exc:
+            print(f"maidian {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FINDINGS
+        except PlanLoadError as exc:
+            return print_plan_problems(exc)
+        except (CollectorError, argparse.ArgumentTypeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_UNUSABLE
+
+    return run
 
 
 def _emit(record: Any, out: TextIO) -> None:
@@ -55,11 +81,9 @@ def _load_plan(path: str | None) -> Any:
     return load_plan(path)
 
 
+@_reporting
 def _serve(args: argparse.Namespace) -> int:
-    from maidian.tracking_plan import PlanLoadError
-
     from .config import resolve_config, with_storage
-    from .errors import CollectorError
     from .serve import serve
 
     flags = {
@@ -70,34 +94,17 @@ def _serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "durability": args.durability,
     }
-    try:
-        config = resolve_config(file=args.config, flags=flags, write_keys=tuple(args.write_key or ()))
-        if args.writer_id:
-            config = with_storage(config, writer_id=args.writer_id)
-        return serve(config)
-    except PlanLoadError as exc:
-        return print_plan_problems(exc)
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    config = resolve_config(file=args.config, flags=flags, write_keys=tuple(args.write_key or ()))
+    if args.writer_id:
+        config = with_storage(config, writer_id=args.writer_id)
+    return serve(config)
 
 
+@_reporting
 def _events(args: argparse.Namespace) -> int:
-    from maidian.tracking_plan import PlanLoadError
+    from .read import person_events
 
-    from .errors import CollectorError
-    from .read import NoSuchPerson, person_events
-
-    try:
-        records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
-    except NoSuchPerson as exc:
-        print(f"maidian events: {exc}", file=sys.stderr)
-        return EXIT_FINDINGS
-    except PlanLoadError as exc:
-        return print_plan_problems(exc)
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
     for record in records:
         _emit(record, sys.stdout)
     return EXIT_OK
@@ -122,42 +129,31 @@ class _Progress:
         self.stream.flush()
 
 
+@_reporting
 def _export(args: argparse.Namespace) -> int:
-    from .errors import CollectorError
     from .read import export_events
 
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     count = 0
-    try:
-        for record in export_events(
-            Path(args.data),
-            since_ms=_time_ms(args.since),
-            until_ms=_time_ms(args.until),
-            quarantined=args.quarantined,
-            progress=progress,
-        ):
-            _emit(record, sys.stdout)
-            count += 1
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    except argparse.ArgumentTypeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    for record in export_events(
+        Path(args.data),
+        since_ms=_time_ms(args.since),
+        until_ms=_time_ms(args.until),
+        quarantined=args.quarantined,
+        progress=progress,
+    ):
+        _emit(record, sys.stdout)
+        count += 1
     if progress is not None:
         progress.finish(count)
     return EXIT_OK
 
 
+@_reporting
 def _quarantine_list(args: argparse.Namespace) -> int:
-    from .errors import CollectorError
     from .read import quarantine_records
 
-    try:
-        rows = quarantine_records(Path(args.data), args.rule)
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    rows = quarantine_records(Path(args.data), args.rule)
     for row in rows:
         if args.format == "json":
             _emit(row, sys.stdout)
@@ -171,19 +167,11 @@ def _quarantine_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_reporting
 def _quarantine_replay(args: argparse.Namespace) -> int:
-    from maidian.tracking_plan import PlanLoadError
-
-    from .errors import CollectorError
     from .read import replay_quarantine
 
-    try:
-        report = replay_quarantine(Path(args.data), _load_plan(args.plan))
-    except PlanLoadError as exc:
-        return print_plan_problems(exc)
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    report = replay_quarantine(Path(args.data), _load_plan(args.plan))
     print(
         f"moved {report.moved} events into the raw log; {report.duplicate} were already there; "
         f"{report.still_invalid} still fail the plan; {report.already_replayed} were replayed before"
@@ -191,19 +179,11 @@ def _quarantine_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_reporting
 def _rebuild(args: argparse.Namespace) -> int:
-    from maidian.tracking_plan import PlanLoadError
-
-    from .errors import CollectorError
     from .read import rebuild
 
-    try:
-        counts = rebuild(Path(args.data), _load_plan(args.plan))
-    except PlanLoadError as exc:
-        return print_plan_problems(exc)
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    counts = rebuild(Path(args.data), _load_plan(args.plan))
     print(f"rebuilt the catalog: {counts['accepted']} accepted, {counts['quarantined']} quarantined events")
     return EXIT_OK
 

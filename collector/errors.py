@@ -9,6 +9,7 @@ a bug.
     CollectorError                      root of this package's errors
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
      ├── DataDirError                    the data directory cannot be used (locked, unreadable)
+     ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
      └── RequestError                    a request is refused; carries `status` and `code`
           ├── BadRequest                 400: the body is not a batch (undecodable, bad_batch, bad_encoding)
           ├── Unauthenticated            401: no key, unknown key, bad signature, replay
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DataDirError",
     "Forbidden",
+    "NoSuchPerson",
     "PayloadTooLarge",
     "RateLimited",
     "RequestError",
@@ -49,6 +51,10 @@ class ConfigError(CollectorError):
 
 class DataDirError(CollectorError):
     """The data directory cannot be used (missing, unreadable, or locked by another writer)."""
+
+
+class NoSuchPerson(CollectorError):
+    """No stored event carries the identity a reader was asked for."""
 
 
 class RequestError(CollectorError):

@@ -27,7 +27,7 @@ from maidian.tracking_plan import Plan, Validator
 
 from .catalog import Catalog, IdentityFeed
 from .dedup import SeenIds, id_ranges
-from .errors import CollectorError
+from .errors import CollectorError, NoSuchPerson
 from .frames import Frame, decode_body, read_frame_at, read_frames, segment_files
 from .ingest import build_accepted_frame
 from .service import load_dedup_state, pid_writer_id
@@ -47,10 +47,6 @@ _decoder = msgspec.msgpack.Decoder()
 _json_decoder = msgspec.json.Decoder()
 # Far beyond any window: a reader must never forget an id it has printed.
 _FOREVER_S: Final = 1e12
-
-
-class NoSuchPerson(CollectorError):
-    """No stored event carries that identity."""
 
 
 def _open(data_dir: Path) -> DataDir:
