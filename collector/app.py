@@ -19,6 +19,7 @@ cap.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -34,7 +35,7 @@ from maidian.tracking_plan.envelope import BATCH_PATH, DEBUG_PATH
 from .auth import Authenticator
 from .config import Config
 from .decode import decode_batch, decompress, read_media_type
-from .errors import PayloadTooLarge, RequestError, Unavailable
+from .errors import BadRequest, PayloadTooLarge, RequestError, Unavailable
 from .service import Collector
 
 __all__ = ["COLLECTOR", "ROUTES", "make_app"]
@@ -51,6 +52,8 @@ ROUTES: Final = (
     ("GET", "/metrics"),
 )
 _json = msgspec.json.Encoder()
+# Counted in metrics for requests whose sender disconnected (nginx's "client closed request").
+_CLIENT_GONE: Final = 499
 _READ_CHUNK: Final = 1 << 16
 _CONTENT_JSON: Final = "application/json"
 
@@ -80,6 +83,9 @@ async def _errors(
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except (ConnectionError, asyncio.CancelledError):
+        status = _CLIENT_GONE  # the sender went away mid-request; nothing of it was stored
+        raise
     except Exception:
         log.exception("bug: unhandled error for %s %s", request.method, request.path)
         body = _json.encode({"error": {"code": "internal", "message": "a bug in the collector; retry later"}})
@@ -104,6 +110,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         chunks += chunk
         if len(chunks) > limit:
             raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
+    if request.content_length is not None and len(chunks) != request.content_length:
+        # The connection ended early (a reset mid-body): never decode, never store part of a batch.
+        raise BadRequest(f"the body ended after {len(chunks)} of {request.content_length} bytes")
     return bytes(chunks)
 
 

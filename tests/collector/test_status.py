@@ -161,3 +161,35 @@ async def test_503_while_stopping(client: Any) -> None:
 async def test_unknown_paths_and_methods_are_4xx(client: Any) -> None:
     assert (await client.get("/v1/batch")).status == 405
     assert (await client.post("/v2/batch", data=b"")).status == 404
+
+
+async def test_a_connection_cut_mid_body_stores_nothing(client: Any, data_dir: Any) -> None:
+    """RELIABILITY T9: a reset after part of the body appends no partial batch."""
+    import asyncio
+    import socket
+    import struct
+
+    from maidian.collector.read import export_events
+
+    body = body_of([order(k) for k in range(1, 201)])
+    head = (
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\nContent-Encoding: zstd\r\n"
+        f"X-Maidian-Write-Key: {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    collector = client.server.app[COLLECTOR]
+    for fraction, reset in ((0.01, False), (0.5, True), (0.99, True)):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(head + body[: int(len(body) * fraction)])
+        await writer.drain()
+        if reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while collector.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+    assert collector.raw.written_bytes == 0
+    assert list(export_events(data_dir)) == []
+    assert collector.metrics.requests.get(("/v1/batch", 500), 0) == 0
+    resp = await client.post("/v1/batch", data=body, headers=headers_for())
+    assert (await resp.json())["accepted"] == 200
