@@ -102,15 +102,29 @@ def request_bytes(body: bytes, port: int) -> bytes:
 
 
 async def _connection(
-    port: int, requests: list[bytes], start: int, step: int, deadline: float, lat: list[float], stats: dict[str, int]
+    port: int,
+    requests: list[bytes],
+    start: int,
+    step: int,
+    deadline: float,
+    lat: list[float],
+    stats: dict[str, int],
+    cycle: bool,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = start
     try:
-        while time.perf_counter() < deadline and i < len(requests):
+        while time.perf_counter() < deadline and (cycle or i < len(requests)):
             t = time.perf_counter()
-            writer.write(requests[i])
-            head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(requests[i % len(requests)])
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed a keep-alive connection: reconnect and send the same request again.
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                stats["reconnects"] = stats.get("reconnects", 0) + 1
+                continue
             status = int(head[9:12])
             m = re.search(rb"(?i)content-length:\s*(\d+)", head)
             if m:
@@ -139,6 +153,7 @@ def _load(
     ready: Any,
     go: Any,
     results: Any,
+    cycle: bool,
 ) -> None:
     _, samples = generate_plan(plan_events)
     requests = [request_bytes(b, port) for b in make_bodies(samples, batch, count, worker)]
@@ -150,7 +165,9 @@ def _load(
     async def run() -> float:
         start = time.perf_counter()
         deadline = start + duration_s
-        await asyncio.gather(*(_connection(port, requests, c, conns, deadline, lat, stats) for c in range(conns)))
+        await asyncio.gather(
+            *(_connection(port, requests, c, conns, deadline, lat, stats, cycle) for c in range(conns))
+        )
         return time.perf_counter() - start
 
     elapsed = asyncio.run(run())
@@ -166,19 +183,43 @@ def _load(
 
 
 def drive(
-    port: int, plan_events: int, batch: int, *, duration_s: float, rate_hint: float, procs: int = 1, conns: int = 8
+    port: int,
+    plan_events: int,
+    batch: int,
+    *,
+    duration_s: float,
+    rate_hint: float,
+    procs: int = 1,
+    conns: int = 8,
+    cycle: bool = False,
 ) -> dict[str, Any]:
-    """Run `procs` load processes against a server for `duration_s`; events/s and latency percentiles."""
+    """Run `procs` load processes against a server for `duration_s`; events/s and latency percentiles.
+
+    `cycle` sends a few hundred bodies over and over (servers that do not deduplicate);
+    otherwise every body is new, and `rate_hint` sizes how many to build.
+    """
     ctx = mp.get_context("fork")
     go = ctx.Event()
     results = ctx.Queue()
-    count = int(rate_hint * duration_s * 1.5 / batch / procs) + conns * 4
+    count = 400 if cycle else int(rate_hint * duration_s * 1.5 / batch / procs) + conns * 4
     readies, workers = [], []
     for w in range(procs):
         ready = ctx.Event()
         p = ctx.Process(
             target=_load,
-            args=(port, plan_events, batch, count, w + 100 * os.getpid() % 1000, conns, duration_s, ready, go, results),
+            args=(
+                port,
+                plan_events,
+                batch,
+                count,
+                w + 100 * os.getpid() % 1000,
+                conns,
+                duration_s,
+                ready,
+                go,
+                results,
+                cycle,
+            ),
         )
         p.start()
         readies.append(ready)
@@ -272,6 +313,7 @@ error_log {dir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
+  keepalive_requests 1000000;
   client_body_temp_path {dir}/body;
   proxy_temp_path {dir}/proxy;
   fastcgi_temp_path {dir}/fastcgi;
@@ -401,7 +443,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one short run per row")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
-    parser.add_argument("--only", help="run only rows whose name contains this")
+    parser.add_argument("--only", help="run only rows whose name contains one of these (comma-separated)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     duration = 2.0 if args.quick else args.duration
@@ -416,7 +458,7 @@ def main() -> int:
             plans[n] = path
 
         def row(name: str, fn: Any, **meta: Any) -> None:
-            if args.only and args.only not in name:
+            if args.only and not any(part in name for part in args.only.split(",")):
                 return
             results = []
             for r in range(runs):
@@ -510,7 +552,7 @@ def main() -> int:
             def bare_run(r: int, batch: int = batch) -> dict[str, Any]:
                 proc, port = start_bare()
                 try:
-                    return drive(port, 1, batch, duration_s=duration, rate_hint=600_000, conns=CONNS[batch])
+                    return drive(port, 1, batch, duration_s=duration, rate_hint=0, conns=CONNS[batch], cycle=True)
                 finally:
                     _stop(proc)
 
@@ -529,7 +571,7 @@ def main() -> int:
                     return {"events_per_s": 0.0, "skipped": "nginx or its echo module is not installed"}
                 proc, port, log = started
                 try:
-                    out = drive(port, 1, batch, duration_s=duration, rate_hint=1_000_000, conns=CONNS[batch])
+                    out = drive(port, 1, batch, duration_s=duration, rate_hint=0, conns=CONNS[batch], cycle=True)
                     out["log_bytes"] = log.stat().st_size if log.exists() else 0
                     return out
                 finally:

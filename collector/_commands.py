@@ -83,7 +83,7 @@ def _load_plan(path: str | None) -> Any:
 
 @_reporting
 def _serve(args: argparse.Namespace) -> int:
-    from .config import resolve_config, with_storage
+    from .config import ConfigSource, with_storage
     from .serve import serve
 
     flags = {
@@ -94,10 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "durability": args.durability,
     }
-    config = resolve_config(file=args.config, flags=flags, write_keys=tuple(args.write_key or ()))
+    source = ConfigSource(args.config, tuple(flags.items()), tuple(args.write_key or ()))
+    config = source.resolve()
     if args.writer_id:
         config = with_storage(config, writer_id=args.writer_id)
-    return serve(config)
+    return serve(config, source)
 
 
 @_reporting

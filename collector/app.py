@@ -38,7 +38,7 @@ from .decode import decode_batch, decompress, read_media_type
 from .errors import BadRequest, PayloadTooLarge, RequestError, Unavailable
 from .service import Collector
 
-__all__ = ["COLLECTOR", "ROUTES", "make_app"]
+__all__ = ["AUTH", "COLLECTOR", "ROUTES", "make_app"]
 
 log = logging.getLogger("maidian.collector")
 

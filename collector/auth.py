@@ -126,11 +126,15 @@ class Authenticator:
     """Decides who sent a request from its headers, query and body."""
 
     def __init__(self, config: AuthConfig) -> None:
+        self.nonces = NonceCache()
+        self.limiter = RateLimiter()
+        self.reload(config)
+
+    def reload(self, config: AuthConfig) -> None:
+        """Use a new set of keys and sources from now on (nonces and quotas carry over)."""
         self._keys: tuple[WriteKey, ...] = config.write_keys
         self._hashes = tuple(bytes.fromhex(k.sha256) for k in config.write_keys)
         self._sources: dict[str, ServerSource] = {s.name: s for s in config.sources}
-        self.nonces = NonceCache()
-        self.limiter = RateLimiter()
 
     def authenticate(
         self,

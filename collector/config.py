@@ -28,6 +28,7 @@ from .errors import ConfigError
 __all__ = [
     "AuthConfig",
     "Config",
+    "ConfigSource",
     "DedupConfig",
     "Durability",
     "ServerConfig",
@@ -287,6 +288,18 @@ def resolve_config(
         auth=AuthConfig(write_keys=tuple(keys), sources=sources),
     )
     return check_config(config)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where a configuration came from, so it can be resolved again (SIGHUP reloads keys)."""
+
+    file: str | None = None
+    flags: tuple[tuple[str, Any], ...] = ()
+    write_keys: tuple[str, ...] = ()
+
+    def resolve(self, env: Mapping[str, str] | None = None) -> Config:
+        return resolve_config(file=self.file, env=env, flags=dict(self.flags), write_keys=self.write_keys)
 
 
 def check_config(config: Config) -> Config:

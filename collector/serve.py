@@ -20,13 +20,14 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
 import time
 from dataclasses import replace
 
-from .config import Config, with_storage
+from .config import Config, ConfigSource, with_storage
 
 __all__ = ["serve"]
 
@@ -37,10 +38,11 @@ log = logging.getLogger("maidian.collector")
 _GC_GEN0_THRESHOLD = 50_000
 
 
-async def _run(config: Config) -> None:
+async def _run(config: Config, source: ConfigSource | None) -> None:
     from aiohttp import web
 
-    from .app import COLLECTOR, make_app
+    from .app import AUTH, COLLECTOR, make_app
+    from .errors import ConfigError
 
     app = make_app(config)
     runner = web.AppRunner(
@@ -71,6 +73,24 @@ async def _run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload_keys() -> None:
+        if source is None:
+            return
+        try:
+            fresh = source.resolve()
+        except ConfigError as exc:
+            print(f"maidian: SIGHUP: the configuration is unusable, keeping the old keys: {exc}", file=sys.stderr)
+            return
+        app[AUTH].reload(fresh.auth)
+        active = sum(1 for k in fresh.auth.write_keys if not k.revoked)
+        print(
+            f"maidian: reloaded keys: {active} active write keys, {len(fresh.auth.sources)} server sources",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    loop.add_signal_handler(signal.SIGHUP, reload_keys)
     await stop.wait()
     collector.stopping = True
     print("maidian: stopping: draining requests in flight", file=sys.stderr, flush=True)
@@ -83,21 +103,25 @@ async def _run(config: Config) -> None:
     print("maidian: stopped", file=sys.stderr, flush=True)
 
 
-def _worker(config: Config) -> None:
+def _worker(config: Config, source: ConfigSource | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config))
+        asyncio.run(_run(config, source))
 
 
-def serve(config: Config) -> int:
-    """Run the collector (and its worker processes) until SIGTERM; the exit code."""
+def serve(config: Config, source: ConfigSource | None = None) -> int:
+    """Run the collector (and its worker processes) until SIGTERM; the exit code.
+
+    With `source`, SIGHUP resolves the configuration again and swaps in its
+    write keys and server sources (rotation and revocation without a restart).
+    """
     if config.server.workers == 1:
-        _worker(config)
+        _worker(config, source)
         return 0
-    return _supervise(config)
+    return _supervise(config, source)
 
 
-def _supervise(config: Config) -> int:
+def _supervise(config: Config, source: ConfigSource | None) -> int:
     # Hold the port (bound, never listening: it takes no connections) so that
     # every worker binds the same one, even when port 0 asked for any free port.
     holder = socket.socket(socket.AF_INET6 if ":" in config.server.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -110,7 +134,7 @@ def _supervise(config: Config) -> int:
     for i in range(config.server.workers):
         worker_config = with_storage(config, writer_id=f"w{i}")
         worker_config = replace(worker_config, server=replace(config.server, port=port, workers=1, reuse_port=True))
-        proc = ctx.Process(target=_worker, args=(worker_config,), name=f"maidian-w{i}")
+        proc = ctx.Process(target=_worker, args=(worker_config, source), name=f"maidian-w{i}")
         proc.start()
         workers.append(proc)
     stopping = False
@@ -123,8 +147,15 @@ def _supervise(config: Config) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate() if signum == signal.SIGTERM else proc.kill()
 
+    def hangup(_signum: int, _frame: object) -> None:
+        for proc in workers:
+            if proc.pid is not None and proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, lambda s, f: forward(signal.SIGTERM, f))
+    signal.signal(signal.SIGHUP, hangup)
     code = 0
     try:
         while True:

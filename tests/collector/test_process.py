@@ -190,3 +190,38 @@ async def test_two_workers_share_a_port_and_a_data_directory(servers: list[Serve
     assert writers <= {"w0", "w1"}
     stored = [r["event_id"] for r in export_events(data_dir)]
     assert sorted(stored) == sorted(acked)
+
+
+async def test_sighup_rotates_and_revokes_keys_without_a_restart(servers: list[Server], tmp_path: Path) -> None:
+    """RELIABILITY T17: both keys work during the overlap; the old one is refused once revoked."""
+    from maidian.collector.config import hash_key
+
+    config = tmp_path / "maidian.toml"
+
+    def write(old_revoked: bool) -> None:
+        config.write_text(
+            f'[[write_keys]]\nname = "old"\nsha256 = "{hash_key("old-key")}"\nrevoked = {str(old_revoked).lower()}\n'
+            f'[[write_keys]]\nname = "new"\nsha256 = "{hash_key("new-key")}"\n'
+        )
+
+    write(old_revoked=False)
+    server = Server(tmp_path / "data", "--config", str(config))
+    servers.append(server)
+
+    async def status_with(key: str, seq: int) -> int:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(server.url + "/v1/batch", data=body_of([order(seq)]), headers=headers_for(key=key)) as resp,
+        ):
+            return resp.status
+
+    assert await status_with("old-key", 1) == 200
+    assert await status_with("new-key", 2) == 200
+    write(old_revoked=True)
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.proc.stderr is not None
+    line = await asyncio.to_thread(server.proc.stderr.readline)
+    assert "reloaded keys: 2 active write keys" in line  # "new" and the --write-key one
+    assert await status_with("old-key", 3) == 403
+    assert await status_with("new-key", 4) == 200
+    assert server.stop() == 0
