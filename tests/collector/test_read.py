@@ -183,3 +183,24 @@ async def test_rebuild(start: ClientFactory, data_dir: Path, capsys: pytest.Capt
 def test_reading_something_that_is_not_a_data_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "--data", str(tmp_path)]) == 2
     assert "not a maidian data directory" in capsys.readouterr().err
+
+
+async def test_export_shows_progress_on_a_terminal(
+    start: ClientFactory, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import pty
+    import sys
+
+    client = await start()
+    await post_all(client, [[order(n) for n in range(1, 21)]])
+    await client.close()
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main(["export", "--data", str(data_dir)]) == 0
+    shown = os.read(master, 65536).decode()
+    os.close(master)
+    assert "exporting: 100%" in shown
+    assert "exported 20 events" in shown
+    assert len(capsys.readouterr().out.splitlines()) == 20
