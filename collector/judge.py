@@ -77,8 +77,11 @@ class Judge:
             base_flags = [FLAG_SKEW]
         latest = received_ms + self.future_ms
         oldest = received_ms - self.window_ms
+        shift = 0 if skew is None else skew
         values = batch.values
         max_event_bytes = limits.max_event_bytes
+        check_trigger = bool(server_events) and not trusted
+        valid = out.valid
         for index, raw in enumerate(batch.events):
             if values is None:
                 event, problem = decode_event(raw, fmt, limits)
@@ -91,41 +94,94 @@ class Judge:
             if problem is not None:
                 out.invalid.append((index, event, raw, received_ms, [problem]))
                 continue
-            ok = is_valid(event)
-            reasons: list[Violation] = [] if ok else self.validator.validate(event)
-            if not trusted and type(event) is dict and event.get("type") == "track":
-                name = event.get("event")
-                if type(name) is str and name in server_events:
-                    reasons.append(
-                        Violation(
-                            "trigger",
-                            "/event",
-                            f"event {name!r} is marked 'trigger: server' in the plan; only signed server sources"
-                            " may send it",
-                        )
+            if is_valid(event):
+                # The plan's schema has checked the envelope: a dict with an integer time.
+                corrected = event["time"] - shift
+                if (
+                    corrected < oldest
+                    or corrected > latest
+                    or (check_trigger and event["type"] == "track" and event["event"] in server_events)
+                ):
+                    self._judge_slowly(
+                        out,
+                        index=index,
+                        event=event,
+                        raw=raw,
+                        reasons=[],
+                        corrected=corrected,
+                        flags=base_flags,
+                        trusted=trusted,
+                        received_ms=received_ms,
                     )
+                else:
+                    valid.append((index, event, raw, corrected, base_flags))
+                continue
+            reasons = self.validator.validate(event)
             device = event.get("time") if type(event) is dict else None
             if type(device) is not int:
+                if not trusted:
+                    reasons += self._trigger(event)
                 out.invalid.append((index, event, raw, received_ms, reasons or _envelope_time()))
                 continue
-            corrected = device if skew is None else device - skew
-            flags = base_flags
-            if corrected > latest:
-                corrected = received_ms
-                flags = [*(flags or ()), FLAG_FUTURE]
-            elif corrected < oldest:
-                reasons.append(
-                    Violation(
-                        "too_old",
-                        "/time",
-                        f"the event is older than the deduplication window ({self.window_ms // 86_400_000} days)",
-                    )
-                )
-            if reasons:
-                out.invalid.append((index, event, raw, corrected, reasons))
-            else:
-                out.valid.append((index, event, raw, corrected, flags))
+            self._judge_slowly(
+                out,
+                index=index,
+                event=event,
+                raw=raw,
+                reasons=reasons,
+                corrected=device - shift,
+                flags=base_flags,
+                trusted=trusted,
+                received_ms=received_ms,
+            )
         return out
+
+    def _trigger(self, event: Any) -> list[Violation]:
+        """The `trigger` violation for a server-only event from an untrusted sender, if it is one."""
+        if type(event) is not dict or event.get("type") != "track":
+            return []
+        name = event.get("event")
+        if type(name) is not str or name not in self.server_events:
+            return []
+        return [
+            Violation(
+                "trigger",
+                "/event",
+                f"event {name!r} is marked 'trigger: server' in the plan; only signed server sources may send it",
+            )
+        ]
+
+    def _judge_slowly(
+        self,
+        out: Verdicts,
+        *,
+        index: int,
+        event: dict[str, Any],
+        raw: msgspec.Raw,
+        reasons: list[Violation],
+        corrected: int,
+        flags: list[str] | None,
+        trusted: bool,
+        received_ms: int,
+    ) -> None:
+        """The rest of the verdict for an event that is invalid, server-only, or far off in time."""
+        if not trusted:
+            reasons += self._trigger(event)
+        if corrected > received_ms + self.future_ms:
+            corrected = received_ms
+            flags = [*(flags or ()), FLAG_FUTURE]
+        elif corrected < received_ms - self.window_ms:
+            reasons.append(
+                Violation(
+                    "too_old",
+                    "/time",
+                    f"the event is older than the deduplication window ({self.window_ms // 86_400_000} days)",
+                )
+            )
+        if reasons:
+            out.invalid.append((index, event, raw, corrected, reasons))
+        else:
+            out.valid.append((index, event, raw, corrected, flags))
 
 
 def _envelope_time() -> list[Violation]:
