@@ -238,6 +238,7 @@ def drive(
         for k, v in o["stats"].items():
             statuses[k] = statuses.get(k, 0) + v
     return {
+        "events_total": ok * batch,
         "events_per_s": ok * batch / elapsed,
         "requests_per_s": len(lat) / elapsed,
         "p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
@@ -245,6 +246,35 @@ def drive(
         "statuses": statuses,
         "exhausted": any(o["exhausted"] for o in outs),
     }
+
+
+# -- CPU accounting --------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds used) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by a process and all its descendants (the collector and its workers)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)], used[int(entry)] = _stat(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
 
 
 # -- servers -------------------------------------------------------------------------
@@ -382,13 +412,14 @@ def pipeline_floor(plan_path: Path, plan_events: int, batch: int, data: Path, du
     gc.freeze()  # as `maidian serve` does once it has started
     gc.set_threshold(50_000, 20, 20)
 
-    async def run() -> tuple[int, float]:
+    async def run() -> tuple[int, float, float]:
         await collector.start()
         ingest = collector.ingest
         assert ingest is not None
         done = 0
         nxt = 0
         start = time.perf_counter()
+        cpu = time.process_time()
         deadline = start + duration_s
 
         async def worker() -> None:
@@ -402,11 +433,12 @@ def pipeline_floor(plan_path: Path, plan_events: int, batch: int, data: Path, du
 
         await asyncio.gather(*(worker() for _ in range(CONNS[batch])))
         elapsed = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu
         await collector.close()
-        return done, elapsed
+        return done, elapsed, cpu_s
 
-    done, elapsed = asyncio.run(run())
-    return {"events_per_s": done / elapsed}
+    done, elapsed, cpu_s = asyncio.run(run())
+    return {"events_per_s": done / elapsed, "cpu_us_per_event": cpu_s / done * 1e6}
 
 
 def _pipeline_proc(args: tuple[Any, ...], out: Any) -> None:
@@ -427,7 +459,7 @@ def pipeline_floor_subprocess(*args: Any) -> dict[str, Any]:
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("events_per_s", "requests_per_s", "p50_ms", "p99_ms")
+    keys = ("events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_event")
     out: dict[str, Any] = {}
     for k in keys:
         values = [r[k] for r in runs if r.get(k) is not None]
@@ -443,7 +475,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one short run per row")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
-    parser.add_argument("--only", help="run only rows whose name contains one of these (comma-separated)")
+    parser.add_argument("--only", help="run only rows whose name contains one of these (separated by ';')")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     duration = 2.0 if args.quick else args.duration
@@ -458,7 +490,7 @@ def main() -> int:
             plans[n] = path
 
         def row(name: str, fn: Any, **meta: Any) -> None:
-            if args.only and not any(part in name for part in args.only.split(",")):
+            if args.only and not any(part in name for part in args.only.split(";")):
                 return
             results = []
             for r in range(runs):
@@ -482,14 +514,17 @@ def main() -> int:
                     data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}"
                     proc, port = start_collector(plans[plan_events], data, workers)
                     try:
-                        return drive(
+                        cpu = cpu_seconds(proc.pid)
+                        out = drive(
                             port,
                             plan_events,
                             batch,
                             duration_s=duration,
                             rate_hint=hint * workers,
-                            conns=8 if batch == 500 else 16,
+                            conns=CONNS[batch],
                         )
+                        out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
+                        return out
                     finally:
                         _stop(proc)
                         shutil.rmtree(data, ignore_errors=True)
@@ -525,15 +560,18 @@ def main() -> int:
                     data = tmp / f"two-{plan_events}-{batch}-{r}"
                     proc, port = start_collector(plans[plan_events], data, 2)
                     try:
-                        return drive(
+                        cpu = cpu_seconds(proc.pid)
+                        out = drive(
                             port,
                             plan_events,
                             batch,
                             duration_s=duration,
                             rate_hint=(200_000 if plan_events == 1 else 80_000) * 2,
                             procs=2,
-                            conns=8,
+                            conns=CONNS[batch] // 2,
                         )
+                        out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
+                        return out
                     finally:
                         _stop(proc)
                         shutil.rmtree(data, ignore_errors=True)
@@ -602,9 +640,9 @@ def report(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| plan | batch | collector ev/s | p50 ms | p99 ms | aiohttp floor ev/s | pipeline floor ev/s "
-        "| combined floor ev/s | vs combined | nginx ev/s (req/s) |"
+        "| combined floor ev/s | vs combined | collector CPU µs/event | pipeline CPU µs/event | nginx ev/s (req/s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for plan in (1, 3000):
         for batch in (50, 500):
             c = find("collector", plan, batch)
@@ -623,6 +661,7 @@ def report(rows: list[dict[str, Any]]) -> None:
                 f"| {plan} | {batch} | {c['events_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} "
                 f"| {bare['events_per_s'] if bare else 0:,.0f} | {pipe['events_per_s'] if pipe else 0:,.0f} "
                 f"| {combined or 0:,.0f} | {c.get('vs_combined_floor', 0):.2f} "
+                f"| {c.get('cpu_us_per_event', 0):.1f} | {pipe.get('cpu_us_per_event', 0) if pipe else 0:.1f} "
                 f"| {ngx['events_per_s'] if ngx else 0:,.0f} ({ngx.get('requests_per_s', 0) if ngx else 0:,.0f}) |"
             )
     for plan in (1, 3000):
@@ -631,7 +670,8 @@ def report(rows: list[dict[str, Any]]) -> None:
             two["scaling"] = two["events_per_s"] / one["events_per_s"]
             print(
                 f"two processes, {plan}-event plan, 500-event batches: {two['events_per_s']:,.0f} ev/s "
-                f"= {two['scaling']:.2f}x one"
+                f"= {two['scaling']:.2f}x one; CPU per event {two.get('cpu_us_per_event', 0):.1f} µs "
+                f"against {one.get('cpu_us_per_event', 0):.1f} µs for one"
             )
     out = HERE / "results"
     out.mkdir(exist_ok=True)
