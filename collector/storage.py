@@ -399,24 +399,27 @@ class LogWriter:
         while True:
             if self.durability == "fsync":
                 await self._wake.wait()
-                self._wake.clear()
             else:
-                await asyncio.sleep(self.sync_interval_s)
-                if not self._pending_ends and not self._retired:
-                    continue
-            await self.sync_once()
-
-    async def close(self) -> None:
-        """Refuse new frames, sync everything written, and release the segments and the lock."""
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pool is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.sync_interval_s)
+            self._wake.clear()
             if self._pending_ends or self._retired or self._round is not None:
                 await self.sync_once()
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        """Refuse new frames, sync everything written, and release the segments and the lock.
+
+        The sync task is asked to finish rather than cancelled, so a commit in
+        progress still resolves (or fails) the requests waiting for it.
+        """
+        self._closing = True
+        if self._task is not None and self._wake is not None:
+            self._wake.set()
+            await self._task
+            self._task = None
+        if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
         self.close_sync()
