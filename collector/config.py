@@ -117,6 +117,8 @@ class StorageConfig:
     # How often the catalog indexer follows the log, and the dedup snapshot is written.
     index_interval_s: float = 0.5
     snapshot_interval_s: float = 30.0
+    # Whether this process keeps the catalog up to date (with several workers, only w0 does).
+    index_catalog: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,7 +132,8 @@ def _supervise(config: Config, source: ConfigSource | None) -> int:
     ctx = multiprocessing.get_context("spawn")
     workers = []
     for i in range(config.server.workers):
-        worker_config = with_storage(config, writer_id=f"w{i}")
+        # One indexer is enough: the others would read the same frames to lose the race for them.
+        worker_config = with_storage(config, writer_id=f"w{i}", index_catalog=i == 0)
         worker_config = replace(worker_config, server=replace(config.server, port=port, workers=1, reuse_port=True))
         proc = ctx.Process(target=_worker, args=(worker_config, source), name=f"maidian-w{i}")
         proc.start()

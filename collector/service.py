@@ -209,7 +209,8 @@ class Collector:
             try:
                 self._follow_others()
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._index_pool, self._index)
+                if st.index_catalog:
+                    await loop.run_in_executor(self._index_pool, self._index)
                 if not (self.raw.healthy and self.quarantine.healthy):
                     await loop.run_in_executor(self._index_pool, self._probe_disk)
                 if time.monotonic() - last_snapshot >= st.snapshot_interval_s:
@@ -346,7 +347,8 @@ class Collector:
                 log.warning("could not write the dedup snapshot (%s); the next start reads the log", exc.strerror)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._index_pool, self._index)
+            if self.config.storage.index_catalog:
+                await loop.run_in_executor(self._index_pool, self._index)
         except Exception:
             log.exception("the catalog could not catch up at shutdown; the next reader will")
         await loop.run_in_executor(self._index_pool, self._close_catalog)
