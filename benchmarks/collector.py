@@ -280,17 +280,19 @@ def cpu_seconds(root: int) -> float:
 # -- servers -------------------------------------------------------------------------
 
 
-def _wait_port(proc: subprocess.Popen[str], pattern: str = r"http://127\.0\.0\.1:(\d+)") -> int:
+def _wait_port(proc: subprocess.Popen[str], count: int = 1, pattern: str = r"http://127\.0\.0\.1:(\d+)") -> int:
+    """The port from the first of `count` "listening" lines on the server's stderr."""
     assert proc.stderr is not None
     deadline = time.time() + 60
-    while time.time() < deadline:
+    ports: list[int] = []
+    while time.time() < deadline and len(ports) < count:
         line = proc.stderr.readline()
         if not line:
             break
-        m = re.search(pattern, line)
-        if m:
-            return int(m.group(1))
-    raise RuntimeError("server did not start")
+        ports += [int(p) for p in re.findall(pattern, line)]
+    if len(ports) < count:
+        raise RuntimeError("server did not start")
+    return ports[0]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -322,11 +324,7 @@ def start_collector(plan_path: Path, data: Path, workers: int = 1) -> tuple[subp
         str(workers),
     ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
-    port = _wait_port(proc)
-    if workers > 1:
-        for _ in range(workers - 1):
-            _wait_port(proc)
-    return proc, port
+    return proc, _wait_port(proc, workers)
 
 
 def start_bare() -> tuple[subprocess.Popen[str], int]:

@@ -38,6 +38,11 @@ log = logging.getLogger("maidian.collector")
 _GC_GEN0_THRESHOLD = 50_000
 
 
+def _say(message: str) -> None:
+    """One status line on stderr, in one write: worker processes share the stream."""
+    os.write(sys.stderr.fileno(), f"maidian: {message}\n".encode())
+
+
 async def _run(config: Config, source: ConfigSource | None) -> None:
     from aiohttp import web
 
@@ -63,11 +68,9 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
-    print(
-        f"maidian: listening on http://{config.server.host}:{port} writer={collector.writer_id} "
-        f"durability={config.storage.durability} ready_in_s={collector.ready_after_s:.3f}",
-        file=sys.stderr,
-        flush=True,
+    _say(
+        f"listening on http://{config.server.host}:{port} writer={collector.writer_id} "
+        f"durability={config.storage.durability} ready_in_s={collector.ready_after_s:.3f}"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,27 +83,23 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
         try:
             fresh = source.resolve()
         except ConfigError as exc:
-            print(f"maidian: SIGHUP: the configuration is unusable, keeping the old keys: {exc}", file=sys.stderr)
+            _say(f"SIGHUP: the configuration is unusable, keeping the old keys: {exc}")
             return
         app[AUTH].reload(fresh.auth)
         active = sum(1 for k in fresh.auth.write_keys if not k.revoked)
-        print(
-            f"maidian: reloaded keys: {active} active write keys, {len(fresh.auth.sources)} server sources",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"reloaded keys: {active} active write keys, {len(fresh.auth.sources)} server sources")
 
     loop.add_signal_handler(signal.SIGHUP, reload_keys)
     await stop.wait()
     collector.stopping = True
-    print("maidian: stopping: draining requests in flight", file=sys.stderr, flush=True)
+    _say("stopping: draining requests in flight")
     # Stop accepting, then let requests in flight finish, bodies included (aiohttp's own
     # shutdown stops reading from connections, which would cut a body still arriving).
     await site.stop()
     if not await collector.wait_idle(config.server.shutdown_timeout_s):
-        print("maidian: requests still in flight at the shutdown timeout; closing them", file=sys.stderr, flush=True)
+        _say("requests still in flight at the shutdown timeout; closing them")
     await runner.cleanup()
-    print("maidian: stopped", file=sys.stderr, flush=True)
+    _say("stopped")
 
 
 def _worker(config: Config, source: ConfigSource | None = None) -> None:
