@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -502,86 +503,61 @@ def main() -> int:
                 flush=True,
             )
 
+        def collector_run(r: int, plan_events: int, batch: int, workers: int) -> dict[str, Any]:
+            """One run of `maidian serve` with `workers` processes, fed by as many load processes."""
+            data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}"
+            proc, port = start_collector(plans[plan_events], data, workers)
+            try:
+                cpu = cpu_seconds(proc.pid)
+                out = drive(
+                    port,
+                    plan_events,
+                    batch,
+                    duration_s=duration,
+                    rate_hint=(200_000 if plan_events == 1 else 80_000) * workers,
+                    procs=workers,
+                    conns=CONNS[batch] // workers,
+                )
+                out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
+                return out
+            finally:
+                _stop(proc)
+                shutil.rmtree(data, ignore_errors=True)
+
+        def floor_run(r: int, plan_events: int, batch: int) -> dict[str, Any]:
+            data = tmp / f"floor-{plan_events}-{batch}-{r}"
+            try:
+                return pipeline_floor_subprocess(plans[plan_events], plan_events, batch, data, duration)
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+
         for plan_events in (1, 3000):
+            meta = {"plan_events": plan_events}
             for batch in (50, 500):
-                hint = 200_000 if plan_events == 1 else 80_000
-
-                def collector_run(
-                    r: int, plan_events: int = plan_events, batch: int = batch, hint: float = hint, workers: int = 1
-                ) -> dict[str, Any]:
-                    data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}"
-                    proc, port = start_collector(plans[plan_events], data, workers)
-                    try:
-                        cpu = cpu_seconds(proc.pid)
-                        out = drive(
-                            port,
-                            plan_events,
-                            batch,
-                            duration_s=duration,
-                            rate_hint=hint * workers,
-                            conns=CONNS[batch],
-                        )
-                        out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
-                        return out
-                    finally:
-                        _stop(proc)
-                        shutil.rmtree(data, ignore_errors=True)
-
                 row(
                     f"collector, {plan_events}-event plan, {batch}-event batches",
-                    collector_run,
+                    functools.partial(collector_run, plan_events=plan_events, batch=batch, workers=1),
                     kind="collector",
-                    plan_events=plan_events,
                     batch=batch,
                     processes=1,
+                    **meta,
                 )
-
-                def floor_run(r: int, plan_events: int = plan_events, batch: int = batch) -> dict[str, Any]:
-                    data = tmp / f"floor-{plan_events}-{batch}-{r}"
-                    try:
-                        return pipeline_floor_subprocess(plans[plan_events], plan_events, batch, data, duration)
-                    finally:
-                        shutil.rmtree(data, ignore_errors=True)
-
                 row(
                     f"floor: pipeline without HTTP, {plan_events}-event plan, {batch}",
-                    floor_run,
+                    functools.partial(floor_run, plan_events=plan_events, batch=batch),
                     kind="pipeline",
-                    plan_events=plan_events,
                     batch=batch,
                     processes=1,
+                    **meta,
                 )
-
-            for batch in (500,):
-
-                def two_run(r: int, plan_events: int = plan_events, batch: int = batch) -> dict[str, Any]:
-                    data = tmp / f"two-{plan_events}-{batch}-{r}"
-                    proc, port = start_collector(plans[plan_events], data, 2)
-                    try:
-                        cpu = cpu_seconds(proc.pid)
-                        out = drive(
-                            port,
-                            plan_events,
-                            batch,
-                            duration_s=duration,
-                            rate_hint=(200_000 if plan_events == 1 else 80_000) * 2,
-                            procs=2,
-                            conns=CONNS[batch] // 2,
-                        )
-                        out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
-                        return out
-                    finally:
-                        _stop(proc)
-                        shutil.rmtree(data, ignore_errors=True)
-
-                row(
-                    f"collector x2 processes, {plan_events}-event plan, {batch}",
-                    two_run,
-                    kind="collector",
-                    plan_events=plan_events,
-                    batch=batch,
-                    processes=2,
-                )
+            row(
+                f"collector x2 processes, {plan_events}-event plan, 500",
+                functools.partial(collector_run, plan_events=plan_events, batch=500, workers=2),
+                kind="collector",
+                batch=500,
+                processes=2,
+                **meta,
+            )
 
         for batch in (50, 500):
 
