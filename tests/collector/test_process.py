@@ -105,12 +105,16 @@ async def post_batches(url: str, batches: list[list[dict[str, Any]]], acked: dic
         await asyncio.gather(*(worker(session) for _ in range(conns)))
 
 
-async def test_sigkill_under_load_loses_no_acknowledged_event(servers: list[Server], tmp_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["fsync", "write"])
+async def test_sigkill_under_load_loses_no_acknowledged_event(
+    servers: list[Server], tmp_path: Path, durability: str
+) -> None:
+    """RELIABILITY T1 (process crashes): both durability modes keep every acknowledged event."""
     data_dir = tmp_path / "data"
     batches = [[order(b * 100 + k) for k in range(1, 101)] for b in range(60)]
     acked: dict[str, str] = {}
     for round_ in range(3):
-        server = Server(data_dir)
+        server = Server(data_dir, "--durability", durability)
         servers.append(server)
         before = len(acked)
         task = asyncio.create_task(post_batches(server.url, batches[round_ * 20 : round_ * 20 + 20], acked))
