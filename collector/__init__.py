@@ -1,1 +1,46 @@
-"""The maidian collector: receive, validate, deduplicate, stitch and store events durably."""
+"""The maidian collector: receive, validate, deduplicate, stitch and store events durably.
+
+`maidian serve` runs it (docs/collector.md); the HTTP edge is
+`maidian.collector.app.make_app`, imported on its own because it needs
+aiohttp (the `collector` extra), which the plan commands do without.
+"""
+
+from .config import Config, ConfigSource, resolve_config
+from .errors import (
+    BadRequest,
+    CollectorError,
+    ConfigError,
+    DataDirError,
+    Forbidden,
+    NoSuchPerson,
+    PayloadTooLarge,
+    RateLimited,
+    RequestError,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from .read import export_events, person_events, quarantine_records, rebuild, replay_quarantine
+
+__all__ = [
+    "BadRequest",
+    "CollectorError",
+    "Config",
+    "ConfigError",
+    "ConfigSource",
+    "DataDirError",
+    "Forbidden",
+    "NoSuchPerson",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RequestError",
+    "Unauthenticated",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "export_events",
+    "person_events",
+    "quarantine_records",
+    "rebuild",
+    "replay_quarantine",
+    "resolve_config",
+]

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from maidian.tracking_plan import __version__
 from maidian.tracking_plan.cli import add_plan_commands
 
+from ._commands import add_collector_commands
+
 __all__ = ["build_parser", "main"]
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"maidian {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_plan_commands(sub)
+    add_collector_commands(sub)
     return parser
 
 

@@ -1,0 +1,656 @@
+"""Collector throughput and latency, with the floors and a peer measured in the same run.
+
+    .venv/bin/python benchmarks/collector.py            # full run: 3 runs per row, medians
+    .venv/bin/python benchmarks/collector.py --quick    # one short run per row
+
+Rows (events/s through one process, p50/p99 request latency):
+- `maidian serve` as a subprocess (fsync durability with group commit, dedup
+  and identity indexing on), fed by load processes sending pre-built
+  msgpack+zstd batches over keep-alive connections on 127.0.0.1, for 50- and
+  500-event batches, with a one-event plan and a generated 3,000-event plan;
+- two worker processes (`--workers 2`, SO_REUSEPORT) on the same data directory;
+- floors: an aiohttp handler that only reads the body (HTTP cost), and the
+  pipeline with no HTTP (decompress, decode, judge, dedupe, append with
+  fsync group commit) driven in-process; their combined floor is the rate if
+  the two costs simply added up;
+- a peer ceiling: nginx (Debian's package, one worker) reading each body and
+  appending it to a log (echo module + access_log of $request_body).
+
+Every batch comes from its own SDK-like device (its own source id, sequence
+numbers from 1, one anonymous and one login id), so nothing is a duplicate.
+Prints a Markdown table and writes JSON to benchmarks/results/collector.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zstandard
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from plangen import generate_plan  # noqa: E402
+
+KEY = "bench-write-key-000000000001"
+# Connections per load run. Each request waits for the fsync that covers it (about
+# 8 ms on this shared disk when busy), so throughput needs enough requests in flight
+# for one fsync to cover many events: many devices at once, as in production.
+CONNS = {50: 48, 500: 16}
+T0 = 1_763_800_000_000
+
+
+# -- request bodies ----------------------------------------------------------------
+
+
+def make_bodies(samples: dict[str, dict[str, Any]], batch: int, count: int, worker: int) -> list[bytes]:
+    """`count` distinct compressed batches of `batch` events, each from its own device."""
+    names = sorted(samples)
+    cctx = zstandard.ZstdCompressor(level=1)
+    enc = msgspec.msgpack.Encoder()
+    now = int(time.time() * 1000)
+    out = []
+    for b in range(count):
+        device = f"{worker:04x}{b:012x}{os.urandom(8).hex()}"
+        anon = f"anon-{worker}-{b}"
+        login = f"user-{worker}-{b % 5000}"
+        events = []
+        for k in range(batch):
+            name = names[(b * batch + k) % len(names)]
+            props = dict(samples[name])
+            props["$lib"] = "maidian-python"
+            props["$lib_version"] = "0.1.0"
+            events.append(
+                {
+                    "type": "track",
+                    "event": name,
+                    "event_id": f"{device}-{k + 1}",
+                    "time": now - 1000 + k,
+                    "identities": {"anonymous_id": anon, "login_id": login},
+                    "properties": props,
+                }
+            )
+        out.append(cctx.compress(enc.encode({"sent_at": now, "lib": "bench", "lib_version": "0", "events": events})))
+    return out
+
+
+def request_bytes(body: bytes, port: int) -> bytes:
+    head = (
+        f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/msgpack\r\n"
+        f"Content-Encoding: zstd\r\nX-Maidian-Write-Key: {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# -- load generator (separate processes) -------------------------------------------
+
+
+async def _connection(
+    port: int,
+    requests: list[bytes],
+    start: int,
+    step: int,
+    deadline: float,
+    lat: list[float],
+    stats: dict[str, int],
+    cycle: bool,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = start
+    try:
+        while time.perf_counter() < deadline and (cycle or i < len(requests)):
+            t = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed a keep-alive connection: reconnect and send the same request again.
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                stats["reconnects"] = stats.get("reconnects", 0) + 1
+                continue
+            status = int(head[9:12])
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            if m:
+                await reader.readexactly(int(m.group(1)))
+            else:  # chunked (nginx's echo module)
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+            lat.append(time.perf_counter() - t)
+            stats[str(status)] = stats.get(str(status), 0) + 1
+            i += step
+    finally:
+        writer.close()
+
+
+def _load(
+    port: int,
+    plan_events: int,
+    batch: int,
+    count: int,
+    worker: int,
+    conns: int,
+    duration_s: float,
+    ready: Any,
+    go: Any,
+    results: Any,
+    cycle: bool,
+) -> None:
+    _, samples = generate_plan(plan_events)
+    requests = [request_bytes(b, port) for b in make_bodies(samples, batch, count, worker)]
+    ready.set()
+    go.wait()
+    lat: list[float] = []
+    stats: dict[str, int] = {}
+
+    async def run() -> float:
+        start = time.perf_counter()
+        deadline = start + duration_s
+        await asyncio.gather(
+            *(_connection(port, requests, c, conns, deadline, lat, stats, cycle) for c in range(conns))
+        )
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(run())
+    results.put(
+        {
+            "latencies": lat,
+            "stats": stats,
+            "elapsed": elapsed,
+            "requests": len(lat),
+            "exhausted": len(lat) >= len(requests),
+        }
+    )
+
+
+def drive(
+    port: int,
+    plan_events: int,
+    batch: int,
+    *,
+    duration_s: float,
+    rate_hint: float,
+    procs: int = 1,
+    conns: int = 8,
+    cycle: bool = False,
+) -> dict[str, Any]:
+    """Run `procs` load processes against a server for `duration_s`; events/s and latency percentiles.
+
+    `cycle` sends a few hundred bodies over and over (servers that do not deduplicate);
+    otherwise every body is new, and `rate_hint` sizes how many to build.
+    """
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    results = ctx.Queue()
+    count = 400 if cycle else int(rate_hint * duration_s * 1.5 / batch / procs) + conns * 4
+    readies, workers = [], []
+    for w in range(procs):
+        ready = ctx.Event()
+        p = ctx.Process(
+            target=_load,
+            args=(
+                port,
+                plan_events,
+                batch,
+                count,
+                w + 100 * os.getpid() % 1000,
+                conns,
+                duration_s,
+                ready,
+                go,
+                results,
+                cycle,
+            ),
+        )
+        p.start()
+        readies.append(ready)
+        workers.append(p)
+    for r in readies:
+        r.wait(600)
+    go.set()
+    outs = [results.get(timeout=duration_s + 120) for _ in workers]
+    for p in workers:
+        p.join()
+    lat = sorted(x for o in outs for x in o["latencies"])
+    ok = sum(o["stats"].get("200", 0) for o in outs)
+    elapsed = max(o["elapsed"] for o in outs)
+    statuses: dict[str, int] = {}
+    for o in outs:
+        for k, v in o["stats"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    return {
+        "events_total": ok * batch,
+        "events_per_s": ok * batch / elapsed,
+        "requests_per_s": len(lat) / elapsed,
+        "p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
+        "p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
+        "statuses": statuses,
+        "exhausted": any(o["exhausted"] for o in outs),
+    }
+
+
+# -- CPU accounting --------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds used) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by a process and all its descendants (the collector and its workers)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)], used[int(entry)] = _stat(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+# -- servers -------------------------------------------------------------------------
+
+
+def _wait_port(proc: subprocess.Popen[str], count: int = 1, pattern: str = r"http://127\.0\.0\.1:(\d+)") -> int:
+    """The port from the first of `count` "listening" lines on the server's stderr."""
+    assert proc.stderr is not None
+    deadline = time.time() + 60
+    ports: list[int] = []
+    while time.time() < deadline and len(ports) < count:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        ports += [int(p) for p in re.findall(pattern, line)]
+    if len(ports) < count:
+        raise RuntimeError("server did not start")
+    return ports[0]
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_collector(plan_path: Path, data: Path, workers: int = 1) -> tuple[subprocess.Popen[str], int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "maidian.collector.cli",
+        "serve",
+        "--plan",
+        str(plan_path),
+        "--data",
+        str(data),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--write-key",
+        KEY,
+        "--workers",
+        str(workers),
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    return proc, _wait_port(proc, workers)
+
+
+def start_bare() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "_bare_aiohttp.py")], stderr=subprocess.PIPE, text=True)
+    return proc, _wait_port(proc)
+
+
+NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  log_format bodies escape=none '$request_body';
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 4m;
+    client_body_buffer_size 4m;
+    location = /v1/batch {{
+      echo_read_request_body;
+      access_log {dir}/bodies.log bodies;
+      echo '{{"accepted":0}}';
+    }}
+  }}
+}}
+"""
+
+
+def start_nginx(tmp: Path) -> tuple[subprocess.Popen[str], int, Path] | None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None or not Path("/usr/lib/nginx/modules/ngx_http_echo_module.so").exists():
+        return None
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = tmp / "nginx"
+    d.mkdir()
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=d, port=port))
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(d)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port, d / "bodies.log"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+# -- the pipeline with no HTTP ---------------------------------------------------------
+
+
+def pipeline_floor(plan_path: Path, plan_events: int, batch: int, data: Path, duration_s: float) -> dict[str, Any]:
+    """Decompress, decode, judge, dedupe and append (fsync group commit), in-process, 8 requests at a time."""
+    from maidian.collector.auth import Principal
+    from maidian.collector.config import Config, StorageConfig
+    from maidian.collector.decode import decode_batch, decompress
+    from maidian.collector.service import Collector
+    from maidian.tracking_plan.envelope import DEFAULT_LIMITS
+
+    _, samples = generate_plan(plan_events)
+    bodies = make_bodies(samples, batch, int(200_000 * duration_s * 1.5 / batch) + 64, 7)
+    config = Config(plan=plan_path, storage=StorageConfig(data_dir=data))
+    collector = Collector(config)
+    collector.open()
+    principal = Principal("bench", "key", trusted=False)
+    import gc
+
+    gc.freeze()  # as `maidian serve` does once it has started
+    gc.set_threshold(50_000, 20, 20)
+
+    async def run() -> tuple[int, float, float]:
+        await collector.start()
+        ingest = collector.ingest
+        assert ingest is not None
+        done = 0
+        nxt = 0
+        start = time.perf_counter()
+        cpu = time.process_time()
+        deadline = start + duration_s
+
+        async def worker() -> None:
+            nonlocal done, nxt
+            while time.perf_counter() < deadline and nxt < len(bodies):
+                body = bodies[nxt]
+                nxt += 1
+                b = decode_batch(decompress(body, "zstd", DEFAULT_LIMITS.max_decoded_bytes), "msgpack", DEFAULT_LIMITS)
+                out = await ingest.ingest(b, principal, "r")
+                done += out.accepted
+
+        await asyncio.gather(*(worker() for _ in range(CONNS[batch])))
+        elapsed = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu
+        await collector.close()
+        return done, elapsed, cpu_s
+
+    done, elapsed, cpu_s = asyncio.run(run())
+    return {"events_per_s": done / elapsed, "cpu_us_per_event": cpu_s / done * 1e6}
+
+
+def _pipeline_proc(args: tuple[Any, ...], out: Any) -> None:
+    out.put(pipeline_floor(*args))
+
+
+def pipeline_floor_subprocess(*args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_pipeline_proc, args=(args, q))
+    p.start()
+    result = q.get(timeout=600)
+    p.join()
+    return result
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_event")
+    out: dict[str, Any] = {}
+    for k in keys:
+        values = [r[k] for r in runs if r.get(k) is not None]
+        if values:
+            out[k] = statistics.median(values)
+            out[k + "_runs"] = [round(v, 2) for v in values]
+    out["statuses"] = runs[-1].get("statuses")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one short run per row")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    parser.add_argument("--only", help="run only rows whose name contains one of these (separated by ';')")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+    duration = 2.0 if args.quick else args.duration
+    tmp = Path(tempfile.mkdtemp(prefix="maidian-bench-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        plans = {}
+        for n in (1, 3000):
+            doc, _ = generate_plan(n)
+            path = tmp / f"plan-{n}.json"
+            path.write_text(json.dumps(doc))
+            plans[n] = path
+
+        def row(name: str, fn: Any, **meta: Any) -> None:
+            if args.only and not any(part in name for part in args.only.split(";")):
+                return
+            results = []
+            for r in range(runs):
+                results.append(fn(r))
+            m = median_of(results)
+            m.update(name=name, **meta)
+            rows.append(m)
+            print(
+                f"{name:58s} {m['events_per_s']:>10,.0f} ev/s  runs={m['events_per_s_runs']}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        def collector_run(r: int, plan_events: int, batch: int, workers: int) -> dict[str, Any]:
+            """One run of `maidian serve` with `workers` processes, fed by as many load processes."""
+            data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}"
+            proc, port = start_collector(plans[plan_events], data, workers)
+            try:
+                cpu = cpu_seconds(proc.pid)
+                out = drive(
+                    port,
+                    plan_events,
+                    batch,
+                    duration_s=duration,
+                    rate_hint=(200_000 if plan_events == 1 else 80_000) * workers,
+                    procs=workers,
+                    conns=CONNS[batch] // workers,
+                )
+                out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
+                return out
+            finally:
+                _stop(proc)
+                shutil.rmtree(data, ignore_errors=True)
+
+        def floor_run(r: int, plan_events: int, batch: int) -> dict[str, Any]:
+            data = tmp / f"floor-{plan_events}-{batch}-{r}"
+            try:
+                return pipeline_floor_subprocess(plans[plan_events], plan_events, batch, data, duration)
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+
+        for plan_events in (1, 3000):
+            meta = {"plan_events": plan_events}
+            for batch in (50, 500):
+                row(
+                    f"collector, {plan_events}-event plan, {batch}-event batches",
+                    functools.partial(collector_run, plan_events=plan_events, batch=batch, workers=1),
+                    kind="collector",
+                    batch=batch,
+                    processes=1,
+                    **meta,
+                )
+                row(
+                    f"floor: pipeline without HTTP, {plan_events}-event plan, {batch}",
+                    functools.partial(floor_run, plan_events=plan_events, batch=batch),
+                    kind="pipeline",
+                    batch=batch,
+                    processes=1,
+                    **meta,
+                )
+            row(
+                f"collector x2 processes, {plan_events}-event plan, 500",
+                functools.partial(collector_run, plan_events=plan_events, batch=500, workers=2),
+                kind="collector",
+                batch=500,
+                processes=2,
+                **meta,
+            )
+
+        for batch in (50, 500):
+
+            def bare_run(r: int, batch: int = batch) -> dict[str, Any]:
+                proc, port = start_bare()
+                try:
+                    return drive(port, 1, batch, duration_s=duration, rate_hint=0, conns=CONNS[batch], cycle=True)
+                finally:
+                    _stop(proc)
+
+            row(
+                f"floor: aiohttp handler that only reads the body, {batch}",
+                bare_run,
+                kind="aiohttp",
+                plan_events=1,
+                batch=batch,
+                processes=1,
+            )
+
+            def nginx_run(r: int, batch: int = batch) -> dict[str, Any]:
+                started = start_nginx(Path(tempfile.mkdtemp(dir=tmp)))
+                if started is None:
+                    return {"events_per_s": 0.0, "skipped": "nginx or its echo module is not installed"}
+                proc, port, log = started
+                try:
+                    out = drive(port, 1, batch, duration_s=duration, rate_hint=0, conns=CONNS[batch], cycle=True)
+                    out["log_bytes"] = log.stat().st_size if log.exists() else 0
+                    return out
+                finally:
+                    proc.send_signal(signal.SIGQUIT)
+                    proc.wait(30)
+
+            row(
+                f"peer: nginx appending bodies to a log, {batch}",
+                nginx_run,
+                kind="nginx",
+                plan_events=1,
+                batch=batch,
+                processes=1,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(rows)
+    return 0
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    def find(kind: str, plan: int, batch: int, procs: int = 1) -> dict[str, Any] | None:
+        for r in rows:
+            if (r["kind"], r["plan_events"], r["batch"], r["processes"]) == (kind, plan, batch, procs):
+                return r
+        return None
+
+    print()
+    print(
+        "| plan | batch | collector ev/s | p50 ms | p99 ms | aiohttp floor ev/s | pipeline floor ev/s "
+        "| combined floor ev/s | vs combined | collector CPU µs/event | pipeline CPU µs/event | nginx ev/s (req/s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for plan in (1, 3000):
+        for batch in (50, 500):
+            c = find("collector", plan, batch)
+            if c is None:
+                continue
+            bare = find("aiohttp", 1, batch)
+            pipe = find("pipeline", plan, batch)
+            ngx = find("nginx", 1, batch)
+            combined = None
+            if bare and pipe and bare["events_per_s"] and pipe["events_per_s"]:
+                combined = 1 / (1 / bare["events_per_s"] + 1 / pipe["events_per_s"])
+                c["combined_floor"] = combined
+                c["vs_combined_floor"] = c["events_per_s"] / combined
+                c["vs_pipeline_floor"] = c["events_per_s"] / pipe["events_per_s"]
+            print(
+                f"| {plan} | {batch} | {c['events_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} "
+                f"| {bare['events_per_s'] if bare else 0:,.0f} | {pipe['events_per_s'] if pipe else 0:,.0f} "
+                f"| {combined or 0:,.0f} | {c.get('vs_combined_floor', 0):.2f} "
+                f"| {c.get('cpu_us_per_event', 0):.1f} | {pipe.get('cpu_us_per_event', 0) if pipe else 0:.1f} "
+                f"| {ngx['events_per_s'] if ngx else 0:,.0f} ({ngx.get('requests_per_s', 0) if ngx else 0:,.0f}) |"
+            )
+    for plan in (1, 3000):
+        one, two = find("collector", plan, 500), find("collector", plan, 500, 2)
+        if one and two:
+            two["scaling"] = two["events_per_s"] / one["events_per_s"]
+            print(
+                f"two processes, {plan}-event plan, 500-event batches: {two['events_per_s']:,.0f} ev/s "
+                f"= {two['scaling']:.2f}x one; CPU per event {two.get('cpu_us_per_event', 0):.1f} µs "
+                f"against {one.get('cpu_us_per_event', 0):.1f} µs for one"
+            )
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "collector.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The collector's configuration: a frozen dataclass of small groups, resolved once.
+
+Sources, strongest first: command-line flags, environment variables
+(`MAIDIAN_*`), the TOML file (`--config` or `MAIDIAN_CONFIG`), then the
+defaults below. `docs/collector.md` is the reference for every setting.
+
+Write keys are stored hashed: the TOML file holds `sha256 = "<hex>"` for each
+key, never the key. A key given on the command line or in `MAIDIAN_WRITE_KEYS`
+is hashed at once and the plain text is not kept. Server-source secrets are
+read from the environment variable the file names (`secret_env`), or from the
+file itself (`secret`) for tests and local runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from maidian.tracking_plan.envelope import DEFAULT_LIMITS, Limits
+
+from .errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigSource",
+    "DedupConfig",
+    "Durability",
+    "ServerConfig",
+    "ServerSource",
+    "StorageConfig",
+    "TimeConfig",
+    "WriteKey",
+    "hash_key",
+    "resolve_config",
+]
+
+Durability = Literal["fsync", "write"]
+
+# RELIABILITY.md: the SDK spools events for at most 7 days, so the collector
+# must remember event ids for longer than that.
+DEFAULT_DEDUP_WINDOW_S: Final = 8 * 86_400
+# Vector's disk buffer syncs every 500 ms; we halve it for `write` mode's loss bound.
+DEFAULT_SYNC_INTERVAL_MS: Final = 200
+# A segment of 128 MiB holds about 6 million events at ~20 bytes each compressed,
+# small enough to copy, rewrite (deletion) or ship in seconds.
+DEFAULT_SEGMENT_MAX_BYTES: Final = 128 << 20
+DEFAULT_SEGMENT_MAX_AGE_S: Final = 3600
+# Bytes written but not yet covered by an fsync before new requests get 503:
+# about 20,000 events' worth of 500-event frames, far above a healthy disk's backlog.
+DEFAULT_MAX_UNSYNCED_BYTES: Final = 64 << 20
+# Requests being handled at once before new ones get 503. Each waits for an fsync
+# (up to ~10 ms on a busy disk), so many must be in flight to keep the disk busy;
+# each holds at most a 16 MiB decoded body: 256 bound memory at 4 GiB in the worst case.
+DEFAULT_MAX_IN_FLIGHT: Final = 256
+# RELIABILITY.md T12: events more than an hour in the future are clamped and flagged.
+DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a write key: SHA-256 as 64 lowercase hex digits."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteKey:
+    """A client write key, known only by its hash. A revoked key is answered 403, an unknown one 401."""
+
+    name: str
+    sha256: str
+    revoked: bool = False
+    # Token bucket per key; 0 means no limit. The burst defaults to one second's worth.
+    rate_events_per_s: float = 0.0
+    burst_events: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSource:
+    """A backend service that signs its requests (maidian.tracking_plan.signing)."""
+
+    name: str
+    secret: bytes = field(repr=False)
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    write_keys: tuple[WriteKey, ...] = ()
+    sources: tuple[ServerSource, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    reuse_port: bool = False
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # How long SIGTERM waits for requests in flight before closing connections.
+    shutdown_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: Path = Path("maidian-data")
+    durability: Durability = "fsync"
+    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS
+    segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES
+    segment_max_age_s: float = DEFAULT_SEGMENT_MAX_AGE_S
+    max_unsynced_bytes: int = DEFAULT_MAX_UNSYNCED_BYTES
+    writer_id: str = "w0"
+    # How often the catalog indexer follows the log, and the dedup snapshot is written.
+    index_interval_s: float = 0.5
+    snapshot_interval_s: float = 30.0
+    # Whether this process keeps the catalog up to date (with several workers, only w0 does).
+    index_catalog: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DedupConfig:
+    window_s: float = DEFAULT_DEDUP_WINDOW_S
+
+
+@dataclass(frozen=True, slots=True)
+class TimeConfig:
+    future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    plan: Path
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    auth: AuthConfig = AuthConfig()
+    dedup: DedupConfig = DedupConfig()
+    time: TimeConfig = TimeConfig()
+    limits: Limits = DEFAULT_LIMITS
+
+
+# -- resolving -----------------------------------------------------------------
+
+_GROUPS: Final[dict[str, type[Any]]] = {
+    "server": ServerConfig,
+    "storage": StorageConfig,
+    "dedup": DedupConfig,
+    "time": TimeConfig,
+    "limits": Limits,
+}
+
+# Environment variable -> (group, field); the group "" is the top level.
+ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
+    "MAIDIAN_PLAN": ("", "plan"),
+    "MAIDIAN_DATA": ("storage", "data_dir"),
+    "MAIDIAN_HOST": ("server", "host"),
+    "MAIDIAN_PORT": ("server", "port"),
+    "MAIDIAN_WORKERS": ("server", "workers"),
+    "MAIDIAN_DURABILITY": ("storage", "durability"),
+    "MAIDIAN_SYNC_INTERVAL_MS": ("storage", "sync_interval_ms"),
+    "MAIDIAN_DEDUP_WINDOW_S": ("dedup", "window_s"),
+}
+
+
+def _coerce(group: str, name: str, value: Any, kind: type[Any]) -> Any:
+    where = f"{group}.{name}" if group else name
+    try:
+        default = getattr(kind(), name) if group else None
+    except TypeError:
+        default = None
+    if name in ("plan", "data_dir"):
+        return Path(value)
+    if name == "durability":
+        if value not in ("fsync", "write"):
+            raise ConfigError(f"{where}: expected 'fsync' or 'write'")
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number") from None
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string")
+    return value
+
+
+def _group(name: str, kind: type[Any], table: Mapping[str, Any]) -> Any:
+    known = set(kind.__dataclass_fields__)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return kind(**{k: _coerce(name, k, v, kind) for k, v in table.items()})
+
+
+def _write_key(entry: Mapping[str, Any], i: int) -> WriteKey:
+    where = f"write_keys[{i}]"
+    if "key" in entry:
+        raise ConfigError(f"{where}: store the key's sha256, never the key (maidian keys hash KEY)")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ConfigError(f"{where}: 'sha256' must be the 64-hex-digit SHA-256 of the key")
+    return WriteKey(
+        name=str(entry.get("name", f"key{i}")),
+        sha256=digest.lower(),
+        revoked=bool(entry.get("revoked", False)),
+        rate_events_per_s=float(entry.get("rate_events_per_s", 0)),
+        burst_events=float(entry.get("burst_events", 0)),
+    )
+
+
+def _source(entry: Mapping[str, Any], i: int, env: Mapping[str, str]) -> ServerSource:
+    where = f"sources[{i}]"
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'name' is required")
+    secret: str | None
+    if "secret_env" in entry:
+        secret = env.get(str(entry["secret_env"]))
+        if not secret:
+            raise ConfigError(f"{where}: environment variable {entry['secret_env']!r} is not set")
+    else:
+        secret = entry.get("secret")
+    if not isinstance(secret, str) or len(secret) < 16:
+        raise ConfigError(f"{where}: a secret of at least 16 characters is required ('secret_env' or 'secret')")
+    return ServerSource(name=name, secret=secret.encode(), revoked=bool(entry.get("revoked", False)))
+
+
+def resolve_config(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    write_keys: tuple[str, ...] = (),
+) -> Config:
+    """Resolve flags, then environment, then the TOML file, then defaults, into one `Config`.
+
+    `flags` uses the environment's keys without the prefix in lower case
+    (`plan`, `data`, `host`, `port`, `workers`, `durability`, ...); `write_keys`
+    are plain keys from the command line, hashed here.
+    """
+    env = dict(os.environ if env is None else env)
+    file = file or env.get("MAIDIAN_CONFIG")
+    doc: dict[str, Any] = {}
+    if file:
+        try:
+            doc = tomllib.loads(Path(file).read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    tables: dict[str, dict[str, Any]] = {g: dict(doc.get(g, {})) for g in _GROUPS}
+    top: dict[str, Any] = {"plan": doc.get("plan")}
+    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources"})
+    if unknown:
+        raise ConfigError(f"{file}: unknown top-level setting {unknown[0]!r}")
+    overrides = {name: env[name] for name in ENVIRONMENT if env.get(name)}
+    for name, value in (flags or {}).items():
+        if value is not None:
+            overrides["MAIDIAN_" + name.upper()] = value
+    for name, value in overrides.items():
+        if name not in ENVIRONMENT:
+            continue
+        group, field_name = ENVIRONMENT[name]
+        (tables[group] if group else top)[field_name] = value
+    if top["plan"] is None:
+        raise ConfigError("no tracking plan: give --plan, MAIDIAN_PLAN or 'plan' in the config file")
+    keys = [_write_key(e, i) for i, e in enumerate(doc.get("write_keys", []))]
+    plain = [*write_keys, *(k for k in env.get("MAIDIAN_WRITE_KEYS", "").split(",") if k.strip())]
+    keys += [WriteKey(name=f"key{len(keys) + i}", sha256=hash_key(k.strip())) for i, k in enumerate(plain)]
+    sources = tuple(_source(e, i, env) for i, e in enumerate(doc.get("sources", [])))
+    config = Config(
+        plan=Path(top["plan"]),
+        server=_group("server", ServerConfig, tables["server"]),
+        storage=_group("storage", StorageConfig, tables["storage"]),
+        dedup=_group("dedup", DedupConfig, tables["dedup"]),
+        time=_group("time", TimeConfig, tables["time"]),
+        limits=_group("limits", Limits, tables["limits"]),
+        auth=AuthConfig(write_keys=tuple(keys), sources=sources),
+    )
+    return check_config(config)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where a configuration came from, so it can be resolved again (SIGHUP reloads keys)."""
+
+    file: str | None = None
+    flags: tuple[tuple[str, Any], ...] = ()
+    write_keys: tuple[str, ...] = ()
+
+    def resolve(self, env: Mapping[str, str] | None = None) -> Config:
+        return resolve_config(file=self.file, env=env, flags=dict(self.flags), write_keys=self.write_keys)
+
+
+def check_config(config: Config) -> Config:
+    """Refuse settings that would break a promise (a dedup window shorter than the SDK's spool age)."""
+    if config.dedup.window_s < DEFAULT_DEDUP_WINDOW_S:
+        raise ConfigError(
+            f"dedup.window_s: {config.dedup.window_s:g} s is shorter than the SDK's 7-day spool plus a day "
+            f"({DEFAULT_DEDUP_WINDOW_S} s); retries would be stored twice"
+        )
+    if not 1 <= config.server.workers <= 64:
+        raise ConfigError("server.workers: expected 1 to 64")
+    if not config.auth.write_keys and not config.auth.sources:
+        raise ConfigError("no write key or server source: give --write-key, MAIDIAN_WRITE_KEYS or [[write_keys]]")
+    return config
+
+
+def with_storage(config: Config, **changes: Any) -> Config:
+    """A copy of `config` with storage settings changed (per worker process, tests)."""
+    return replace(config, storage=replace(config.storage, **changes))

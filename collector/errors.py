@@ -1,0 +1,106 @@
+"""Errors raised by `maidian.collector`.
+
+Every error says whose fault it is, and the ones a request can cause carry the
+HTTP status and the protocol's error code they map to (docs/protocol.md), so
+one middleware turns them into responses. A 5xx is never the sender's fault:
+it is either an overload the sender should wait out (503 with Retry-After) or
+a bug.
+
+    CollectorError                      root of this package's errors
+     ├── ConfigError                     the configuration cannot be used (the operator's fault)
+     ├── DataDirError                    the data directory cannot be used (locked, unreadable)
+     ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
+     └── RequestError                    a request is refused; carries `status` and `code`
+          ├── BadRequest                 400: the body is not a batch (undecodable, bad_batch, bad_encoding)
+          ├── Unauthenticated            401: no key, unknown key, bad signature, replay
+          ├── Forbidden                  403: a revoked key
+          ├── PayloadTooLarge            413: over a size limit (on the wire or decoded)
+          ├── UnsupportedMediaType       415: unknown content type or encoding
+          ├── RateLimited                429: this key is over its quota (Retry-After)
+          └── Unavailable                503: overloaded, disk full, writer behind, stopping (Retry-After)
+
+Messages never quote event values, identity values or keys: they name the
+rule, the place and the limit.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "CollectorError",
+    "ConfigError",
+    "DataDirError",
+    "Forbidden",
+    "NoSuchPerson",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RequestError",
+    "Unauthenticated",
+    "Unavailable",
+    "UnsupportedMediaType",
+]
+
+
+class CollectorError(Exception):
+    """Root of the errors raised by `maidian.collector`."""
+
+
+class ConfigError(CollectorError):
+    """The configuration (file, environment or flags) is wrong; the message names the setting."""
+
+
+class DataDirError(CollectorError):
+    """The data directory cannot be used (missing, unreadable, or locked by another writer)."""
+
+
+class NoSuchPerson(CollectorError):
+    """No stored event carries the identity a reader was asked for."""
+
+
+class RequestError(CollectorError):
+    """A request is refused. `status` and `code` are what the sender sees (docs/protocol.md)."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s
+
+
+class BadRequest(RequestError):
+    status = 400
+    code = "bad_batch"
+
+
+class Unauthenticated(RequestError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "forbidden"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(RequestError):
+    status = 429
+    code = "rate_limited"
+
+
+class Unavailable(RequestError):
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,369 @@
+"""The collector's state and lifecycle, without HTTP: open, recover, run the background work, close.
+
+Start-up (`Collector.open`), in this order:
+1. lock this process's writer id in `raw/` and `quarantine/`, and truncate the
+   torn tail of each of its segments (only bytes after the last snapshot's
+   verified offsets are read);
+2. restore deduplication from the snapshot and the frame heads written after
+   it, in every writer's segments, so a restart is ready in well under 2 s;
+3. start a new segment; start the group-commit tasks.
+The catalog catches up in the background; readers catch it up themselves.
+
+Background work (`run_background`): the catalog indexer and identity feed
+every `index_interval_s`, following other writers' frames into this process's
+deduplication state (two processes on one data directory), expiring old ids,
+writing the dedup snapshot every `snapshot_interval_s`, and probing the disk
+while a write has failed, so readiness comes back without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from maidian.tracking_plan import Plan, Validator, load_plan
+
+from .catalog import Catalog, IdentityFeed
+from .config import Config
+from .dedup import SeenIds
+from .errors import DataDirError
+from .frames import read_frames, segment_files
+from .ingest import Ingest
+from .judge import Judge
+from .metrics import Metrics
+from .storage import DataDir, LogWriter, Recovered, write_atomically
+
+__all__ = ["Collector", "DedupState", "load_dedup_state"]
+
+log = logging.getLogger("maidian.collector")
+
+_LOGS: Final = ("raw", "quarantine")
+_PROBE_BYTES: Final = 64 << 10
+
+
+@dataclass(slots=True)
+class DedupState:
+    """What deduplication knows, and the log offsets that knowledge covers."""
+
+    seen: SeenIds
+    quarantined: SeenIds
+    # (log, segment) -> offset read up to
+    offsets: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def load_dedup_state(data: DataDir, writer: str | None, window_s: float, now_ms: int) -> DedupState:
+    """Restore dedup from a snapshot (when `writer` has one) plus every frame head after it."""
+    state = DedupState(SeenIds(window_s), SeenIds(window_s))
+    if writer is not None:
+        path = data.snapshot(writer)
+        try:
+            snap = msgspec.msgpack.decode(path.read_bytes())
+        except FileNotFoundError:
+            snap = None
+        except (msgspec.DecodeError, OSError):
+            log.warning("dedup snapshot %s is unreadable; rebuilding from the log", path.name)
+            snap = None
+        if snap is not None:
+            state.seen.restore(snap["seen"])
+            state.quarantined.restore(snap["quarantined"])
+            state.offsets = {(lg, seg): int(off) for lg, seg, off in snap["offsets"]}
+    follow_segments(data, state, None)
+    state.seen.expire(now_ms)
+    state.quarantined.expire(now_ms)
+    return state
+
+
+def follow_segments(data: DataDir, state: DedupState, skip_writer: str | None) -> int:
+    """Read frame heads past the known offsets into `state`; returns the frames read."""
+    count = 0
+    for log_name, directory in (("raw", data.raw), ("quarantine", data.quarantine)):
+        target = state.seen if log_name == "raw" else state.quarantined
+        for path in segment_files(directory):
+            if skip_writer is not None and path.name.startswith(skip_writer + "-"):
+                continue
+            key = (log_name, path.name)
+            start = state.offsets.get(key, 0)
+            try:
+                if path.stat().st_size <= start:
+                    continue
+            except FileNotFoundError:
+                continue
+            frames, end = read_frames(path, start)
+            for frame in frames:
+                head = frame.head
+                target.add_head(head.get("seq", {}), head.get("oid", ()), int(head.get("at", 0)))
+            count += len(frames)
+            if frames or start == 0:
+                state.offsets[key] = max(end, start)
+    return count
+
+
+class Collector:
+    """One collector process's state: plan, logs, deduplication, catalog and metrics."""
+
+    def __init__(self, config: Config, *, plan: Plan | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.plan = plan or load_plan(config.plan)
+        self.validator = Validator(self.plan, limits=config.limits)
+        self.data = DataDir(Path(config.storage.data_dir)).create()
+        st = config.storage
+        self.writer_id = st.writer_id
+        common: dict[str, Any] = {
+            "durability": st.durability,
+            "sync_interval_s": st.sync_interval_ms / 1000,
+            "segment_max_bytes": st.segment_max_bytes,
+            "segment_max_age_s": st.segment_max_age_s,
+            "max_unsynced_bytes": st.max_unsynced_bytes,
+            "clock": clock,
+        }
+        self.raw = LogWriter(self.data.raw, st.writer_id, **common)
+        self.quarantine = LogWriter(self.data.quarantine, st.writer_id, **common)
+        self.metrics = Metrics()
+        self.judge = Judge(
+            self.plan,
+            self.validator,
+            config.limits,
+            window_s=config.dedup.window_s,
+            future_tolerance_s=config.time.future_tolerance_s,
+        )
+        self.dedup: DedupState | None = None
+        self.ingest: Ingest | None = None
+        self.recovered: dict[str, Recovered] = {}
+        self.catalog_lag_bytes = 0
+        self.ready = False
+        self.stopping = False
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self.started_s = 0.0
+        self.ready_after_s = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        # The catalog and the identity graph are used from this one thread, one job at a time.
+        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="maidian-index")
+        self._feed: IdentityFeed | None = None
+        self._catalog: Catalog | None = None
+
+    # -- opening ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Recover the logs and restore deduplication (synchronous; run before serving)."""
+        self.started_s = time.perf_counter()
+        now_ms = int(self.clock() * 1000)
+        verified = self._verified_offsets()
+        try:
+            self.recovered["raw"] = self.raw.open(verified.get("raw"))
+            self.recovered["quarantine"] = self.quarantine.open(verified.get("quarantine"))
+        except DataDirError:
+            self.raw.close_sync()
+            raise
+        for log_name, rec in self.recovered.items():
+            for seg, n in rec.torn_bytes.items():
+                log.warning("recovery: truncated a torn tail of %d bytes from %s/%s", n, log_name, seg)
+        self.dedup = load_dedup_state(self.data, self.writer_id, self.config.dedup.window_s, now_ms)
+        self.ingest = Ingest(
+            self.judge,
+            raw=self.raw,
+            quarantine=self.quarantine,
+            seen=self.dedup.seen,
+            quarantined=self.dedup.quarantined,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self._register_metrics()
+        self.ready_after_s = time.perf_counter() - self.started_s
+
+    def _verified_offsets(self) -> dict[str, dict[str, int]]:
+        try:
+            snap = msgspec.msgpack.decode(self.data.snapshot(self.writer_id).read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError, OSError):
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        for lg, seg, off in snap.get("offsets", ()):
+            if seg.startswith(self.writer_id + "-"):
+                out.setdefault(lg, {})[seg] = int(off)
+        return out
+
+    async def start(self) -> None:
+        """Start the writers' commit tasks and the background work; the collector is then ready."""
+        await self.raw.start()
+        await self.quarantine.start()
+        self._tasks.append(asyncio.create_task(self._background(), name="maidian-background"))
+        self.ready = True
+
+    # -- background work ---------------------------------------------------------------
+
+    async def _background(self) -> None:
+        st = self.config.storage
+        last_snapshot = time.monotonic()
+        while True:
+            await asyncio.sleep(st.index_interval_s)
+            try:
+                self._follow_others()
+                loop = asyncio.get_running_loop()
+                if st.index_catalog:
+                    await loop.run_in_executor(self._index_pool, self._index)
+                if not (self.raw.healthy and self.quarantine.healthy):
+                    await loop.run_in_executor(self._index_pool, self._probe_disk)
+                if time.monotonic() - last_snapshot >= st.snapshot_interval_s:
+                    last_snapshot = time.monotonic()
+                    await self.write_snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background work failed; retrying in %.1f s", st.index_interval_s)
+
+    def _follow_others(self) -> None:
+        assert self.dedup is not None
+        follow_segments(self.data, self.dedup, self.writer_id)
+
+    async def catch_up_catalog(self) -> None:
+        """Index the log into the catalog and feed the identity graph now (on the indexer thread)."""
+        await asyncio.get_running_loop().run_in_executor(self._index_pool, self._index)
+
+    def _index(self) -> None:
+        if self._catalog is None:
+            self._catalog = Catalog(self.data)
+            self._feed = IdentityFeed.for_plan(self.data, self.plan)
+        done = self._catalog.catch_up(self._feed)
+        for refusal in done.refusals:
+            counter = self.metrics.refusals_withdrawn if refusal.withdrawn else self.metrics.refusals
+            counter[refusal.rule] = counter.get(refusal.rule, 0) + 1
+        self.catalog_lag_bytes = self._catalog.lag_bytes()
+
+    def _probe_disk(self) -> None:
+        """Can the disk take a write again? Then let requests try (and /readyz say so)."""
+        probe = self.data.state / "probe"
+        try:
+            write_atomically(probe, bytes(_PROBE_BYTES))
+            probe.unlink()
+        except OSError:
+            return
+        self.raw.healthy = self.quarantine.healthy = True
+
+    def snapshot_bytes(self) -> bytes:
+        """The dedup state and the offsets it covers (frames still being committed are not covered)."""
+        assert self.dedup is not None
+        assert self.ingest is not None
+        self.dedup.seen.expire(int(self.clock() * 1000))
+        self.dedup.quarantined.expire(int(self.clock() * 1000))
+        offsets = dict(self.dedup.offsets)
+        for log_name, writer in (("raw", self.raw), ("quarantine", self.quarantine)):
+            for seg, end in writer.synced_ends.items():
+                offsets[(log_name, seg)] = end
+            for seg, start in self.ingest.uncommitted(log_name).items():
+                offsets[(log_name, seg)] = min(offsets.get((log_name, seg), start), start)
+        return msgspec.msgpack.encode(
+            {
+                "seen": self.dedup.seen.snapshot(),
+                "quarantined": self.dedup.quarantined.snapshot(),
+                "offsets": [[lg, seg, off] for (lg, seg), off in sorted(offsets.items())],
+            }
+        )
+
+    async def write_snapshot(self) -> None:
+        data = self.snapshot_bytes()
+        await asyncio.to_thread(write_atomically, self.data.snapshot(self.writer_id), data)
+
+    # -- metrics -----------------------------------------------------------------------
+
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        m.gauge("maidian_in_flight_requests", "Requests being handled.", lambda: self.in_flight)
+        m.gauge(
+            "maidian_queue_depth_events",
+            "Events appended and waiting for their fsync.",
+            lambda: len(self.ingest.pending) if self.ingest else 0,
+        )
+        m.gauge("maidian_unsynced_bytes", "Log bytes written but not yet fsynced.", lambda: self.raw.unsynced_bytes)
+        m.gauge(
+            "maidian_catalog_lag_bytes", "Log bytes the catalog has not indexed yet.", lambda: self.catalog_lag_bytes
+        )
+        m.gauge("maidian_ready", "1 when the collector accepts and persists events.", lambda: int(self.is_ready()))
+        m.gauge("maidian_fsync_seconds_max", "The longest fsync so far.", lambda: self.raw.fsync_seconds_max)
+        m.gauge(
+            "maidian_dedup_sources",
+            "Sources and opaque ids in the dedup state.",
+            lambda: len(self.dedup.seen) if self.dedup else 0,
+        )
+        m.counter("maidian_fsync_total", "fsync calls on the raw log.", lambda: self.raw.fsync_count)
+        m.counter("maidian_fsync_seconds_total", "Time spent in fsync on the raw log.", lambda: self.raw.fsync_seconds)
+        m.counter(
+            "maidian_write_errors_total",
+            "Failed writes or fsyncs (disk full, I/O errors).",
+            lambda: self.raw.write_errors + self.quarantine.write_errors,
+        )
+        m.counter("maidian_log_bytes_total", "Bytes appended to the raw log.", lambda: self.raw.written_bytes)
+
+    def enter(self) -> None:
+        """A request starts."""
+        self.in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def leave(self) -> None:
+        """A request ends."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight (or the timeout passes); True when idle."""
+        if self.in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def is_ready(self) -> bool:
+        return self.ready and not self.stopping and self.raw.healthy and self.quarantine.healthy
+
+    # -- closing -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the background work, sync and close the logs, write the snapshot, catch the catalog up."""
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.raw.close()
+        await self.quarantine.close()
+        if self.dedup is not None and self.ingest is not None:
+            try:
+                await self.write_snapshot()
+            except OSError as exc:
+                log.warning("could not write the dedup snapshot (%s); the next start reads the log", exc.strerror)
+        loop = asyncio.get_running_loop()
+        try:
+            if self.config.storage.index_catalog:
+                await loop.run_in_executor(self._index_pool, self._index)
+        except Exception:
+            log.exception("the catalog could not catch up at shutdown; the next reader will")
+        await loop.run_in_executor(self._index_pool, self._close_catalog)
+        self._index_pool.shutdown(wait=True)
+
+    def _close_catalog(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+
+
+def pid_writer_id(prefix: str = "w") -> str:
+    """A writer id unique to this process (tools that write while a server may be running)."""
+    return f"{prefix}{os.getpid()}"
