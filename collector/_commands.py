@@ -208,14 +208,14 @@ def add_collector_commands(sub: Any) -> None:
             "Settings come from flags, then MAIDIAN_* environment variables, then the TOML file (--config);\n"
             "docs/collector.md lists them all. SIGTERM drains requests in flight, syncs and exits."
         ),
-        example="maidian serve --plan plan.json --data /var/lib/maidian --host 0.0.0.0 --port 8080 --write-key KEY",
+        example="maidian serve --plan plan.json --data /var/lib/maidian --host 0.0.0.0 --port 8106 --write-key KEY",
         handler=_serve,
     )
     p.add_argument("--config", help="a TOML configuration file (or MAIDIAN_CONFIG)")
     p.add_argument("--plan", help="the tracking plan (or MAIDIAN_PLAN)")
     p.add_argument("--data", help="the data directory (or MAIDIAN_DATA; default ./maidian-data)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 for any free port)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8106; 0 for any free port)")
     p.add_argument(
         "--write-key", action="append", help="a client write key (repeat for rotation; or MAIDIAN_WRITE_KEYS)"
     )

@@ -97,7 +97,7 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = 8106  # clear of the 8080 that local development servers usually take
     workers: int = 1
     reuse_port: bool = False
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
