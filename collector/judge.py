@@ -4,10 +4,16 @@ This stage decides each event's fate on its own merits (deduplication, which
 needs the collector's state, comes after it in `ingest.py`). It is pure: the
 plan, the sender and the receive time go in, verdicts come out.
 
-Time (RELIABILITY.md T12): the corrected time is
-`received_at - (sent_at - time)`, the event's age on the device's clock added
-to the collector's clock, so a device whose clock is days off still gets
-its events placed correctly. Without `sent_at` the device time is kept. An
+Time (RELIABILITY.md T12): when the sender's clock is more than
+`_SKEW_TOLERANCE_MS` away from the collector's (`sent_at` against the receive
+time), the corrected time is `received_at - (sent_at - time)`, the event's age
+on the device's clock added to the collector's clock, so a device whose clock
+is days off still gets its events placed correctly. A clock within the
+tolerance is trusted as it is: correcting it would only add the request's
+network and queueing delay, a few milliseconds that differ from request to
+request, and reorder a customer's events that came from different senders (an
+order from the app and its fill from the backend). Without `sent_at` the
+device time is kept. An
 event more than `future_tolerance_s` ahead of the collector is clamped to the
 receive time and flagged `future`; an event older than the dedup window is
 quarantined (`too_old`), because its id may already be forgotten. The
@@ -33,6 +39,8 @@ FLAG_SKEW: Final = "clock_skew"
 FLAG_NO_SENT_AT: Final = "no_sent_at"
 # A device clock more than a minute off is worth flagging; less is ordinary drift.
 _SKEW_FLAG_MS: Final = 60_000
+# T12 asks for corrected times within 1 s of the truth; a clock this close is already within it.
+_SKEW_TOLERANCE_MS: Final = 1_000
 
 
 @dataclass(slots=True)
@@ -77,7 +85,7 @@ class Judge:
             base_flags = [FLAG_SKEW]
         latest = received_ms + self.future_ms
         oldest = received_ms - self.window_ms
-        shift = 0 if skew is None else skew
+        shift = 0 if skew is None or abs(skew) <= _SKEW_TOLERANCE_MS else skew
         values = batch.values
         max_event_bytes = limits.max_event_bytes
         check_trigger = bool(server_events) and not trusted

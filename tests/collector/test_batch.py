@@ -145,6 +145,18 @@ async def test_time_is_corrected_for_device_clock_skew(client: Any, data_dir: An
     assert "clock_skew" in first["flags"]
 
 
+async def test_a_clock_within_a_second_is_trusted_as_it_is(client: Any, data_dir: Any) -> None:
+    """Correcting a synced clock would only add the request's delay and reorder events across senders."""
+    now = now_ms()
+    events = [order(1, t=now - 2_000), order(2, t=now - 1_999)]
+    assert statuses(await post(client, events[:1], sent_at=now - 900)) == ["accepted"]
+    assert statuses(await post(client, events[1:], sent_at=now + 900)) == ["accepted"]
+    records = {r["event_id"]: r for r in export_events(data_dir)}
+    assert records[f"{DEVICE}-1"]["time"] == now - 2_000
+    assert records[f"{DEVICE}-2"]["time"] == now - 1_999
+    assert "clock_skew" not in (records[f"{DEVICE}-1"].get("flags") or [])
+
+
 async def test_future_events_are_clamped_and_old_ones_quarantined(client: Any, data_dir: Any) -> None:
     now = now_ms()
     future = order(1, t=now + 2 * 3_600_000)
