@@ -437,6 +437,7 @@ def test_segment_journey_and_a_gzip_batch(collector: Collector, capsys: pytest.C
     assert journey[6]["properties"]["$lib"] == "segment-analytics-python"
     assert all(e["source"] == "broker-service" for e in journey)
     assert all(e["event_id"].startswith("segment:m:") for e in journey)
+    assert not any("no_sent_at" in e.get("flags", ()) for e in journey)  # sentAt was the batch's sent_at
     assert sorted(e["properties"]["price"] for e in journey[7:]) == [1.0 + n for n in range(150)]
     in_log = copies(collector.data / "raw")
     assert [in_log[e["event_id"]] for e in journey] == [1] * len(journey)  # once in the log, not only in readers

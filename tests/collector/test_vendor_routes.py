@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import ipaddress
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import replace
@@ -391,3 +393,28 @@ async def test_vendor_answers_match_the_openapi_schemas(client: TestClient[Any, 
     check(await resp.json(), "SensorsVerdict")
     resp = await client.post("/segment/v1/batch", data=b"{}", headers={"Authorization": "Bearer x"})
     check(await resp.json(), "SegmentError")
+
+
+async def test_a_failed_write_is_answered_retry_later_and_the_retry_stores_once(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maidian.collector import storage
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    sensors_body = sensors_form([login_record("u_disk")])
+    segment_body = segment_json({"batch": [track("u_disk2")]})
+    segment_headers = {"Authorization": basic(SEGMENT_KEY), "Content-Type": "application/json"}
+    with monkeypatch.context() as patch:
+        patch.setattr(storage.os, "write", full)
+        resp = await client.post("/sa?project=broker", data=sensors_body, headers=FORM)
+        assert (resp.status, (await resp.json())["code"]) == (503, "unavailable")  # Sensors SDKs retry 5xx
+        assert int(resp.headers["Retry-After"]) >= 1
+        resp = await client.post("/segment/v1/batch", data=segment_body, headers=segment_headers)
+        assert (resp.status, (await resp.json())["success"]) == (503, False)
+    assert not copies(data_dir(client) / "raw")
+    for _ in range(2):  # the SDKs' retries once the disk has room again
+        assert (await client.post("/sa?project=broker", data=sensors_body, headers=FORM)).status == 200
+        assert (await client.post("/segment/v1/batch", data=segment_body, headers=segment_headers)).status == 200
+    assert sorted(copies(data_dir(client) / "raw").values()) == [1, 1]
