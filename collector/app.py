@@ -1,6 +1,6 @@
 """The HTTP edge: the native routes, the error middleware, and the app that mounts the vendor routes.
 
-Routes (docs/protocol.md; docs/openapi.yaml describes them):
+Routes (docs/protocol.md; docs/openapi.json describes them):
 
     POST /v1/batch   store a batch; 200 with per-event results
     POST /v1/debug   the same verdicts, nothing stored
