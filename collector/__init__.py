@@ -1,10 +1,12 @@
 """The maidian collector: receive, validate, deduplicate, stitch and store events durably.
 
-`maidian serve` runs it (docs/collector.md); the HTTP edge is
+`maidian serve` runs it (docs/collector.md); it also takes Sensors Analytics
+and Segment traffic (docs/migration.md). The HTTP edge is
 `maidian.collector.app.make_app`, imported on its own because it needs
 aiohttp (the `collector` extra), which the plan commands do without.
 """
 
+from ._vendor import VendorError
 from .config import Config, ConfigSource, resolve_config
 from .errors import (
     BadRequest,
@@ -37,6 +39,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnsupportedMediaType",
+    "VendorError",
     "export_events",
     "person_events",
     "quarantine_records",

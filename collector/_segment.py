@@ -71,7 +71,6 @@ from ._vendor import (
     Unauthenticated,
     Undecodable,
     UnsupportedMediaType,
-    VendorError,
     VendorLimits,
     VendorRecord,
     VendorResponse,
@@ -84,9 +83,11 @@ from ._vendor import (
     records_of,
     reject,
     rejection_of,
+    retry_after,
     split_records,
     wire_event,
 )
+from .errors import RequestError
 
 __all__ = [
     "ENDPOINTS",
@@ -97,6 +98,7 @@ __all__ = [
     "endpoint_of",
     "error_response",
     "success_response",
+    "write_key_of",
 ]
 
 # The path prefix the collector serves Segment's API under: libraries are
@@ -198,11 +200,12 @@ def decode_request(
         records = split_records(text, where="body", limits=limits)
         if records[0].value is not None:
             body_key = records[0].value.get("writeKey")
-    key = _write_key(headers, body_key)
+    key = write_key_of(headers, body_key)
     return SegmentRequest(endpoint, key, tuple(records), sent_at, context)
 
 
-def _write_key(headers: Mapping[str, str], body_key: object) -> str:
+def write_key_of(headers: Mapping[str, str], body_key: object = None) -> str:
+    """The write key: the user name of Basic auth, else `body_key` (the body's `writeKey`); 401 when neither."""
     auth = (header(headers, "authorization") or "").strip()
     scheme, _, credentials = auth.partition(" ")
     if scheme.lower() == "basic":
@@ -307,14 +310,15 @@ class SegmentMapper:
         self, record: VendorRecord, request: SegmentRequest, *, now_ms: int, seen: Counter[str] | None = None
     ) -> MappedRecord | Rejection:
         """Map one decoded message of `request`."""
-        undecoded = rejection_of(record)
+        undecoded = rejection_of(record, "segment:x:", seen)
         if undecoded is not None:
             return undecoded
         msg: dict[str, Any] = record.value
         i = record.index
 
         def fail(rule: str, path: str, message: str) -> Rejection:
-            return reject(i, rule, path, message, record=msg, size=record.size_bytes)
+            event_id = self._event_id(msg, seen)
+            return reject(i, rule, path, message, record=msg, size=record.size_bytes, event_id=event_id)
 
         kind = msg.get("type") if request.endpoint == "batch" else request.endpoint
         if not isinstance(kind, str) or kind not in _TYPES:
@@ -453,8 +457,14 @@ def success_response(headers: Mapping[str, str]) -> VendorResponse:
     return VendorResponse(200, _SUCCESS, "application/json", cors_headers(headers))
 
 
-def error_response(error: VendorError, headers: Mapping[str, str]) -> VendorResponse:
-    """An error in the shape Segment's libraries read: `{"success": false, "code": ..., "message": ...}`."""
+def error_response(error: RequestError, headers: Mapping[str, str]) -> VendorResponse:
+    """An error in the shape Segment's libraries read: `{"success": false, "code": ..., "message": ...}`.
+
+    The status is the collector's own (analytics-python retries 429 and 503
+    after their `Retry-After`, and drops the batch on 400, 401, 403 and 413).
+    """
     body = {"success": False, "code": error.code, "message": error.message}
     data = json.dumps(body, ensure_ascii=False).encode()
-    return VendorResponse(error.status, data, "application/json; charset=utf-8", cors_headers(headers))
+    return VendorResponse(
+        error.status, data, "application/json; charset=utf-8", (*cors_headers(headers), *retry_after(error))
+    )

@@ -65,7 +65,6 @@ from ._vendor import (
     Translation,
     Undecodable,
     UnsupportedMediaType,
-    VendorError,
     VendorLimits,
     VendorRecord,
     VendorResponse,
@@ -79,9 +78,11 @@ from ._vendor import (
     parse_form,
     reject,
     rejection_of,
+    retry_after,
     split_records,
     wire_event,
 )
+from .errors import RequestError
 
 __all__ = [
     "DEFAULT_PROJECT",
@@ -187,8 +188,13 @@ def _lib(value: Any) -> Any:
     return f"sensors-{value}" if isinstance(value, str) else value
 
 
+# Past this many seconds a duration is nonsense (the plan caps `$duration_ms` far lower); converting
+# it would make an integer too large to store, so it is passed on unchanged for the plan to refuse.
+_MAX_DURATION_S: Final = 2**53 / 1000
+
+
 def _seconds_to_ms(value: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= _MAX_DURATION_S:
         return round(value * 1000)
     return value
 
@@ -287,14 +293,15 @@ class SensorsMapper:
         self, record: VendorRecord, *, project: str = DEFAULT_PROJECT, seen: Counter[str] | None = None
     ) -> MappedRecord | Rejection:
         """Map one decoded record; `seen` numbers identical records within one request (see the module doc)."""
-        undecoded = rejection_of(record)
+        undecoded = rejection_of(record, "sensors:x:", seen)
         if undecoded is not None:
             return undecoded
         value: dict[str, Any] = record.value
         i = record.index
 
         def fail(rule: str, path: str, message: str) -> Rejection:
-            return reject(i, rule, path, message, record=value, size=record.size_bytes)
+            event_id = self._event_id(value, project, seen)
+            return reject(i, rule, path, message, record=value, size=record.size_bytes, event_id=event_id)
 
         kind = value.get("type")
         if not isinstance(kind, str):
@@ -443,19 +450,24 @@ def success_response(method: str, path: str, headers: Mapping[str, str]) -> Vend
     return VendorResponse(200, b"", "text/plain", cors_headers(headers))
 
 
-def error_response(error: VendorError, headers: Mapping[str, str]) -> VendorResponse:
-    """The answer to a request that was not taken.
+def error_response(error: RequestError, headers: Mapping[str, str]) -> VendorResponse:
+    """The answer to a request that was not taken (a `VendorError`, or the collector's own refusals).
 
     Sensors' Android SDK deletes events on any 4xx other than 403 and 404, and
     keeps and retries them on those and on 5xx, so a credentials problem is
     answered 403 (`Forbidden`), never 401: the app keeps its data until the
-    collector is configured.
+    collector is configured. For the same reason a quota exceeded is answered
+    503 rather than 429, with the same Retry-After.
     """
     status, code = error.status, error.code
     if status == 401:
         status, code = Forbidden.status, Forbidden.code
+    elif status == 429:
+        status = 503
     body = json.dumps({"code": code, "message": error.message}, ensure_ascii=False).encode()
-    return VendorResponse(status, body, "application/json; charset=utf-8", cors_headers(headers))
+    return VendorResponse(
+        status, body, "application/json; charset=utf-8", (*cors_headers(headers), *retry_after(error))
+    )
 
 
 def debug_response(

@@ -11,6 +11,8 @@ common, as pure functions and frozen data:
 - `VendorError` and its subclasses: the only exceptions the decoders raise. Each
   carries the HTTP status and error code the route answers with, and a message
   that names the field and what was wrong with it; never the data itself.
+  `VendorError` is a `RequestError`, so it sits in the collector's error tree
+  (errors.py); the vendor routes answer it in the vendor's own shape.
 - `VendorRecord`, `MappedRecord`, `Rejection`, `Mapped`: what a request becomes.
   A record the mapper cannot turn into events is a `Rejection` with reasons
   (maidian `Violation`s with rules `vendor_record` or `vendor_unsupported`), to
@@ -30,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +44,8 @@ import msgspec
 from maidian.tracking_plan import Plan, VendorMapping, Violation
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS, PRESET_SCHEMAS
 from maidian.tracking_plan.validator import json_type
+
+from .errors import RequestError
 
 __all__ = [
     "DEFAULT_VENDOR_LIMITS",
@@ -73,6 +78,7 @@ __all__ = [
     "records_of",
     "reject",
     "rejection_of",
+    "retry_after",
     "split_records",
     "wire_event",
 ]
@@ -80,7 +86,7 @@ __all__ = [
 # -- errors --------------------------------------------------------------------
 
 
-class VendorError(Exception):
+class VendorError(RequestError):
     """A vendor request the collector cannot take; the sender's fault.
 
     `status` and `code` are what the route answers (the codes of
@@ -89,10 +95,6 @@ class VendorError(Exception):
 
     status: int = 400
     code: str = "undecodable"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class Undecodable(VendorError):
@@ -254,13 +256,15 @@ class VendorRecord:
     """One record as the vendor's SDK sent it, decoded from JSON.
 
     `index` is its position in the request (counting from 0). `value` is None
-    when the record could not be decoded on its own; `problem` then says why.
+    when the record could not be decoded on its own; `problem` then says why,
+    and `raw` holds its JSON text so that it can be kept in the quarantine log.
     """
 
     index: int
     value: Any
     size_bytes: int
     problem: str | None = None
+    raw: bytes = b""
 
 
 _LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
@@ -296,7 +300,8 @@ def records_of(
     for i, raw in enumerate(raws):
         size = len(raw)
         if size > limits.max_record_bytes:
-            out.append(VendorRecord(i, None, size, f"{size} bytes, over the limit of {limits.max_record_bytes}"))
+            problem = f"{size} bytes, over the limit of {limits.max_record_bytes}"
+            out.append(VendorRecord(i, None, size, problem, bytes(raw)))
             continue
         try:
             value = _ANY.decode(raw)
@@ -305,10 +310,10 @@ def records_of(
         except UnicodeDecodeError as exc:
             raise Undecodable(f"{where}: invalid JSON in record {i} (not UTF-8 at byte {exc.start})") from None
         except RecursionError:
-            out.append(VendorRecord(i, None, size, "nested too deeply"))
+            out.append(VendorRecord(i, None, size, "nested too deeply", bytes(raw)))
             continue
         if not isinstance(value, dict):
-            out.append(VendorRecord(i, None, size, f"expected an object, got {json_type(value)}"))
+            out.append(VendorRecord(i, None, size, f"expected an object, got {json_type(value)}", bytes(raw)))
             continue
         out.append(VendorRecord(i, value, size))
     return out
@@ -344,16 +349,42 @@ class MappedRecord:
 class Rejection:
     """A vendor record that cannot become a maidian event, with the reasons.
 
-    The route stores `record` in the quarantine log with `reasons`, exactly as
-    it stores an invalid native event. Rules: `vendor_record` (the record is
-    malformed: not an object, too large, no valid time, unknown type) and
-    `vendor_unsupported` (well-formed, but maidian has no equivalent).
+    The route stores it in the quarantine log with `reasons` (`quarantined`),
+    exactly as it stores an invalid native event. Rules: `vendor_record` (the
+    record is malformed: not an object, too large, no valid time, unknown
+    type) and `vendor_unsupported` (well-formed, but maidian has no
+    equivalent). `record` is the decoded record, or None when it did not
+    decode on its own and `raw` holds its JSON text. `event_id` is the id the
+    record would have had (or a hash of its text), so a resent request
+    quarantines it once.
     """
 
     index: int
     reasons: tuple[Violation, ...]
     record: Any = None
     size_bytes: int = 0
+    event_id: str | None = None
+    raw: bytes = b""
+
+    def quarantined(self, vendor: str) -> dict[str, Any]:
+        """What the quarantine log keeps: the vendor, the record as sent, and the id and name it is indexed by.
+
+        `type` and `event` repeat the record's own, so `maidian quarantine list`
+        names it (`SubmitOrder`, `item_set`); the record itself is kept whole
+        under `record`, or as its JSON text under `record_json` when it did not
+        decode on its own.
+        """
+        out: dict[str, Any] = {"vendor": vendor}
+        if self.event_id is not None:
+            out["event_id"] = self.event_id
+        if isinstance(self.record, dict):
+            for name in ("type", "event"):
+                if isinstance(self.record.get(name), str):
+                    out[name] = self.record[name]
+            out["record"] = self.record
+        else:
+            out["record_json"] = self.raw.decode("utf-8", "replace")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,17 +419,25 @@ class Mapped:
         return runs
 
 
-def reject(index: int, rule: str, path: str, message: str, *, record: Any = None, size: int = 0) -> Rejection:
+def reject(
+    index: int, rule: str, path: str, message: str, *, record: Any = None, size: int = 0, event_id: str | None = None
+) -> Rejection:
     """A `Rejection` with one reason."""
-    return Rejection(index, (Violation(rule, path, message),), record, size)
+    return Rejection(index, (Violation(rule, path, message),), record, size, event_id)
 
 
-def rejection_of(record: VendorRecord) -> Rejection | None:
-    """The rejection for a record that could not be decoded on its own, if it is one."""
+def rejection_of(record: VendorRecord, prefix: str, seen: Counter[str] | None = None) -> Rejection | None:
+    """The rejection for a record that could not be decoded on its own, if it is one.
+
+    Its id is `prefix` and a hash of its JSON text, numbered within the request
+    like other content ids.
+    """
     if record.problem is None:
         return None
     message = f"record {record.index}: {record.problem}"
-    return reject(record.index, "vendor_record", "", message, size=record.size_bytes)
+    event_id = numbered(prefix + hashlib.sha256(record.raw).hexdigest()[:32], seen)
+    reason = (Violation("vendor_record", "", message),)
+    return Rejection(record.index, reason, None, record.size_bytes, event_id, record.raw)
 
 
 def wire_event(
@@ -650,6 +689,13 @@ def cors_headers(request_headers: Mapping[str, str]) -> tuple[tuple[str, str], .
         ("Access-Control-Allow-Credentials", "true"),
         ("Vary", "Origin"),
     )
+
+
+def retry_after(error: RequestError) -> tuple[tuple[str, str], ...]:
+    """The `Retry-After` header (whole seconds, at least 1) for an error that carries a wait."""
+    if error.retry_after_s is None:
+        return ()
+    return (("Retry-After", str(max(1, math.ceil(error.retry_after_s)))),)
 
 
 def preflight_response(request_headers: Mapping[str, str]) -> VendorResponse:

@@ -1,12 +1,17 @@
-"""The HTTP edge: the only module that imports aiohttp.
+"""The HTTP edge: the native routes, the error middleware, and the app that mounts the vendor routes.
 
-Routes (docs/protocol.md; docs/openapi.yaml describes them):
+Routes (docs/protocol.md; docs/openapi.json describes them):
 
     POST /v1/batch   store a batch; 200 with per-event results
     POST /v1/debug   the same verdicts, nothing stored
     GET  /healthz    200 while the process runs
     GET  /readyz     200 when events can be accepted and persisted, else 503
     GET  /metrics    Prometheus text
+
+and the vendor routes (`_vendor_routes.py`, docs/migration.md): Sensors
+Analytics' `/sa`, `/sa.gif` and `/debug`, and Segment's API under `/segment`,
+which feed the same pipeline. These two modules are the HTTP edge, the only
+ones that import aiohttp.
 
 One middleware turns every `RequestError` into its status and the protocol's
 error body (`{"error": {"code", "message"}}`, with Retry-After on 429 and 503),
@@ -32,10 +37,12 @@ import msgspec
 from aiohttp import web
 from maidian.tracking_plan.envelope import BATCH_PATH, DEBUG_PATH
 
+from ._vendor_routes import VENDOR_PATHS, VENDOR_ROUTES, VendorRoutes, add_vendor_routes, max_line_bytes
 from .auth import Authenticator
 from .config import Config
 from .decode import decode_batch, decompress, read_media_type
 from .errors import BadRequest, PayloadTooLarge, RequestError, Unavailable
+from .ingest import Ingest
 from .service import Collector
 
 __all__ = ["AUTH", "COLLECTOR", "ROUTES", "make_app"]
@@ -50,6 +57,7 @@ ROUTES: Final = (
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    *VENDOR_ROUTES,
 )
 _json = msgspec.json.Encoder()
 # Counted in metrics for requests whose sender disconnected (nginx's "client closed request").
@@ -96,7 +104,7 @@ async def _errors(
         )
 
 
-_KNOWN: Final = frozenset(path for _m, path in ROUTES)
+_KNOWN: Final = frozenset(path for _m, path in ROUTES) | VENDOR_PATHS
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -116,9 +124,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
-async def _ingest(request: web.Request, *, store: bool) -> web.Response:
-    collector = request.app[COLLECTOR]
-    auth = request.app[AUTH]
+def _admit(collector: Collector) -> Ingest:
+    """The pipeline, counting the request in flight (`collector.leave()` when done); 503 when it cannot take one."""
     ingest = collector.ingest
     if not collector.is_ready() and (collector.stopping or not collector.ready):
         raise Unavailable("the collector is starting or stopping", retry_after_s=1)
@@ -127,6 +134,13 @@ async def _ingest(request: web.Request, *, store: bool) -> web.Response:
     if collector.in_flight >= collector.config.server.max_in_flight:
         raise Unavailable("the collector is overloaded", retry_after_s=1)
     collector.enter()
+    return ingest
+
+
+async def _ingest(request: web.Request, *, store: bool) -> web.Response:
+    collector = request.app[COLLECTOR]
+    auth = request.app[AUTH]
+    ingest = _admit(collector)
     try:
         limits = collector.config.limits
         fmt, coding = read_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
@@ -189,15 +203,18 @@ async def _metrics(request: web.Request) -> web.Response:
 
 def make_app(config: Config, collector: Collector | None = None) -> web.Application:
     """The aiohttp application; the collector opens on startup and closes (draining, syncing) on cleanup."""
+    # Sensors image beacons put their record in the URL: longer request lines only when Sensors is served.
+    line_bytes = max_line_bytes(bool(config.auth.sensors_projects))
     app = web.Application(
         middlewares=[_errors],
         # Read bodies raw: decompression happens in decode.py, capped (aiohttp would inflate zstd unbounded).
-        handler_args={"auto_decompress": False, "max_field_size": 8190, "max_line_size": 8190},
+        handler_args={"auto_decompress": False, "max_field_size": 8190, "max_line_size": line_bytes},
         client_max_size=config.limits.max_body_bytes,
     )
     owned = collector or Collector(config)
     app[COLLECTOR] = owned
     app[AUTH] = Authenticator(config.auth)
+    vendors = VendorRoutes(owned, app[AUTH], read_body=_read_body, admit=_admit, request_id=_next_request_id)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         c = app[COLLECTOR]
@@ -213,4 +230,5 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    add_vendor_routes(app, vendors)
     return app

@@ -16,12 +16,24 @@ Two kinds of senders (docs/protocol.md, "Authentication"):
 
 Each write key may have a token bucket in events per second (`RateLimiter`):
 a flooding key gets 429 with Retry-After and the other keys are unaffected.
+
+Vendor SDKs (docs/migration.md) authenticate in their own way, and each
+resolves to a write key, whose name, quota and revocation then apply:
+- a Sensors project is served when `[[vendors.sensors.projects]]` names it
+  (Sensors SDKs send no credential, only the project name); any other project
+  is 403, which its SDKs answer by keeping their data.
+- a Segment write key (Basic auth) is looked up like `X-Maidian-Write-Key`.
+A binding with `allow_from` accepts only those peer addresses (the TCP peer,
+never a forwarded-for header), and only such a binding may be `trusted`: a
+backend on a listed network may then send `trigger: server` events through a
+vendor SDK, while the same request from anywhere else is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +48,7 @@ from maidian.tracking_plan.envelope import (
     HEADER_WRITE_KEY,
 )
 
-from .config import AuthConfig, ServerSource, WriteKey
+from .config import AuthConfig, ServerSource, VendorSource, WriteKey
 from .errors import Forbidden, RateLimited, Unauthenticated
 
 __all__ = ["Authenticator", "NonceCache", "Principal", "RateLimiter"]
@@ -52,7 +64,7 @@ class Principal:
     """Who sent a request: a write key's name or a server source's name."""
 
     name: str
-    kind: str  # "key" or "source"
+    kind: str  # "key" or "source"; "sensors" or "segment" for vendor traffic
     trusted: bool
     key: WriteKey | None = None
 
@@ -135,6 +147,11 @@ class Authenticator:
         self._keys: tuple[WriteKey, ...] = config.write_keys
         self._hashes = tuple(bytes.fromhex(k.sha256) for k in config.write_keys)
         self._sources: dict[str, ServerSource] = {s.name: s for s in config.sources}
+        self._sensors: dict[str, VendorSource] = {p.name: p for p in config.sensors_projects}
+        self._segment: dict[str, VendorSource] = {s.write_key: s for s in config.segment_sources}
+        self._named: dict[str, list[WriteKey]] = {}
+        for k in config.write_keys:
+            self._named.setdefault(k.name, []).append(k)
 
     def authenticate(
         self,
@@ -208,7 +225,40 @@ class Authenticator:
             raise Unauthenticated("this nonce was already used: a replayed request")
         return Principal(source.name, "source", trusted=True)
 
+    def sensors_project(self, project: str, peer: str | None) -> Principal:
+        """The sender of a Sensors request naming `project`, from the TCP peer address `peer`; 403 when refused."""
+        binding = self._sensors.get(project)
+        if binding is None:
+            raise Forbidden("this Sensors project is not served here; add it to [[vendors.sensors.projects]]")
+        key = next((k for k in self._named.get(binding.write_key, ()) if not k.revoked), None)
+        if key is None:
+            raise Forbidden("the write key this Sensors project is bound to has been revoked")
+        _check_peer(binding, peer)
+        return Principal(key.name, "sensors", trusted=binding.trusted, key=key)
+
+    def segment_key(self, presented: str, peer: str | None) -> Principal:
+        """The sender of a Segment request with this write key, from `peer`; 401 unknown, 403 revoked or refused."""
+        by_key = self._by_key(presented)
+        binding = self._segment.get(by_key.name)
+        if binding is not None:
+            _check_peer(binding, peer)
+        return Principal(by_key.name, "segment", trusted=binding is not None and binding.trusted, key=by_key.key)
+
     def take(self, principal: Principal, events: int, now_s: float) -> None:
         """Charge `events` to the principal's rate limit (429 when over)."""
         if principal.key is not None:
             self.limiter.take(principal.key, events, now_s)
+
+
+def _check_peer(binding: VendorSource, peer: str | None) -> None:
+    """403 unless the binding takes any address or `peer` is in one of its networks."""
+    if not binding.allow_from:
+        return
+    try:
+        address = ipaddress.ip_address((peer or "").split("%", 1)[0])
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is None or not any(address in network for network in binding.allow_from):
+        raise Forbidden("this source may only send from the addresses in its allow_from")

@@ -9,11 +9,18 @@ key, never the key. A key given on the command line or in `MAIDIAN_WRITE_KEYS`
 is hashed at once and the plain text is not kept. Server-source secrets are
 read from the environment variable the file names (`secret_env`), or from the
 file itself (`secret`) for tests and local runs.
+
+Vendor traffic (docs/migration.md) is authorised in `[vendors]`: each Sensors
+project the collector serves, and optionally a Segment write key, is bound to
+a write key by name, whose quota and revocation then apply; a binding may be
+limited to peer addresses (`allow_from`), and only such a binding may be
+`trusted` (send `trigger: server` events). Bindings are reloaded with the keys.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +42,7 @@ __all__ = [
     "ServerSource",
     "StorageConfig",
     "TimeConfig",
+    "VendorSource",
     "WriteKey",
     "hash_key",
     "resolve_config",
@@ -88,10 +96,32 @@ class ServerSource:
     revoked: bool = False
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class VendorSource:
+    """A vendor SDK's traffic let in: a Sensors project (`name`), or a Segment write key's binding.
+
+    `write_key` names the `[[write_keys]]` entry whose name, quota and
+    revocation apply. With `allow_from`, requests from other peer addresses
+    are answered 403; only such a source may be `trusted`, that is, send
+    events the plan marks `trigger: server`.
+    """
+
+    name: str
+    write_key: str
+    trusted: bool = False
+    allow_from: tuple[Network, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     write_keys: tuple[WriteKey, ...] = ()
     sources: tuple[ServerSource, ...] = ()
+    # docs/migration.md: the Sensors projects served, and Segment write keys with a binding.
+    sensors_projects: tuple[VendorSource, ...] = ()
+    segment_sources: tuple[VendorSource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +267,65 @@ def _source(entry: Mapping[str, Any], i: int, env: Mapping[str, str]) -> ServerS
     return ServerSource(name=name, secret=secret.encode(), revoked=bool(entry.get("revoked", False)))
 
 
+_VENDOR_TABLES: Final = {"sensors": "projects", "segment": "sources"}
+
+
+def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSource, ...]]:
+    """`[vendors]`: per vendor, its bindings, each checked against the write keys."""
+    if not isinstance(doc, dict):
+        raise ConfigError("vendors: expected a table ([vendors.sensors], [vendors.segment])")
+    unknown = sorted(set(doc) - set(_VENDOR_TABLES))
+    if unknown:
+        raise ConfigError(f"vendors: unknown vendor {unknown[0]!r}; known: {', '.join(_VENDOR_TABLES)}")
+    names = {k.name for k in keys}
+    out: dict[str, tuple[VendorSource, ...]] = {}
+    for vendor, list_name in _VENDOR_TABLES.items():
+        table = doc.get(vendor, {})
+        if not isinstance(table, dict) or set(table) - {list_name}:
+            raise ConfigError(f"vendors.{vendor}: expected only [[vendors.{vendor}.{list_name}]]")
+        entries = table.get(list_name, [])
+        if not isinstance(entries, list):
+            raise ConfigError(f"vendors.{vendor}.{list_name}: expected an array of tables")
+        found: list[VendorSource] = []
+        for i, entry in enumerate(entries):
+            where = f"vendors.{vendor}.{list_name}[{i}]"
+            found.append(_vendor_source(entry, where, vendor, names))
+        seen = [v.name for v in found]
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        if twice:
+            raise ConfigError(f"vendors.{vendor}.{list_name}: {twice[0]!r} is listed twice")
+        out[vendor] = tuple(found)
+    return out
+
+
+def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> VendorSource:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    known = {"write_key", "trusted", "allow_from"} | ({"name"} if vendor == "sensors" else set())
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    key = entry.get("write_key")
+    if not isinstance(key, str) or key not in key_names:
+        raise ConfigError(f"{where}: 'write_key' must name one of the [[write_keys]] entries")
+    name = entry.get("name", key) if vendor == "sensors" else key
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'name' (the Sensors project) is required")
+    trusted = entry.get("trusted", False)
+    if not isinstance(trusted, bool):
+        raise ConfigError(f"{where}: 'trusted' must be true or false")
+    raw = entry.get("allow_from", [])
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError(f"{where}: 'allow_from' must be a list of addresses or networks (\"10.20.0.0/16\")")
+    try:
+        networks = tuple(ipaddress.ip_network(a, strict=False) for a in raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: allow_from: {exc}") from None
+    if trusted and not networks:
+        raise ConfigError(f"{where}: a trusted source must list the addresses it may send from ('allow_from')")
+    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks)
+
+
 def resolve_config(
     *,
     file: str | os.PathLike[str] | None = None,
@@ -262,7 +351,7 @@ def resolve_config(
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     tables: dict[str, dict[str, Any]] = {g: dict(doc.get(g, {})) for g in _GROUPS}
     top: dict[str, Any] = {"plan": doc.get("plan")}
-    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources"})
+    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources", "vendors"})
     if unknown:
         raise ConfigError(f"{file}: unknown top-level setting {unknown[0]!r}")
     overrides = {name: env[name] for name in ENVIRONMENT if env.get(name)}
@@ -280,6 +369,7 @@ def resolve_config(
     plain = [*write_keys, *(k for k in env.get("MAIDIAN_WRITE_KEYS", "").split(",") if k.strip())]
     keys += [WriteKey(name=f"key{len(keys) + i}", sha256=hash_key(k.strip())) for i, k in enumerate(plain)]
     sources = tuple(_source(e, i, env) for i, e in enumerate(doc.get("sources", [])))
+    vendors = _vendor_sources(doc.get("vendors", {}), keys)
     config = Config(
         plan=Path(top["plan"]),
         server=_group("server", ServerConfig, tables["server"]),
@@ -287,7 +377,12 @@ def resolve_config(
         dedup=_group("dedup", DedupConfig, tables["dedup"]),
         time=_group("time", TimeConfig, tables["time"]),
         limits=_group("limits", Limits, tables["limits"]),
-        auth=AuthConfig(write_keys=tuple(keys), sources=sources),
+        auth=AuthConfig(
+            write_keys=tuple(keys),
+            sources=sources,
+            sensors_projects=vendors["sensors"],
+            segment_sources=vendors["segment"],
+        ),
     )
     return check_config(config)
 

@@ -36,6 +36,7 @@ __all__ = [
     "check_limits",
     "decode_batch",
     "decode_event",
+    "decoded_batch",
     "decompress",
     "event_too_large",
     "read_media_type",
@@ -204,6 +205,30 @@ def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
         plan_version=wire.plan_version,
         decoded_bytes=len(data),
         values=values,
+    )
+
+
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+def decoded_batch(
+    events: list[dict[str, Any]], *, sent_at: int | None, lib: str | None = None, lib_version: str | None = None
+) -> Batch:
+    """A batch of events that are already decoded (vendor traffic mapped onto the envelope).
+
+    Each event is encoded once, as msgpack, the form the raw log stores; its
+    encoded size is what the per-event limits measure, as for native events.
+    The values must come from a JSON or msgpack decoder (integers within 64
+    bits, finite floats, valid strings), which is what makes them encodable.
+    """
+    encode = _msgpack_encoder.encode
+    return Batch(
+        events=[msgspec.Raw(encode(e)) for e in events],
+        format="msgpack",
+        sent_at=sent_at,
+        lib=lib,
+        lib_version=lib_version,
+        values=events,
     )
 
 

@@ -17,7 +17,14 @@ a bug.
           ├── PayloadTooLarge            413: over a size limit (on the wire or decoded)
           ├── UnsupportedMediaType       415: unknown content type or encoding
           ├── RateLimited                429: this key is over its quota (Retry-After)
-          └── Unavailable                503: overloaded, disk full, writer behind, stopping (Retry-After)
+          ├── Unavailable                503: overloaded, disk full, writer behind, stopping (Retry-After)
+          └── VendorError                a Sensors or Segment request refused (`_vendor.py`), answered in
+               │                          the vendor's own shape by the vendor routes (docs/migration.md)
+               ├── Undecodable           400: a malformed form field, base64, gzip or JSON
+               ├── Unauthenticated       401: no usable Segment write key (Sensors answers it 403)
+               ├── Forbidden             403: a Sensors project or Segment key not accepted here
+               ├── TooLarge              413: over a vendor limit (body, query, base64, records)
+               └── UnsupportedMediaType  415: encrypted Sensors payloads, codings other than gzip
 
 Messages never quote event values, identity values or keys: they name the
 rule, the place and the limit.

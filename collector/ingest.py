@@ -20,6 +20,12 @@ Promises kept here:
 - quarantined events are stored in the quarantine log (with every reason)
   before the answer says `quarantined`; a retried quarantined event is answered
   `quarantined` again but stored once.
+
+Already-decoded events (vendor traffic mapped onto the envelope, the vendor
+routes) enter through the same `ingest`: `decode.decoded_batch` encodes them
+once into a batch, and records that no event could be made of come along as
+`Refused`, judged already, so they land in the quarantine log with their
+reasons under the same durability as everything else.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+from maidian.tracking_plan import Violation
 
 from .auth import Principal
 from .decode import Batch
@@ -41,7 +48,7 @@ from .judge import Judge, event_summary, reason_dicts
 from .metrics import Metrics
 from .storage import Appended, LogWriter
 
-__all__ = ["Ingest", "Outcome", "build_accepted_frame"]
+__all__ = ["Ingest", "Outcome", "Refused", "build_accepted_frame"]
 
 _ACCEPTED: Final = {"status": "accepted"}
 _DUPLICATE: Final = {"status": "duplicate"}
@@ -76,6 +83,20 @@ class Outcome:
             "quarantined": self.quarantined,
             "results": self.results,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A record refused before it became an event, with the reasons: kept in the quarantine log as it is.
+
+    `record` is what the quarantine keeps (its `event_id`, when it has one,
+    deduplicates it like a quarantined event); `raw` is it encoded in the
+    batch's format.
+    """
+
+    record: Any
+    raw: msgspec.Raw
+    reasons: Sequence[Violation]
 
 
 def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int) -> dict[str, Any]:
@@ -187,10 +208,27 @@ class Ingest:
             return raw
         return msgspec.Raw(_msgpack.encode(event))
 
-    async def ingest(self, batch: Batch, principal: Principal, request_id: str, *, store: bool = True) -> Outcome:
-        """Judge, deduplicate and (when `store`) durably append a batch; the per-event outcome."""
+    async def ingest(
+        self,
+        batch: Batch,
+        principal: Principal,
+        request_id: str,
+        *,
+        store: bool = True,
+        refused: Sequence[Refused] = (),
+    ) -> Outcome:
+        """Judge, deduplicate and (when `store`) durably append a batch; the per-event outcome.
+
+        `refused` records are quarantined with their reasons; their results
+        follow the batch's events, in order.
+        """
         received_ms = int(self.clock() * 1000)
         verdicts = self.judge.judge(batch, trusted=principal.trusted, received_ms=received_ms)
+        if refused:
+            verdicts.invalid.extend(
+                (verdicts.count + k, r.record, r.raw, received_ms, list(r.reasons)) for k, r in enumerate(refused)
+            )
+            verdicts.count += len(refused)
         results: list[dict[str, Any]] = [_ACCEPTED] * verdicts.count
         seen, pending = self.seen, self.pending
         has = seen.has

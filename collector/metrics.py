@@ -79,6 +79,8 @@ class Metrics:
         self.refusals_withdrawn: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        # Counter families other parts own (the vendor routes): name -> (help, label names, values).
+        self.families: dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], int]]] = {}
 
     def request(self, path: str, status: int, seconds: float) -> None:
         key = (path, status)
@@ -90,6 +92,16 @@ class Metrics:
 
     def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.counters[name] = (help_text, read)
+
+    def family(self, name: str, help_text: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], int]:
+        """A counter family with labels; the owner adds to the returned dict, keyed by label values in order.
+
+        Label values must come from a bounded set: each one is a time series.
+        """
+        entry = self.families.get(name)
+        if entry is None:
+            entry = self.families[name] = (help_text, labels, {})
+        return entry[2]
 
     def render(self) -> str:
         out: list[str] = []
@@ -119,6 +131,10 @@ class Metrics:
             out.append(f"maidian_identity_refusals_withdrawn_total{_labels((('rule', rule),))} {n}")
         family("maidian_request_duration_seconds", "histogram", "Time from a request's arrival to its answer.")
         out.extend(self.latency.lines("maidian_request_duration_seconds"))
+        for name, (help_text, labels, values) in sorted(self.families.items()):
+            family(name, "counter", help_text)
+            for key, n in sorted(values.items()):
+                out.append(f"{name}{_labels(tuple(zip(labels, key, strict=True)))} {n}")
         for name, (help_text, read) in sorted(self.counters.items()):
             family(name, "counter", help_text)
             out.append(f"{name} {_number(read())}")

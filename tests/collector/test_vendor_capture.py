@@ -216,7 +216,7 @@ async def test_sensors_async_batch_consumer(aiohttp_server: Any) -> None:
 
 
 def sensors_debug_answer(captured: Captured) -> VendorResponse:
-    """What the debug route will do: decode, map, validate, answer with the verdict."""
+    """The debug answer without the collector: decode, map, validate, answer with the verdict."""
     request = sensors.decode_request(captured.method, captured.query, captured.headers, captured.body)
     mapped = sensors.SensorsMapper(vendor_plan()).map_request(request)
     found = [validator().validate(e) for e in mapped.events]

@@ -8,6 +8,7 @@ import gzip
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from maidian.collector._vendor import (
     preflight_response,
     split_records,
 )
+from maidian.collector.decode import decoded_batch
 
 from tests.collector.vendor_helpers import NOW_MS, basic, vendor_plan
 
@@ -180,8 +182,13 @@ def test_a_cors_preflight_is_answered() -> None:
 
 # -- nothing escapes but VendorError ----------------------------------------------------------
 
+# What the decoders can hand the mappers: msgspec's JSON decoder refuses integers outside 64 bits.
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=12,
 )
@@ -241,8 +248,11 @@ def test_mapping_any_record_gives_events_or_a_rejection_never_an_exception(recor
             assert all(set(e) <= {"type", "event", "event_id", "time", "identities", "properties"} for e in r.events)
             assert all(len(e["event_id"]) <= 128 for e in r.events)
             json.dumps(list(r.events))  # JSON values only
+            decoded_batch(list(r.events), sent_at=r.sent_at)  # the pipeline can encode them
         else:
             assert r.reasons
+            assert r.event_id is not None  # so a resent request quarantines it once
+            msgspec.msgpack.encode(r.quarantined("sensors"))  # and the quarantine log can keep it
 
 
 @settings(max_examples=200)

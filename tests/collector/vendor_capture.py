@@ -2,8 +2,9 @@
 
 It answers each request with `answer(captured)` (success by default), after any
 statuses queued in `fail_next`, so a test can make the SDK see an outage and
-retry. Until the collector serves these routes (phase 2 of issue #7), this is
-what the real SDKs talk to; the tests then decode what was captured.
+retry. The tests then decode what was captured: they pin what the real SDKs
+send, apart from the collector (test_vendor_e2e.py drives the same SDKs
+against a real `maidian serve`).
 """
 
 from __future__ import annotations
