@@ -241,8 +241,8 @@ async def _stream(request: web.Request) -> web.StreamResponse:
             records, skipped = sub.take()
             if records or skipped:
                 await response.write(_sse(records, skipped))  # waits while the page is slow; its queue drops
-    except (ConnectionError, asyncio.CancelledError):
-        pass
+    except ConnectionError:
+        pass  # the page went away
     finally:
         hub.unsubscribe(sub)
     return response

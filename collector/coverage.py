@@ -84,8 +84,19 @@ _unzstd = zstandard.ZstdDecompressor()
 class _Counts:
     accepted: int = 0
     invalid: int = 0
-    properties: Counter[str] = field(default_factory=Counter)
+    # Property names counted per distinct set of names (events of one name share a few such sets), so
+    # counting an event is one increment; `properties` expands them when a report is built.
+    shapes: Counter[tuple[Any, ...]] = field(default_factory=Counter)
     reasons: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    @property
+    def properties(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for shape, n in self.shapes.items():
+            for p in shape:
+                if isinstance(p, str) and not p.startswith("$"):
+                    out[p] += n
+        return out
 
 
 class Tally:
@@ -100,10 +111,14 @@ class Tally:
         self,
         kind: str | None,
         name: str | None,
-        properties: Iterable[str] | None,
+        properties: tuple[Any, ...] | None,
         reasons: Sequence[Mapping[str, Any]] | None,
     ) -> None:
-        """Count one event: its type, its name (track), its property names, and its reasons when it was invalid."""
+        """Count one event: its type, its name (track), its property names, and its reasons when it was invalid.
+
+        `properties` is the tuple of the event's property names as sent (presets and all: they are left out
+        when the report is built).
+        """
         if kind is None:
             self.malformed += 1
             return
@@ -123,7 +138,7 @@ class Tally:
             for r in reasons:
                 counts.reasons[(str(r.get("rule", "")), str(r.get("path", "")), str(r.get("message", "")))] += 1
         if kind == "track" and properties is not None:
-            counts.properties.update(p for p in properties if not p.startswith("$"))
+            counts.shapes[properties] += 1
 
     def add_event(self, event: Any, reasons: Sequence[Mapping[str, Any]] | None) -> None:
         """Count one decoded event as it was sent (any shape: quarantined events may be malformed)."""
@@ -131,16 +146,15 @@ class Tally:
         self.add(kind, name, props, reasons)
 
 
-def describe(event: Any) -> tuple[str | None, str | None, list[str] | None]:
+def describe(event: Any) -> tuple[str | None, str | None, tuple[Any, ...] | None]:
     """(type, name, property names) of a possibly malformed event; None where it has none."""
-    if not isinstance(event, Mapping):
+    if type(event) is not dict:
         return None, None, None
     kind = event.get("type")
-    kind = kind if isinstance(kind, str) else "?"
+    kind = kind if type(kind) is str else "?"
     name = event.get("event")
     props = event.get("properties")
-    names = [k for k in props if isinstance(k, str)] if isinstance(props, Mapping) else None
-    return kind, (name if isinstance(name, str) else None), names
+    return kind, (name if type(name) is str else None), (tuple(props) if type(props) is dict else None)
 
 
 def test_tag_of(event: Any) -> str | None:
@@ -460,13 +474,15 @@ def tally_data(
             head = frame.head
             if head.get("tmax", hi) < lo or head.get("tmin", lo) >= hi:
                 continue
+            fresh: list[str] = []
             for kind, eid, name, props, t in _accepted_events(frame):
                 if not lo <= t < hi or eid in seen:
                     continue
-                seen.add((eid,), 0)
+                fresh.append(eid)
                 if tag is not None and _raw_tag(props) != tag:
                     continue
-                tally.add(kind, name, props.keys(), None)
+                tally.add(kind, name, tuple(props), None)
+            seen.add(fresh, 0)  # ids are unique within a frame: the pipeline deduplicates each request
     for path in segment_files(data.quarantine):
         frames, _end = read_frames(path)
         for frame in frames:

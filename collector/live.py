@@ -59,6 +59,8 @@ _RAW_SHOWN_BYTES: Final = 4096
 # whatever tags senders invent.
 _MAX_TAGS: Final = 1000
 _MAX_TAG_TALLIES: Final = 100
+# Event names whose business line is remembered: a plan's names and then some.
+_MAX_NAMES: Final = 10_000
 # Filter values from a URL: longer than any name or id the protocol allows.
 _MAX_FILTER_CHARS: Final = 256
 _FOREVER_S: Final = 1e12
@@ -168,6 +170,7 @@ class LiveHub:
         self.tag_tallies: dict[str, Tally] = {}
         self._counted = SeenIds(_FOREVER_S)
         self._seq = 0
+        self._lines: dict[str, str] = {}
         self._pipeline: _Observer | None = None
 
     # -- the pipeline's side -------------------------------------------------------------
@@ -195,6 +198,7 @@ class LiveHub:
         values = batch.values
         decode = _json_decode if batch.format == "json" else _msgpack_decode
         route = "batch" if stored else "debug"
+        fresh: list[str] = []
         for i, raw in enumerate(batch.events):
             result = results[i]
             verdict = result.get("status", "")
@@ -207,21 +211,25 @@ class LiveHub:
                     event = decode(raw)
                 except (msgspec.DecodeError, RecursionError, UnicodeError):
                     event = None
-            record = self._record(event, raw, verdict, reasons, source=source, route=route, received_ms=received_ms)
+            kind, name, props = describe(event)
+            tag = test_tag_of(event) or ""
+            record = self._record(event, raw, verdict, reasons, kind, name, tag, route, source, received_ms)
             self.counts[verdict] += 1
             if verdict != "duplicate":
-                self._count(event, record.tag, None if verdict == "accepted" else reasons)
+                eid = event.get("event_id") if kind is not None else None
+                if type(eid) is not str:
+                    self._count(kind, name, props, tag, None if verdict == "accepted" else reasons)
+                elif eid not in self._counted:  # else shown by /v1/debug and then stored: one event
+                    fresh.append(eid)
+                    self._count(kind, name, props, tag, None if verdict == "accepted" else reasons)
             self.history.append(record)
             for sub in self.subscribers:
                 sub.offer(record)
+        self._counted.add(fresh, 0)
 
-    def _count(self, event: Any, tag: str, reasons: list[Any] | None) -> None:
-        eid = event.get("event_id") if isinstance(event, Mapping) else None
-        if isinstance(eid, str):
-            if eid in self._counted:  # shown by /v1/debug and then stored: one event
-                return
-            self._counted.add((eid,), 0)
-        kind, name, props = describe(event)
+    def _count(
+        self, kind: str | None, name: str | None, props: tuple[Any, ...] | None, tag: str, reasons: list[Any] | None
+    ) -> None:
         self.tally.add(kind, name, props, reasons)
         if tag:
             if tag in self.tags or len(self.tags) < _MAX_TAGS:
@@ -232,24 +240,32 @@ class LiveHub:
             if tally is not None:
                 tally.add(kind, name, props, reasons)
 
-    def _record(
+    def _line_of(self, name: str) -> str:
+        line = self._lines.get(name)
+        if line is None:
+            line = self.plan.business_line_of(name) or ""
+            if len(self._lines) < _MAX_NAMES:
+                self._lines[name] = line
+        return line
+
+    def _record(  # noqa: PLR0917  # one call site, on the hot path of a watched collector
         self,
         event: Any,
         raw: Any,
         verdict: str,
         reasons: list[Any],
-        *,
-        source: str,
+        kind: str | None,
+        name: str | None,
+        tag: str,
         route: str,
+        source: str,
         received_ms: int,
     ) -> LiveRecord:
         self._seq += 1
-        kind, name, _props = describe(event)
         shown = name if kind == "track" else kind
-        line = (self.plan.business_line_of(name) or "") if kind == "track" and name else ""
-        tag = test_tag_of(event) or ""
-        ids = event.get("identities") if isinstance(event, Mapping) else None
-        ids = ids if isinstance(ids, Mapping) else {}
+        line = self._line_of(name) if kind == "track" and name else ""
+        ids = event.get("identities") if kind is not None else None
+        ids = ids if type(ids) is dict else {}
         doc: dict[str, Any] = {
             "seq": self._seq,
             "at": received_ms,
@@ -261,8 +277,8 @@ class LiveHub:
             "event": shown,
             "line": line,
             "tag": tag,
-            "event_id": event.get("event_id") if isinstance(event, Mapping) else None,
-            "time": event.get("time") if isinstance(event, Mapping) else None,
+            "event_id": event.get("event_id") if kind is not None else None,
+            "time": event.get("time") if kind is not None else None,
             "identities": ids,
             "payload": event,
         }

@@ -189,7 +189,7 @@ async def test_values_are_escaped_and_cjk_lines_up(tmp_path: Path) -> None:
     doc["business_lines"]["stock"]["title"] = "股票交易 <b>"
     plan = parse_plan(json.dumps(doc, ensure_ascii=False), "p.json")
     tally = Tally()
-    tally.add("track", "stock_<script>", ["名字"], [{"rule": "unknown_event", "path": "/event", "message": "<x>"}])
+    tally.add("track", "stock_<script>", ("名字",), [{"rule": "unknown_event", "path": "/event", "message": "<x>"}])
     report = build_report(plan, tally, Scope("<src>"))
     page = render_html(report)
     assert "<script>" not in page

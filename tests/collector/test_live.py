@@ -343,3 +343,18 @@ def test_the_live_settings_are_checked(tmp_path: Path) -> None:
     toml.write_text(f'plan = "{MINI_PLAN}"\n[live]\nenabeld = true\n', "utf-8")
     with pytest.raises(ConfigError, match="unknown setting 'enabeld'"):
         resolve_config(file=toml, env={}, write_keys=("k",))
+
+
+def test_the_page_and_the_report_stylesheet_ship_in_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["package-data"]
+    shipped = patterns["maidian.collector"]
+    assets = sorted(p.name for p in (ROOT / "collector" / "live_assets").iterdir())
+    assert assets == ["live.css", "live.html", "live.js", "report.css"]
+    for name in assets:
+        assert any(fnmatch.fnmatch(f"live_assets/{name}", pattern) for pattern in shipped), name
+    assert not (ROOT / "collector" / "live_assets" / "__init__.py").exists()  # data, not a package
