@@ -225,6 +225,10 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
         await c.close()
 
     app.cleanup_ctx.append(lifecycle)
+    if config.live.enabled:  # the live view for QA (docs/guide-qa.md): off unless configured
+        from ._live_http import mount_live
+
+        mount_live(app, owned)
     app.router.add_post(BATCH_PATH, _batch)
     app.router.add_post(DEBUG_PATH, _debug)
     app.router.add_get("/healthz", _healthz)

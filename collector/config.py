@@ -38,6 +38,7 @@ __all__ = [
     "ConfigSource",
     "DedupConfig",
     "Durability",
+    "LiveConfig",
     "ServerConfig",
     "ServerSource",
     "StorageConfig",
@@ -161,6 +162,27 @@ class TimeConfig:
     future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S
 
 
+# The live view (live.py): a page shows the last few hundred events; 2,000 cover a test session's recent past.
+DEFAULT_LIVE_HISTORY_EVENTS: Final = 2000
+# Per page, about 1 MiB of JSON at ~500 bytes per event before the oldest is dropped.
+DEFAULT_LIVE_QUEUE_EVENTS: Final = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConfig:
+    """The live view at /live (docs/guide-operator.md): off unless enabled, and then behind a token."""
+
+    enabled: bool = False
+    # SHA-256 of the token a browser must present (`maidian keys hash TOKEN`); write keys ship inside apps.
+    token_sha256: str = ""
+    # Let browsers on this machine in without the token (`maidian qa`; never behind a reverse proxy).
+    allow_loopback: bool = False
+    # Count the session's coverage from start-up, not only while a page watches (`maidian qa`).
+    observe_always: bool = False
+    history_events: int = DEFAULT_LIVE_HISTORY_EVENTS
+    queue_events: int = DEFAULT_LIVE_QUEUE_EVENTS
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     plan: Path
@@ -170,6 +192,7 @@ class Config:
     dedup: DedupConfig = DedupConfig()
     time: TimeConfig = TimeConfig()
     limits: Limits = DEFAULT_LIMITS
+    live: LiveConfig = LiveConfig()
 
 
 # -- resolving -----------------------------------------------------------------
@@ -180,6 +203,7 @@ _GROUPS: Final[dict[str, type[Any]]] = {
     "dedup": DedupConfig,
     "time": TimeConfig,
     "limits": Limits,
+    "live": LiveConfig,
 }
 
 # Environment variable -> (group, field); the group "" is the top level.
@@ -377,6 +401,7 @@ def resolve_config(
         dedup=_group("dedup", DedupConfig, tables["dedup"]),
         time=_group("time", TimeConfig, tables["time"]),
         limits=_group("limits", Limits, tables["limits"]),
+        live=_group("live", LiveConfig, tables["live"]),
         auth=AuthConfig(
             write_keys=tuple(keys),
             sources=sources,
@@ -408,6 +433,13 @@ def check_config(config: Config) -> Config:
         )
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("server.workers: expected 1 to 64")
+    live = config.live
+    if live.enabled and not live.allow_loopback and len(live.token_sha256) != 64:
+        raise ConfigError(
+            "live.token_sha256: the live view needs the 64-hex-digit SHA-256 of a token (maidian keys hash)"
+        )
+    if live.history_events < 0 or live.queue_events < 1:
+        raise ConfigError("live: history_events must be >= 0 and queue_events >= 1")
     if not config.auth.write_keys and not config.auth.sources:
         raise ConfigError("no write key or server source: give --write-key, MAIDIAN_WRITE_KEYS or [[write_keys]]")
     return config

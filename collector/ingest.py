@@ -194,6 +194,8 @@ class Ingest:
         # Frames appended whose ids are not marked seen yet: (log, segment, offset).
         self._inflight: dict[int, tuple[str, str, int]] = {}
         self._next_ticket = 0
+        # The live view's hook (live.py): called with each request's verdicts while a page watches, else None.
+        self.observer: Callable[[Batch, Principal, Outcome, bool, int], None] | None = None
 
     def uncommitted(self, log: str) -> dict[str, int]:
         """Per segment of `log`, the offset of the first frame whose ids are not yet marked seen."""
@@ -285,6 +287,8 @@ class Ingest:
         accepted = len(ids)
         outcome = Outcome(accepted, duplicates, len(verdicts.invalid), results)
         if not store:
+            if self.observer is not None:
+                self.observer(batch, principal, outcome, False, received_ms)
             return outcome
         head = _head(batch, principal, request_id, received_ms)
         commits: list[asyncio.Future[None]] = []
@@ -332,6 +336,8 @@ class Ingest:
         m["accepted"] += accepted
         m["duplicate"] += duplicates
         m["quarantined"] += len(verdicts.invalid)
+        if self.observer is not None:
+            self.observer(batch, principal, outcome, True, received_ms)
         return outcome
 
     def _track(self, log: str, appended: Appended) -> int:

@@ -19,18 +19,31 @@ recorded anyway and `violations` lists what the collector would quarantine
 
 The API is meant to be wrapped by a pytest plugin: everything it needs is
 `Recorder(...)`, `events`, `tracked()`, `assert_tracked()`,
-`assert_not_tracked()`, `assert_valid()` and `clear()`.
+`assert_not_tracked()`, `assert_valid()` and `clear()`. The plugin
+(`maidian.sdk.pytest_plugin`) also uses `refusals` (strict-mode violations,
+remembered even when the code under test swallowed the exception), `problems()`,
+`expect_violation()` and `reset()`, which starts a new session without
+compiling the plan again.
+
+`sender="app"` adds the one check the collector makes that the plan validator
+cannot: an app (a write key) may not send a `trigger: server` event, which the
+collector would quarantine with the rule `trigger`. `sender="server"` records
+as a signed backend source does (`$server: true`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from maidian.tracking_plan.envelope import make_source_id
 
-from ._api import BaseClient
+from ._api import BaseClient, _load_plan
+from .errors import InvalidEvent
 
 if TYPE_CHECKING:
     from maidian.tracking_plan.model import Plan
@@ -39,6 +52,9 @@ __all__ = ["Recorder"]
 
 # A fixed key so that hashed values are stable across test runs; never a production key.
 TEST_PII_KEY = b"maidian-testing-key"
+# The credentials of a recorder that stands in for a signed backend source (sender="server").
+_TEST_SOURCE = ("maidian-test-backend", b"maidian-test-backend-secret")
+SENDERS = ("app", "server")
 
 
 class Recorder(BaseClient):
@@ -50,21 +66,86 @@ class Recorder(BaseClient):
         *,
         mode: str | None = None,
         pii_key: bytes = TEST_PII_KEY,
+        sender: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if sender is not None and sender not in SENDERS:
+            raise ValueError(f"sender must be one of {', '.join(SENDERS)}, got {sender!r}")
         self._events: list[dict[str, Any]] = []
         self._violations: list[tuple[str, Sequence[Any]]] = []
+        self._refusals: list[InvalidEvent] = []
+        loaded = _load_plan(plan)
+        if sender == "server":
+            kwargs.setdefault("source", _TEST_SOURCE[0])
+            kwargs.setdefault("secret", _TEST_SOURCE[1])
         super().__init__(
             "http://127.0.0.1:9",
             write_key="test",
-            plan=plan,
+            plan=loaded,
             mode=mode or ("strict" if plan is not None else None),
             pii_key=pii_key,
             debug=False,
             env={},
             **kwargs,
         )
+        self.plan = loaded
         self._wire = self._checks.wire if self._checks is not None else None
+        self._server_only: frozenset[str] = frozenset(
+            name
+            for name, spec in (loaded.events.items() if loaded is not None and sender == "app" else ())
+            if spec.trigger == "server"
+        )
+
+    # -- recording: remember strict-mode refusals, even when the caller swallows them ------
+
+    def _remember(self, exc: InvalidEvent) -> None:
+        if not self._refusals or self._refusals[-1] is not exc:
+            self._refusals.append(exc)
+
+    def track(
+        self,
+        event: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        time: datetime | int | None = None,
+        identities: Mapping[str, str] | None = None,
+    ) -> None:
+        if event in self._server_only:
+            self._server_only_event(event)
+        try:
+            super().track(event, properties, time=time, identities=identities)
+        except InvalidEvent as exc:
+            self._remember(exc)
+            raise
+
+    def _server_only_event(self, event: str) -> None:
+        from maidian.tracking_plan import Violation
+
+        violation = Violation(
+            "trigger",
+            "/event",
+            f"event {event!r} is marked 'trigger: server' in the plan; only signed server sources may send it",
+        )
+        if self.config.mode == "strict":
+            exc = InvalidEvent(event, [violation])
+            self._remember(exc)
+            raise exc
+        if self.config.mode == "warn":
+            self._violations.append((event, [violation]))
+
+    def _record(self, event_type: str, properties: Mapping[str, Any], identities: Mapping[str, str] | None) -> None:
+        try:
+            super()._record(event_type, properties, identities)
+        except InvalidEvent as exc:
+            self._remember(exc)
+            raise
+
+    def bind(self, identity_type: str, value: str) -> None:
+        try:
+            super().bind(identity_type, value)
+        except InvalidEvent as exc:
+            self._remember(exc)
+            raise
 
     def _wake(self) -> None:
         return None
@@ -121,10 +202,55 @@ class Recorder(BaseClient):
             lines = "\n".join(f"  {name}: {'; '.join(str(v) for v in vs)}" for name, vs in found)
             raise AssertionError(f"{len(found)} event(s) break the plan:\n{lines}")
 
+    @property
+    def refusals(self) -> list[InvalidEvent]:
+        """Every `InvalidEvent` a call raised in strict mode, including those the code under test caught."""
+        return list(self._refusals)
+
+    def problems(self) -> list[str]:
+        """One line per plan violation recorded so far (strict refusals and warn-mode violations), or none."""
+        lines = [f"{exc.event}: {v}" for exc in self._refusals for v in exc.violations]
+        lines += [f"{name}: {v}" for name, vs in self.violations for v in vs]
+        return lines
+
+    @contextlib.contextmanager
+    def expect_violation(self, rule: str | None = None) -> Iterator[list[Any]]:
+        """A block that must break the plan (with `rule`, when given); what it broke is then forgotten.
+
+        Yields a list that holds the violations afterwards. In strict mode the
+        `InvalidEvent` raised inside the block is caught here.
+        """
+        refused, flagged = len(self._refusals), len(self.violations)
+        found: list[Any] = []
+        with contextlib.suppress(InvalidEvent):
+            yield found
+        new_refusals = self._refusals[refused:]
+        new_flagged = self.violations[flagged:]
+        found += [v for exc in new_refusals for v in exc.violations]
+        found += [v for _name, vs in new_flagged for v in vs]
+        del self._refusals[refused:]
+        del self._violations[flagged:]
+        if not found:
+            raise AssertionError(f"expected a tracking-plan violation{f' ({rule})' if rule else ''}; none happened")
+        if rule is not None and not any(getattr(v, "rule", None) == rule for v in found):
+            shown = "; ".join(str(v) for v in found)
+            raise AssertionError(f"expected a {rule!r} violation; got: {shown}")
+
     def clear(self) -> None:
+        """Forget the recorded events, violations and refusals (identities and super properties stay)."""
         self._drain()
         self._events.clear()
         self._violations.clear()
+        self._refusals.clear()
+
+    def reset(self) -> None:
+        """Start afresh, as a new recorder would: no events, no identities, super properties or timers.
+
+        The compiled plan is kept, so a test suite pays for compiling it once.
+        """
+        self.clear()
+        self._anonymous_id = self.config.anonymous_id or os.urandom(16).hex()
+        self._core = self._new_core(self._open_buffer(), make_source_id())
 
     def flush(self, timeout_s: float = 0.0) -> bool:
         self._drain()

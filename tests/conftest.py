@@ -9,6 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 MINI_PLAN = DATA / "mini.plan.json"
+# pytester runs the maidian pytest plugin the way an app's test suite does (tests/sdk/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
