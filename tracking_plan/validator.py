@@ -48,6 +48,7 @@ __all__ = [
     "Validator",
     "Violation",
     "build_schemas",
+    "integral_bounds",
     "json_type",
     "reference_schema",
     "with_presets",
@@ -297,6 +298,46 @@ def _as_is(schema: Schema) -> Schema:
     return schema
 
 
+_BOUNDS: Final = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+# Keywords whose values are instances, not schemas: left exactly as written.
+_INSTANCE_KEYWORDS: Final = frozenset({"const", "enum", "default", "examples"})
+# Integers up to 2**53 convert to and from floats exactly.
+_EXACT_FLOAT_INT: Final = 2**53
+
+
+def integral_bounds(schema: Any) -> Any:
+    """The schema with whole-number float bounds (`"maximum": 1e12`) written as integers.
+
+    The same schema for every instance (a bound is a number, whichever way it
+    is written, and every bound changed is an integer below 2**53, which a
+    float holds exactly), but jsonschema-rs checks an integer bound about six
+    times faster than a float one (0.1 µs against 0.6 µs per value, measured).
+    Nodes on the way are copied only where something changes; an unchanged
+    schema is returned as it is.
+    """
+    if isinstance(schema, list):
+        items = [integral_bounds(v) for v in schema]
+        return items if any(a is not b for a, b in zip(items, schema, strict=True)) else schema
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] | None = None
+    for key, value in schema.items():
+        if key in _INSTANCE_KEYWORDS:
+            continue
+        if key in _BOUNDS and type(value) is float and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+            new: Any = int(value)
+        elif isinstance(value, (dict, list)):
+            new = integral_bounds(value)
+            if new is value:
+                continue
+        else:
+            continue
+        if out is None:
+            out = dict(schema)
+        out[key] = new
+    return schema if out is None else out
+
+
 def reference_schema(envelope: Schema) -> Schema:
     """One schema equivalent to a track envelope schema plus the shared presets check."""
     return {"allOf": [envelope, {"properties": {"properties": PRESETS_SCHEMA}}]}
@@ -348,16 +389,26 @@ class Validator:
         self._schemas.update({(t, None): s for t, s in ops.items()})
         # With the presets folded in, `_track` and `_unknown` check them on their own; the
         # detailed path (`_explain`) compiles the separate layout when it needs it.
+        # Bounds are compiled as integers where they are whole numbers (`integral_bounds`).
+        # The detailed path needs the schemas as written (messages quote the bounds), so
+        # it compiles those when they differ, once per event type that has a bad event.
         self._folded = len(track) <= FOLD_PRESETS_MAX_EVENTS
         fold = with_presets if self._folded else _as_is
-        self._track = {name: _compile(fold(s)) for name, s in track.items()}
+        fast = {name: integral_bounds(fold(s)) for name, s in track.items()}
+        self._track = {name: _compile(s) for name, s in fast.items()}
         self._ops = {t: _compile(s) for t, s in ops.items()}
         self._unknown_schema = unknown
-        self._unknown = _compile(fold(unknown))
+        fast_unknown = integral_bounds(fold(unknown))
+        self._unknown = _compile(fast_unknown)
         self._presets = _compile(PRESETS_SCHEMA)
         self._presets_in_event = _compile({"properties": {"properties": PRESETS_SCHEMA}})
         self._accept_unknown = plan.settings.unknown_events == "accept"
-        self._separate: dict[str | None, jsonschema_rs.Validator] = {}
+        # Compiled schemas as written, for `_explain`, where the fast ones differ (None: unknown events).
+        self._as_written: dict[str | None, jsonschema_rs.Validator] = {
+            name: v for name, v in self._track.items() if fast[name] is track[name]
+        }
+        if fast_unknown is unknown:
+            self._as_written[None] = self._unknown
 
     def schema_for(self, event_type: str, name: str | None = None) -> Schema | None:
         """One JSON Schema equivalent to the checks for a track event name or an operation type."""
@@ -457,28 +508,24 @@ class Validator:
         return out
 
     def _separate_track(self, name: str) -> jsonschema_rs.Validator | None:
-        """A planned event's envelope schema without the presets folded in (None: not planned).
+        """A planned event's envelope schema as written: no presets folded in, bounds as the plan has them.
 
         Violations come from it and from the shared presets schema, as they
-        always have, whichever layout the fast path uses.
+        always have, whichever layout the fast path uses. None: not planned.
         """
-        if not self._folded:
-            return self._track.get(name)
-        got = self._separate.get(name)
+        got = self._as_written.get(name)
         if got is None:
             schema = self._schemas.get(("track", name))
             if schema is None:
                 return None
-            got = self._separate[name] = _compile(schema)
+            got = self._as_written[name] = _compile(schema)
         return got
 
     def _separate_unknown(self) -> jsonschema_rs.Validator:
-        """The unknown-event envelope schema without the presets folded in."""
-        if not self._folded:
-            return self._unknown
-        got = self._separate.get(None)
+        """The unknown-event envelope schema as written."""
+        got = self._as_written.get(None)
         if got is None:
-            got = self._separate[None] = _compile(self._unknown_schema)
+            got = self._as_written[None] = _compile(self._unknown_schema)
         return got
 
     def _violations(self, validator: jsonschema_rs.Validator, event: dict[str, Any]) -> list[Violation]:
