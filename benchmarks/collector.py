@@ -605,6 +605,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms",
         "cpu_us_per_event",
         "main_cpu_us_per_event",
+        "collector_cores",
         "loadgen_cores",
         "load_avg",
         *STAGES,
@@ -678,7 +679,10 @@ def main() -> int:
                     conns=CONNS[batch],
                 )
                 events = max(1, out["events_total"])
-                out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / events * 1e6
+                used = cpu_seconds(proc.pid) - cpu
+                out["cpu_us_per_event"] = used / events * 1e6
+                # Cores the collector got: with other work on the machine, two workers may not get two.
+                out["collector_cores"] = used / (out["events_total"] / out["events_per_s"]) if events > 1 else 0.0
                 out["main_cpu_us_per_event"] = (main_thread_seconds(proc.pid) - main_cpu) / events * 1e6
                 out["load_avg"] = load
                 return out
@@ -784,10 +788,10 @@ def report(rows: list[dict[str, Any]]) -> None:
         print(f"load average (1 min) when each run started: {min(loads):.2f}-{max(loads):.2f}, median {median:.2f}")
     print(
         "| plan | batch | collector ev/s | p50 ms | p99 ms | aiohttp floor ev/s | pipeline floor ev/s "
-        "| combined floor ev/s | vs combined | collector CPU µs/event (event loop) | pipeline CPU µs/event "
-        "| load generator cores | nginx ev/s (req/s) |"
+        "| combined floor ev/s | vs combined | collector CPU µs/event (event loop) | collector cores "
+        "| pipeline CPU µs/event | load generator cores | nginx ev/s (req/s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for plan in (1, 3000):
         for batch in (50, 500):
             c = find("collector", plan, batch)
@@ -807,6 +811,7 @@ def report(rows: list[dict[str, Any]]) -> None:
                 f"| {bare['events_per_s'] if bare else 0:,.0f} | {pipe['events_per_s'] if pipe else 0:,.0f} "
                 f"| {combined or 0:,.0f} | {c.get('vs_combined_floor', 0):.2f} "
                 f"| {c.get('cpu_us_per_event', 0):.1f} ({c.get('main_cpu_us_per_event', 0):.1f}) "
+                f"| {c.get('collector_cores', 0):.2f} "
                 f"| {pipe.get('cpu_us_per_event', 0) if pipe else 0:.1f} | {c.get('loadgen_cores', 0):.2f} "
                 f"| {ngx['events_per_s'] if ngx else 0:,.0f} ({ngx.get('requests_per_s', 0) if ngx else 0:,.0f}) |"
             )
@@ -826,8 +831,9 @@ def report(rows: list[dict[str, Any]]) -> None:
             print(
                 f"two processes, {plan}-event plan, 500-event batches: {two['events_per_s']:,.0f} ev/s "
                 f"= {two['scaling']:.2f}x one; CPU per event {two.get('cpu_us_per_event', 0):.1f} µs "
-                f"against {one.get('cpu_us_per_event', 0):.1f} µs for one; load generator "
-                f"{two.get('loadgen_cores', 0):.2f} cores"
+                f"against {one.get('cpu_us_per_event', 0):.1f} µs for one; the collector got "
+                f"{two.get('collector_cores', 0):.2f} cores against {one.get('collector_cores', 0):.2f}; "
+                f"load generator {two.get('loadgen_cores', 0):.2f} cores"
             )
     out = HERE / "results"
     out.mkdir(exist_ok=True)

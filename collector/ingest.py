@@ -160,7 +160,6 @@ _TIME: Final = itemgetter(2)
 _NAME: Final = itemgetter("event")
 _TYPE: Final = itemgetter("type")
 _IDENTITIES: Final = itemgetter("identities")
-_EVENT_ID: Final = itemgetter("event_id")
 
 
 def _one_identity_set(stored: list[tuple[dict[str, Any], Any, int, list[str] | None]]) -> dict[str, Any] | None:
@@ -179,11 +178,16 @@ def _one_identity_set(stored: list[tuple[dict[str, Any], Any, int, list[str] | N
     if list(map(_IDENTITIES, events)).count(identities) != len(events):
         return None
     times = list(map(_TIME, stored))
-    first_time, first_id = min(zip(times, map(_EVENT_ID, events), strict=True))
+    tmin = min(times)
+    # The earliest (time, id): the smallest id among the events at the earliest time.
+    if times.count(tmin) == 1:
+        first_id = events[times.index(tmin)]["event_id"]
+    else:
+        first_id = min(e["event_id"] for e, t in zip(events, times, strict=True) if t == tmin)
     return {
-        "obs": [[first_time, first_id, "track", identities]],
+        "obs": [[tmin, first_id, "track", identities]],
         "names": dict(Counter(map(_NAME, events))),
-        "tmin": min(times),
+        "tmin": tmin,
         "tmax": max(times),
         "times": times,
     }

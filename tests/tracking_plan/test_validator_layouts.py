@@ -193,3 +193,17 @@ def test_folding_leaves_the_envelope_schema_unchanged() -> None:
     listed = folded["properties"]["properties"]["properties"]
     assert listed["$lib"] == PRESET_SCHEMAS["$lib"]
     assert listed["$app_version"]["allOf"][1] == PRESET_SCHEMAS["$app_version"]
+
+
+def test_patterns_the_linear_engine_refuses_still_work() -> None:
+    """Look-around needs the default regex engine: such a schema is compiled with it, the others are not."""
+    doc, samples = generate_plan(1, seed=9)
+    (name,) = samples
+    props = doc["events"][name]["properties"]["properties"]
+    props["ref_code"] = {"type": "string", "pattern": "^(?!000)[0-9]{3}$"}
+    validator = Validator(parse_plan(json.dumps(doc)))
+    good = _track(name, {**samples[name], "ref_code": "123"})
+    bad = _track(name, {**samples[name], "ref_code": "000"})
+    assert validator.is_valid(good)
+    assert not validator.is_valid(bad)
+    assert [v.rule for v in validator.validate(bad)] == ["pattern"]
