@@ -1,6 +1,8 @@
 """The HTTP floor: an aiohttp server whose handler only reads the body and answers a fixed 200.
 
-Run as a subprocess by benchmarks/collector.py; prints its port on stderr.
+Run as a subprocess by benchmarks/collector.py; prints its port on stderr. It
+runs on the event loop `maidian serve` picks by default (uvloop when
+installed), so the floor and the collector pay the same loop's costs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import signal
 import sys
 
 from aiohttp import web
+from maidian.collector.serve import loop_factory
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -33,4 +36,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+        runner.run(main())

@@ -5,10 +5,16 @@
 
 Rows (events/s through one process, p50/p99 request latency):
 - `maidian serve` as a subprocess (fsync durability with group commit, dedup
-  and identity indexing on), fed by load processes sending pre-built
+  and identity indexing on), fed by one load process sending pre-built
   msgpack+zstd batches over keep-alive connections on 127.0.0.1, for 50- and
   500-event batches, with a one-event plan and a generated 3,000-event plan;
+  beside events/s, the collector's CPU µs per event (all its threads, and its
+  event loop alone) from /proc, which other load on the machine disturbs far
+  less than events/s, and the cores the load process itself used;
 - two worker processes (`--workers 2`, SO_REUSEPORT) on the same data directory;
+- stages: CPU µs per event of each stage of the pipeline (decompress, decode,
+  judge and within it validate, deduplicate-frame-append, response), measured
+  in-process as the least of several passes;
 - floors: an aiohttp handler that only reads the body (HTTP cost), and the
   pipeline with no HTTP (decompress, decode, judge, dedupe, append with
   fsync group commit) driven in-process; their combined floor is the rate if
@@ -17,8 +23,10 @@ Rows (events/s through one process, p50/p99 request latency):
   appending it to a log (echo module + access_log of $request_body).
 
 Every batch comes from its own SDK-like device (its own source id, sequence
-numbers from 1, one anonymous and one login id), so nothing is a duplicate.
-Prints a Markdown table and writes JSON to benchmarks/results/collector.json.
+numbers from 1, one anonymous and one login id), so nothing is a duplicate
+and every request brings the identity graph a new link (its worst case).
+Prints the load average, a Markdown table and the stage table, and writes JSON
+to benchmarks/results/collector.json.
 """
 
 from __future__ import annotations
@@ -171,6 +179,7 @@ def _load(
         )
         return time.perf_counter() - start
 
+    cpu = time.process_time()
     elapsed = asyncio.run(run())
     results.put(
         {
@@ -179,6 +188,7 @@ def _load(
             "elapsed": elapsed,
             "requests": len(lat),
             "exhausted": len(lat) >= len(requests),
+            "cpu_s": time.process_time() - cpu,
         }
     )
 
@@ -246,6 +256,8 @@ def drive(
         "p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
         "statuses": statuses,
         "exhausted": any(o["exhausted"] for o in outs),
+        # Cores the load processes used while sending: what they took from the servers on a shared machine.
+        "loadgen_cores": sum(o["cpu_s"] for o in outs) / elapsed,
     }
 
 
@@ -258,6 +270,37 @@ def _stat(pid: int) -> tuple[int, float]:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _tree(root: int) -> list[int]:
+    """A process and all its descendants."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = _stat(int(entry))[0]
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return out
+
+
+def main_thread_seconds(root: int) -> float:
+    """CPU seconds of the main threads (the event loops) of a process tree; the rest is helper threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in _tree(root):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def cpu_seconds(root: int) -> float:
@@ -440,25 +483,133 @@ def pipeline_floor(plan_path: Path, plan_events: int, batch: int, data: Path, du
     return {"events_per_s": done / elapsed, "cpu_us_per_event": cpu_s / done * 1e6}
 
 
-def _pipeline_proc(args: tuple[Any, ...], out: Any) -> None:
-    out.put(pipeline_floor(*args))
+STAGES = ("decompress", "decode", "judge", "validate", "store", "response", "total")
+STAGE_EVENTS = 20_000  # events per measurement of one stage
+STAGE_REPEATS = 5  # the least CPU time of this many passes counts: other work only ever adds to it
 
 
-def pipeline_floor_subprocess(*args: Any) -> dict[str, Any]:
+def stage_costs(plan_path: Path, plan_events: int, batch: int, data: Path) -> dict[str, Any]:
+    """CPU µs per event of each stage of the pipeline, in-process, on the benchmark's own bodies.
+
+    Each stage runs alone over pre-built inputs, `STAGE_REPEATS` times, and the
+    least process CPU time counts, so the figures hold on a busy machine.
+    `store` is the rest of `Ingest.ingest` given the verdicts (deduplicate,
+    build the frame, append, wait for the group commit, mark seen); it consumes
+    its input (ids become seen), so each repeat gets its own batches, and it
+    runs with fsync group commit, the fsync thread's CPU included.
+    """
+    from maidian.collector.auth import Principal
+    from maidian.collector.config import Config, StorageConfig
+    from maidian.collector.decode import decode_batch, decompress
+    from maidian.collector.service import Collector
+    from maidian.tracking_plan.envelope import DEFAULT_LIMITS
+
+    _, samples = generate_plan(plan_events)
+    count = STAGE_EVENTS // batch
+    sets = [make_bodies(samples, batch, count, 40 + r) for r in range(STAGE_REPEATS)]
+    config = Config(plan=plan_path, storage=StorageConfig(data_dir=data, index_catalog=False))
+    collector = Collector(config)
+    collector.open()
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    limits = DEFAULT_LIMITS
+    principal = Principal("bench", "key", trusted=False)
+    n = count * batch
+
+    def least(run: Any, inputs: list[Any]) -> tuple[float, Any]:
+        best, out = float("inf"), None
+        for item in inputs:
+            start = time.process_time()
+            out = run(item)
+            best = min(best, time.process_time() - start)
+        return best / n * 1e6, out
+
+    decompress_us, _ = least(lambda bodies: [decompress(b, "zstd", limits.max_decoded_bytes) for b in bodies], sets)
+    datas_sets = [[decompress(b, "zstd", limits.max_decoded_bytes) for b in bodies] for bodies in sets]
+    decode_us, _ = least(lambda ds: [decode_batch(d, "msgpack", limits) for d in ds], datas_sets)
+    batch_sets = [[decode_batch(d, "msgpack", limits) for d in ds] for ds in datas_sets]
+    is_valid = collector.validator.is_valid
+    validate_us, _ = least(lambda bs: [is_valid(e) for b in bs for e in b.values], batch_sets)
+    received_ms = int(time.time() * 1000)
+    judge = collector.judge.judge
+    judge_us, _ = least(lambda bs: [judge(b, trusted=False, received_ms=received_ms) for b in bs], batch_sets)
+    verdicts = {id(b): judge(b, trusted=False, received_ms=received_ms) for bs in batch_sets for b in bs}
+
+    class Judged:
+        """The verdicts judged above, so that the store stage is timed without judging again."""
+
+        def judge(self, batch: Any, *, trusted: bool, received_ms: int) -> Any:
+            return verdicts[id(batch)]
+
+    async def ingest_all() -> tuple[float, float]:
+        await collector.start()
+        ingest = collector.ingest
+        assert ingest is not None
+        ingest.judge = Judged()  # type: ignore[assignment]
+        best_ingest, best_response = float("inf"), float("inf")
+        for bs in batch_sets:
+            start = time.process_time()
+            outcomes = []
+            for i in range(0, len(bs), CONNS[batch]):  # as many requests at once as the load runs keep in flight
+                outcomes += await asyncio.gather(*(ingest.ingest(b, principal, "r") for b in bs[i : i + CONNS[batch]]))
+            best_ingest = min(best_ingest, time.process_time() - start)
+            assert sum(o.accepted for o in outcomes) == n
+            start = time.process_time()
+            for o in outcomes:
+                o.to_json()
+            best_response = min(best_response, time.process_time() - start)
+        await collector.close()
+        return best_ingest / n * 1e6, best_response / n * 1e6
+
+    ingest_us, response_us = asyncio.run(ingest_all())
+    return {
+        "decompress": decompress_us,
+        "decode": decode_us,
+        "judge": judge_us,
+        "validate": validate_us,
+        "store": ingest_us,
+        "response": response_us,
+        "total": decompress_us + decode_us + judge_us + ingest_us + response_us,
+    }
+
+
+def _in_subprocess(fn: Any, args: tuple[Any, ...], out: Any) -> None:
+    out.put(fn(*args))
+
+
+def _spawned(fn: Any, *args: Any) -> dict[str, Any]:
+    """`fn(*args)` in a fresh interpreter, so that one measurement's heap and GC state never carry into another."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_pipeline_proc, args=(args, q))
+    p = ctx.Process(target=_in_subprocess, args=(fn, args, q))
     p.start()
     result = q.get(timeout=600)
     p.join()
     return result
 
 
+def pipeline_floor_subprocess(*args: Any) -> dict[str, Any]:
+    return _spawned(pipeline_floor, *args)
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("events_per_s", "requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_event")
+    keys = (
+        "events_per_s",
+        "requests_per_s",
+        "p50_ms",
+        "p99_ms",
+        "cpu_us_per_event",
+        "main_cpu_us_per_event",
+        "collector_cores",
+        "loadgen_cores",
+        "load_avg",
+        *STAGES,
+    )
     out: dict[str, Any] = {}
     for k in keys:
         values = [r[k] for r in runs if r.get(k) is not None]
@@ -497,8 +648,14 @@ def main() -> int:
             m = median_of(results)
             m.update(name=name, **meta)
             rows.append(m)
+            if meta.get("kind") == "stages":
+                shown = "  ".join(f"{k} {m[k]:.2f}" for k in STAGES)
+                print(f"{name:58s} CPU µs/event: {shown}", file=sys.stderr, flush=True)
+                return
+            cpu = f"  CPU µs/event={m['cpu_us_per_event_runs']}" if "cpu_us_per_event_runs" in m else ""
+            load = f"  load={m['load_avg_runs']}" if "load_avg_runs" in m else ""
             print(
-                f"{name:58s} {m['events_per_s']:>10,.0f} ev/s  runs={m['events_per_s_runs']}",
+                f"{name:58s} {m['events_per_s']:>10,.0f} ev/s  runs={m['events_per_s_runs']}{cpu}{load}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -508,17 +665,26 @@ def main() -> int:
             data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}"
             proc, port = start_collector(plans[plan_events], data, workers)
             try:
-                cpu = cpu_seconds(proc.pid)
+                cpu, main_cpu = cpu_seconds(proc.pid), main_thread_seconds(proc.pid)
+                load = os.getloadavg()[0]
                 out = drive(
                     port,
                     plan_events,
                     batch,
                     duration_s=duration,
                     rate_hint=(200_000 if plan_events == 1 else 80_000) * workers,
-                    procs=workers,
-                    conns=CONNS[batch] // workers,
+                    # One load process whatever the number of workers: a second one would only take
+                    # CPU from the servers on a 2-core machine.
+                    procs=1,
+                    conns=CONNS[batch],
                 )
-                out["cpu_us_per_event"] = (cpu_seconds(proc.pid) - cpu) / max(1, out["events_total"]) * 1e6
+                events = max(1, out["events_total"])
+                used = cpu_seconds(proc.pid) - cpu
+                out["cpu_us_per_event"] = used / events * 1e6
+                # Cores the collector got: with other work on the machine, two workers may not get two.
+                out["collector_cores"] = used / (out["events_total"] / out["events_per_s"]) if events > 1 else 0.0
+                out["main_cpu_us_per_event"] = (main_thread_seconds(proc.pid) - main_cpu) / events * 1e6
+                out["load_avg"] = load
                 return out
             finally:
                 _stop(proc)
@@ -527,29 +693,33 @@ def main() -> int:
         def floor_run(r: int, plan_events: int, batch: int) -> dict[str, Any]:
             data = tmp / f"floor-{plan_events}-{batch}-{r}"
             try:
-                return pipeline_floor_subprocess(plans[plan_events], plan_events, batch, data, duration)
+                load = os.getloadavg()[0]
+                return {
+                    **pipeline_floor_subprocess(plans[plan_events], plan_events, batch, data, duration),
+                    "load_avg": load,
+                }
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+
+        def stages_run(r: int, plan_events: int, batch: int) -> dict[str, Any]:
+            data = tmp / f"stages-{plan_events}-{batch}-{r}"
+            try:
+                return {**_spawned(stage_costs, plans[plan_events], plan_events, batch, data), "events_per_s": 0.0}
             finally:
                 shutil.rmtree(data, ignore_errors=True)
 
         for plan_events in (1, 3000):
             meta = {"plan_events": plan_events}
             for batch in (50, 500):
-                row(
-                    f"collector, {plan_events}-event plan, {batch}-event batches",
-                    functools.partial(collector_run, plan_events=plan_events, batch=batch, workers=1),
-                    kind="collector",
-                    batch=batch,
-                    processes=1,
-                    **meta,
-                )
-                row(
-                    f"floor: pipeline without HTTP, {plan_events}-event plan, {batch}",
-                    functools.partial(floor_run, plan_events=plan_events, batch=batch),
-                    kind="pipeline",
-                    batch=batch,
-                    processes=1,
-                    **meta,
-                )
+                for name, run, kind in (
+                    (f"stages: CPU per event, {plan_events}-event plan, {batch}", stages_run, "stages"),
+                    (f"collector, {plan_events}-event plan, {batch}-event batches", collector_run, "collector"),
+                    (f"floor: pipeline without HTTP, {plan_events}-event plan, {batch}", floor_run, "pipeline"),
+                ):
+                    fn = functools.partial(run, plan_events=plan_events, batch=batch)
+                    if kind == "collector":
+                        fn = functools.partial(fn, workers=1)
+                    row(name, fn, kind=kind, batch=batch, processes=1, **meta)
             row(
                 f"collector x2 processes, {plan_events}-event plan, 500",
                 functools.partial(collector_run, plan_events=plan_events, batch=500, workers=2),
@@ -612,11 +782,16 @@ def report(rows: list[dict[str, Any]]) -> None:
         return None
 
     print()
+    loads = [x for r in rows for x in r.get("load_avg_runs", [])]
+    if loads:
+        median = statistics.median(loads)
+        print(f"load average (1 min) when each run started: {min(loads):.2f}-{max(loads):.2f}, median {median:.2f}")
     print(
         "| plan | batch | collector ev/s | p50 ms | p99 ms | aiohttp floor ev/s | pipeline floor ev/s "
-        "| combined floor ev/s | vs combined | collector CPU µs/event | pipeline CPU µs/event | nginx ev/s (req/s) |"
+        "| combined floor ev/s | vs combined | collector CPU µs/event (event loop) | collector cores "
+        "| pipeline CPU µs/event | load generator cores | nginx ev/s (req/s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for plan in (1, 3000):
         for batch in (50, 500):
             c = find("collector", plan, batch)
@@ -635,9 +810,20 @@ def report(rows: list[dict[str, Any]]) -> None:
                 f"| {plan} | {batch} | {c['events_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} "
                 f"| {bare['events_per_s'] if bare else 0:,.0f} | {pipe['events_per_s'] if pipe else 0:,.0f} "
                 f"| {combined or 0:,.0f} | {c.get('vs_combined_floor', 0):.2f} "
-                f"| {c.get('cpu_us_per_event', 0):.1f} | {pipe.get('cpu_us_per_event', 0) if pipe else 0:.1f} "
+                f"| {c.get('cpu_us_per_event', 0):.1f} ({c.get('main_cpu_us_per_event', 0):.1f}) "
+                f"| {c.get('collector_cores', 0):.2f} "
+                f"| {pipe.get('cpu_us_per_event', 0) if pipe else 0:.1f} | {c.get('loadgen_cores', 0):.2f} "
                 f"| {ngx['events_per_s'] if ngx else 0:,.0f} ({ngx.get('requests_per_s', 0) if ngx else 0:,.0f}) |"
             )
+    stage_rows = [r for r in rows if r["kind"] == "stages"]
+    if stage_rows:
+        print()
+        print("CPU µs per event by stage, in-process (least of several passes; `judge` includes `validate`):")
+        print("| plan | batch | " + " | ".join(STAGES) + " |")
+        print("|---|---|" + "---|" * len(STAGES))
+        for r in stage_rows:
+            print(f"| {r['plan_events']} | {r['batch']} | " + " | ".join(f"{r[k]:.2f}" for k in STAGES) + " |")
+    print()
     for plan in (1, 3000):
         one, two = find("collector", plan, 500), find("collector", plan, 500, 2)
         if one and two:
@@ -645,7 +831,9 @@ def report(rows: list[dict[str, Any]]) -> None:
             print(
                 f"two processes, {plan}-event plan, 500-event batches: {two['events_per_s']:,.0f} ev/s "
                 f"= {two['scaling']:.2f}x one; CPU per event {two.get('cpu_us_per_event', 0):.1f} µs "
-                f"against {one.get('cpu_us_per_event', 0):.1f} µs for one"
+                f"against {one.get('cpu_us_per_event', 0):.1f} µs for one; the collector got "
+                f"{two.get('collector_cores', 0):.2f} cores against {one.get('collector_cores', 0):.2f}; "
+                f"load generator {two.get('loadgen_cores', 0):.2f} cores"
             )
     out = HERE / "results"
     out.mkdir(exist_ok=True)

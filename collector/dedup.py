@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from typing import Any, Final
 
-__all__ = ["SeenIds", "id_ranges", "split_event_id", "to_ranges"]
+__all__ = ["SeenIds", "id_ranges", "split_event_id", "split_one_source", "to_ranges"]
 
 _SOURCE_LEN: Final = 32
 # Nineteen digits fit in a signed 64-bit integer (envelope's `_SOURCE_RE`).
@@ -48,6 +49,36 @@ def split_event_id(event_id: str) -> tuple[str, int] | None:
     if len(digits) > _MAX_SEQ_DIGITS or digits[0] == "0" or not digits.isdigit() or not digits.isascii():
         return None
     return event_id[:_SOURCE_LEN], int(digits)
+
+
+_PREFIX: Final = itemgetter(slice(0, _SOURCE_LEN + 1))
+_DIGITS: Final = itemgetter(slice(_SOURCE_LEN + 1, None))
+_FIRST: Final = itemgetter(0)
+
+
+def split_one_source(event_ids: list[str]) -> tuple[str, list[int]] | None:
+    """(source, seqs) when every id is an SDK-form id of one source (an SDK's batch), else None.
+
+    The same answer as `split_event_id` on each id, with the checks done over
+    the whole list at once in C (slices, one `isdigit` on the joined digits)
+    rather than one Python call per id.
+    """
+    if not event_ids:
+        return None
+    first = event_ids[0]
+    if len(first) < _SOURCE_LEN + 2 or first[_SOURCE_LEN] != "-":
+        return None
+    prefix = first[: _SOURCE_LEN + 1]
+    if list(map(_PREFIX, event_ids)).count(prefix) != len(event_ids):
+        return None
+    digits = list(map(_DIGITS, event_ids))
+    lengths = list(map(len, digits))
+    if min(lengths) < 1 or max(lengths) > _MAX_SEQ_DIGITS:
+        return None
+    joined = "".join(digits)
+    if not joined.isdigit() or not joined.isascii() or "0" in map(_FIRST, digits):
+        return None
+    return first[:_SOURCE_LEN], list(map(int, digits))
 
 
 def to_ranges(seqs: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -151,6 +182,11 @@ class SeenIds:
         """Whether the SDK-form id (source, seq) is seen (no parsing)."""
         ranges = self._sources.get(source)
         return ranges is not None and seq in ranges
+
+    def all_below(self, source: str, seq: int) -> bool:
+        """Whether every sequence number of `source` seen so far is below `seq` (none seen: True)."""
+        ranges = self._sources.get(source)
+        return ranges is None or not ranges.his or ranges.his[-1] < seq
 
     def has_opaque(self, event_id: str) -> bool:
         return event_id in self._opaque

@@ -33,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final
 
 import msgspec
@@ -42,7 +44,7 @@ from maidian.tracking_plan import Violation
 
 from .auth import Principal
 from .decode import Batch
-from .dedup import SeenIds, id_ranges, split_event_id, to_ranges
+from .dedup import SeenIds, id_ranges, split_event_id, split_one_source, to_ranges
 from .frames import encode_frame
 from .judge import Judge, event_summary, reason_dicts
 from .metrics import Metrics
@@ -69,11 +71,13 @@ class Outcome:
 
     def to_json(self) -> bytes:
         """The response body; the two common results are spliced in as bytes, not encoded each time."""
+        head = f'{{"accepted":{self.accepted},"duplicate":{self.duplicate},"quarantined":{self.quarantined},"results":['
+        if self.accepted == len(self.results):  # every event accepted: the usual answer
+            return head.encode() + (_ACCEPTED_JSON + b",") * (self.accepted - 1) + _ACCEPTED_JSON + b"]}"
         parts = [
             _ACCEPTED_JSON if r is _ACCEPTED else _DUPLICATE_JSON if r is _DUPLICATE else _json.encode(r)
             for r in self.results
         ]
-        head = f'{{"accepted":{self.accepted},"duplicate":{self.duplicate},"quarantined":{self.quarantined},"results":['
         return head.encode() + b",".join(parts) + b"]}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,11 +130,19 @@ def build_accepted_frame(
     event with it; every non-track event), the event-name counts and the time
     range, so derived state is rebuilt from heads alone.
     """
+    head = dict(head)
+    head.update(n=len(stored), seq=ranges, oid=opaque)
+    summary = _one_identity_set(stored)
+    if summary is not None:
+        head.update(summary)
+        times = head.pop("times")
+        flags = {str(i): f for i, (_e, _r, _t, f) in enumerate(stored) if f}
+        return encode_frame(head, {"e": [raw for _e, raw, _t, _f in stored], "t": times, "f": flags})
     observations: dict[Any, list[Any]] = {}
     ops: list[list[Any]] = []
     names: dict[str, int] = {}
-    times: list[int] = []
-    flags: dict[str, list[str]] = {}
+    times = []
+    flags = {}
     last_ids: Any = None
     last: list[Any] = []
     for i, (event, _raw, corrected, event_flags) in enumerate(stored):
@@ -154,11 +166,7 @@ def build_accepted_frame(
             kind = event["type"]
             names[kind] = names.get(kind, 0) + 1
             ops.append([corrected, event["event_id"], kind, identities])
-    head = dict(head)
     head.update(
-        n=len(stored),
-        seq=ranges,
-        oid=opaque,
         obs=[*observations.values(), *ops],
         names=names,
         tmin=min(times) if times else 0,
@@ -166,6 +174,44 @@ def build_accepted_frame(
     )
     body = {"e": [raw for _e, raw, _t, _f in stored], "t": times, "f": flags}
     return encode_frame(head, body)
+
+
+_EVENT: Final = itemgetter(0)
+_TIME: Final = itemgetter(2)
+_NAME: Final = itemgetter("event")
+_TYPE: Final = itemgetter("type")
+_IDENTITIES: Final = itemgetter("identities")
+
+
+def _one_identity_set(stored: list[tuple[dict[str, Any], Any, int, list[str] | None]]) -> dict[str, Any] | None:
+    """The head's summary when every event is a track event with one identity set (an SDK's usual batch).
+
+    The same summary `build_accepted_frame`'s loop makes (one observation: the
+    earliest (time, id) and the first event's identities), computed with C-level
+    passes over the batch; None for any other batch.
+    """
+    if not stored:
+        return None
+    events = list(map(_EVENT, stored))
+    if list(map(_TYPE, events)).count("track") != len(events):
+        return None
+    identities = events[0]["identities"]
+    if list(map(_IDENTITIES, events)).count(identities) != len(events):
+        return None
+    times = list(map(_TIME, stored))
+    tmin = min(times)
+    # The earliest (time, id): the smallest id among the events at the earliest time.
+    if times.count(tmin) == 1:
+        first_id = events[times.index(tmin)]["event_id"]
+    else:
+        first_id = min(e["event_id"] for e, t in zip(events, times, strict=True) if t == tmin)
+    return {
+        "obs": [[tmin, first_id, "track", identities]],
+        "names": dict(Counter(map(_NAME, events))),
+        "tmin": tmin,
+        "tmax": max(times),
+        "times": times,
+    }
 
 
 class Ingest:
@@ -205,6 +251,26 @@ class Ingest:
                 out[seg] = min(out.get(seg, off), off)
         return out
 
+    def _fresh(
+        self, valid: list[tuple[int, dict[str, Any], msgspec.Raw, int, list[str] | None]]
+    ) -> tuple[list[str], set[str], str, list[int]] | None:
+        """(ids, their set, source, seqs) when the valid events are new ids of one SDK source, else None.
+
+        That is an SDK's usual batch: its ids count up past everything seen from
+        its source, none repeats and none is pending in another request, so
+        there is nothing to deduplicate and the per-event checks can be skipped.
+        """
+        if not valid:
+            return None
+        ids = [event["event_id"] for _i, event, _r, _t, _f in valid]
+        one = split_one_source(ids)
+        if one is None or not self.seen.all_below(one[0], min(one[1])):
+            return None
+        local = set(ids)
+        if len(local) != len(ids) or not self.pending.keys().isdisjoint(ids):
+            return None
+        return ids, local, one[0], one[1]
+
     def _encoded(self, batch: Batch, event: dict[str, Any], raw: msgspec.Raw) -> Any:
         if batch.format == "msgpack":
             return raw
@@ -243,7 +309,14 @@ class Ingest:
         opaque: list[str] = []
         duplicates = 0
         msgpack = batch.format == "msgpack"
-        for index, event, raw, corrected, flags in verdicts.valid:
+        fresh = self._fresh(verdicts.valid) if store and msgpack else None
+        if fresh is not None:
+            # The same outcome as the loop below for a batch with nothing to deduplicate.
+            ids, local, source, source_seqs = fresh
+            seqs[source] = source_seqs
+            to_store = [(event, raw, corrected, flags) for _i, event, raw, corrected, flags in verdicts.valid]
+        one_by_one = verdicts.valid if fresh is None else []
+        for index, event, raw, corrected, flags in one_by_one:
             eid = event["event_id"]
             pair = split(eid)
             if eid in local or (seen.has_opaque(eid) if pair is None else has(pair[0], pair[1])):
@@ -311,8 +384,7 @@ class Ingest:
                 tickets.append(self._track("raw", appended))
                 if appended.committed is not None:
                     commits.append(appended.committed)
-                    for eid in ids:
-                        pending[eid] = appended.committed
+                    pending.update(dict.fromkeys(ids, appended.committed))
             if commits:
                 await asyncio.gather(*commits)
         finally:

@@ -30,7 +30,7 @@ import msgspec
 from maidian.tracking_plan import Plan, Validator, Violation
 from maidian.tracking_plan.envelope import Limits
 
-from .decode import Batch, check_limits, decode_event, event_too_large
+from .decode import Batch, check_decoded_limits, check_limits, decode_event, event_too_large
 
 __all__ = ["Judge", "Verdicts", "event_summary", "reason_dicts"]
 
@@ -68,6 +68,9 @@ class Judge:
         self.window_ms = int(window_s * 1000)
         self.future_ms = int(future_tolerance_s * 1000)
         self.server_events = frozenset(name for name, spec in plan.events.items() if spec.trigger == "server")
+        # Events of a `json_checked` batch encoded in at most this many bytes break no limit
+        # (`check_decoded_limits`): they have no room for a long string or too many properties.
+        self.small_bytes = min(limits.max_string_bytes, 2 * limits.max_properties + 1, limits.max_event_bytes)
 
     def judge(self, batch: Batch, *, trusted: bool, received_ms: int) -> Verdicts:
         """Each event's verdict, in request order."""
@@ -88,6 +91,8 @@ class Judge:
         shift = 0 if skew is None or abs(skew) <= _SKEW_TOLERANCE_MS else skew
         values = batch.values
         max_event_bytes = limits.max_event_bytes
+        checked = batch.json_checked
+        small_bytes = self.small_bytes if checked else -1
         check_trigger = bool(server_events) and not trusted
         valid = out.valid
         for index, raw in enumerate(batch.events):
@@ -96,9 +101,14 @@ class Judge:
             else:
                 event = values[index]
                 size = len(raw)
-                problem = (
-                    check_limits(event, limits, size) if size <= max_event_bytes else event_too_large(size, limits)
-                )
+                if size <= small_bytes:
+                    problem = None
+                elif size > max_event_bytes:
+                    problem = event_too_large(size, limits)
+                elif checked:
+                    problem = check_decoded_limits(event, limits, size)
+                else:
+                    problem = check_limits(event, limits, size)
             if problem is not None:
                 out.invalid.append((index, event, raw, received_ms, [problem]))
                 continue

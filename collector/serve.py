@@ -25,11 +25,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from .config import Config, ConfigSource, with_storage
+from .errors import ConfigError
 
-__all__ = ["serve"]
+__all__ = ["loop_factory", "serve"]
 
 log = logging.getLogger("maidian.collector")
 
@@ -47,7 +49,6 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
     from aiohttp import web
 
     from .app import AUTH, COLLECTOR, make_app
-    from .errors import ConfigError
 
     app = make_app(config)
     runner = web.AppRunner(
@@ -68,9 +69,10 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]
     _say(
         f"listening on http://{config.server.host}:{port} writer={collector.writer_id} "
-        f"durability={config.storage.durability} ready_in_s={collector.ready_after_s:.3f}"
+        f"durability={config.storage.durability} loop={loop_name} ready_in_s={collector.ready_after_s:.3f}"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,10 +104,28 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
     _say("stopped")
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a worker runs on: uvloop's when chosen or (for "auto") installed; None for asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "server.event_loop: 'uvloop' is not installed (pip install 'maidian[collector]')"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def _worker(config: Config, source: ConfigSource | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config, source))
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner,
+    ):
+        runner.run(_run(config, source))
 
 
 def serve(config: Config, source: ConfigSource | None = None) -> int:
@@ -114,6 +134,7 @@ def serve(config: Config, source: ConfigSource | None = None) -> int:
     With `source`, SIGHUP resolves the configuration again and swaps in its
     write keys and server sources (rotation and revocation without a restart).
     """
+    loop_factory(config.server.event_loop)  # refuse an uninstalled loop here, not in each worker
     if config.server.workers == 1:
         _worker(config, source)
         return 0

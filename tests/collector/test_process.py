@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import signal
@@ -16,7 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from maidian.collector.errors import ConfigError
 from maidian.collector.read import export_events
+from maidian.collector.serve import loop_factory
 
 from tests.collector.helpers import KEY, body_of, headers_for, order
 from tests.conftest import MINI_PLAN, ROOT
@@ -25,7 +28,7 @@ from tests.conftest import MINI_PLAN, ROOT
 class Server:
     """`maidian serve` as a subprocess on 127.0.0.1, any free port."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -41,10 +44,15 @@ class Server:
             KEY,
             *extra,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+            cmd,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+        self.listening = ""
         self.port = self._port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -58,6 +66,7 @@ class Server:
             lines.append(line)
             m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
             if m:
+                self.listening = line
                 return int(m.group(1))
 
     def kill(self) -> None:
@@ -229,3 +238,26 @@ async def test_sighup_rotates_and_revokes_keys_without_a_restart(servers: list[S
     assert await status_with("old-key", 3) == 403
     assert await status_with("new-key", 4) == 200
     assert server.stop() == 0
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio"])
+async def test_the_server_runs_on_either_event_loop(servers: list[Server], tmp_path: Path, choice: str) -> None:
+    """uvloop when installed (the collector extra brings it), asyncio's own loop when asked for or missing."""
+    data_dir = tmp_path / "data"
+    server = Server(data_dir, env={"MAIDIAN_EVENT_LOOP": choice})
+    servers.append(server)
+    expected = "asyncio" if choice == "asyncio" or importlib.util.find_spec("uvloop") is None else "uvloop"
+    assert f"loop={expected} " in server.listening
+    acked: dict[str, str] = {}
+    await post_batches(server.url, [[order(k) for k in range(1, 6)]], acked)
+    assert len(acked) == 5
+    assert server.stop() == 0
+    assert sorted(r["event_id"] for r in export_events(data_dir)) == sorted(acked)
+
+
+def test_uvloop_asked_for_but_missing_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert loop_factory("auto") is None
+    assert loop_factory("asyncio") is None
+    with pytest.raises(ConfigError, match="'uvloop' is not installed"):
+        loop_factory("uvloop")

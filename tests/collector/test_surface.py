@@ -101,6 +101,8 @@ def test_configuration_precedence(tmp_path: Path) -> None:
     assert [k.name for k in config.auth.write_keys] == ["ios", "key1", "key2", "key3"]
     assert {k.sha256 for k in config.auth.write_keys} == {hash_key(k) for k in ("k1", "k2", "k3", "k4")}
     assert config.auth.sources[0].secret == b"s" * 32
+    assert config.server.event_loop == "auto"
+    assert resolve_config(file=toml, env={**env, "MAIDIAN_EVENT_LOOP": "asyncio"}).server.event_loop == "asyncio"
 
 
 @pytest.mark.parametrize(
@@ -110,6 +112,7 @@ def test_configuration_precedence(tmp_path: Path) -> None:
         ("[server]\nprot = 1\n", "unknown setting 'prot'"),
         ("[dedup]\nwindow_s = 3600\n", "shorter than"),
         ('[storage]\ndurability = "sometimes"\n', "'fsync' or 'write'"),
+        ('[server]\nevent_loop = "trio"\n', "server.event_loop: expected one of auto, asyncio, uvloop"),
         ('[server]\nport = "x"\n', "integer"),
         ('[[sources]]\nname = "x"\nsecret = "short"\n', "16 characters"),
         ("plan = [\n", "not valid TOML"),
