@@ -196,6 +196,9 @@ class Ingest:
         self._next_ticket = 0
         # The live view's hook (live.py): called with each request's verdicts while a page watches, else None.
         self.observer: Callable[[Batch, Principal, Outcome, bool, int], None] | None = None
+        # The suppression list (privacy.py): events whose identities it covers are answered as usual, never stored.
+        self.suppress: Callable[[Any], bool] | None = None
+        self.suppressed = 0
 
     def uncommitted(self, log: str) -> dict[str, int]:
         """Per segment of `log`, the offset of the first frame whose ids are not yet marked seen."""
@@ -243,7 +246,12 @@ class Ingest:
         opaque: list[str] = []
         duplicates = 0
         msgpack = batch.format == "msgpack"
+        suppress = self.suppress
+        suppressed = 0
         for index, event, raw, corrected, flags in verdicts.valid:
+            if suppress is not None and suppress(event["identities"]):
+                suppressed += 1  # answered `accepted`, not stored (the person asked to be deleted)
+                continue
             eid = event["event_id"]
             pair = split(eid)
             if eid in local or (seen.has_opaque(eid) if pair is None else has(pair[0], pair[1])):
@@ -277,6 +285,9 @@ class Ingest:
         for index, event, raw, corrected, reasons in verdicts.invalid:
             shown = reason_dicts(reasons)
             results[index] = {"status": "quarantined", "reasons": shown}
+            if suppress is not None and isinstance(event, dict) and suppress(event.get("identities")):
+                suppressed += 1
+                continue
             eid, _name = event_summary(event)
             if eid is not None:
                 if eid in self.quarantined or eid in self.pending_quarantine or eid in local:
@@ -285,7 +296,8 @@ class Ingest:
                 q_ids.append(eid)
             q_records.append((event, raw, corrected, shown))
         accepted = len(ids)
-        outcome = Outcome(accepted, duplicates, len(verdicts.invalid), results)
+        self.suppressed += suppressed
+        outcome = Outcome(accepted + suppressed, duplicates, len(verdicts.invalid), results)
         if not store:
             if self.observer is not None:
                 self.observer(batch, principal, outcome, False, received_ms)
