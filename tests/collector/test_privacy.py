@@ -14,6 +14,7 @@ import io
 import json
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,10 +30,10 @@ from hypothesis import strategies as st
 from maidian.collector.app import make_app
 from maidian.collector.cli import build_parser
 from maidian.collector.dedup import id_ranges
-from maidian.collector.frames import read_frames, scan_frames, segment_files
+from maidian.collector.frames import encode_frame, read_frames, scan_frames, segment_files
 from maidian.collector.ingest import build_accepted_frame
 from maidian.collector.privacy import delete_person, write_csv
-from maidian.collector.read import export_events, person_events
+from maidian.collector.read import export_events, person_events, quarantine_records
 from maidian.collector.service import Collector
 from maidian.collector.storage import DataDir, LogWriter
 
@@ -56,6 +57,7 @@ class Person:
         self.customer_no = f"11010190{n}{n}"
         self.id_card = f"ID11010119900{n}0{n}123X"
         self.seq = 0
+        self.quarantined: list[tuple[str, int]] = []
 
     @property
     def canaries(self) -> list[str]:
@@ -117,6 +119,8 @@ async def post(client: Any, events: list[tuple[Person, dict[str, Any]]], sent_at
     for (person, event), outcome in zip(events, result["results"], strict=True):
         if outcome["status"] == "accepted":
             ledger.accepted[event["event_id"]] = (person.tag, event["time"])
+        elif outcome["status"] == "quarantined":
+            person.quarantined.append((event["event_id"], event["time"]))
     return result
 
 
@@ -194,6 +198,24 @@ async def fill(data_dir: Path, now_ms: int, people: list[Person], ledger: Ledger
         await client.close()
 
 
+def catalog_state(data_dir: Path) -> tuple[Any, ...]:
+    """The catalog's rows that follow from the logs (not the order they were indexed in)."""
+    db = sqlite3.connect(data_dir / "catalog.sqlite")
+    try:
+        return tuple(
+            sorted(db.execute(sql))
+            for sql in (
+                "SELECT type, value, segment, offset FROM identity_frames",
+                "SELECT segment, offset, idx, event_id, name, rules FROM quarantine",
+                "SELECT name, outcome, n FROM counts",
+                "SELECT event_id, time, kind, identities FROM observations",
+                "SELECT segment, offset, idx FROM replayed",
+            )
+        )
+    finally:
+        db.close()
+
+
 def segment_times(data_dir: Path) -> list[tuple[int, int]]:
     out = []
     for path in segment_files(DataDir(data_dir).raw):
@@ -226,6 +248,11 @@ async def test_t19_privacy_operations(tmp_path: Path) -> None:
     for other in (b, c):  # the search does find what is there
         assert {x for found in hits(data_dir, other.canaries).values() for x in found} == set(other.canaries)
     assert stored_ids(data_dir) == ledger.of("b") | ledger.of("c")
+    # The cleaned catalog is what a rebuild from the rewritten logs gives.
+    shutil.copytree(data_dir, tmp_path / "rebuilt")
+    assert maidian("rebuild", "--data", str(tmp_path / "rebuilt")).returncode == 0
+    assert catalog_state(data_dir) == catalog_state(tmp_path / "rebuilt")
+    assert {r["event_id"] for r in quarantine_records(data_dir)} == {e for e, _ in c.quarantined}
     again = maidian("privacy", "delete", "--data", str(data_dir), "--person", a.login)
     assert again.returncode == 0, again.stderr
     assert "raw log: 0 events removed" in again.stdout, again.stdout
@@ -276,7 +303,12 @@ async def test_t19_privacy_operations(tmp_path: Path) -> None:
     quarantined = [r for r in before if r.get("quarantined")]
     assert len(quarantined) == 2  # C's: one old, one new (A's went with A)
     assert [r for r in left if r.get("quarantined")] == [r for r in quarantined if r["time"] >= cutoff]
+    kept = catalog_state(data_dir)
     assert maidian("rebuild", "--data", str(data_dir)).returncode == 0
+    rebuilt = catalog_state(data_dir)
+    # Identity observations of removed events stay (the graph keeps its links); the rest is what a rebuild gives.
+    assert kept[:3] + kept[4:] == rebuilt[:3] + rebuilt[4:]
+    assert set(rebuilt[3]) < set(kept[3])
     assert {r["event_id"] for r in person_events(data_dir, c.anon)} == ledger.of("c", since_ms=cutoff)
 
 
@@ -369,9 +401,17 @@ async def test_sigkill_during_delete_then_rerun_completes(tmp_path: Path) -> Non
     assert partial >= 1  # at least one kill left work for the re-run
 
 
+def twin(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as a quarantined record would hold it: another id, a value the plan refuses."""
+    return {**event, "event_id": event["event_id"] + "-q", "properties": {**event["properties"], "side": "hold"}}
+
+
 def write_store(data: DataDir, events: list[dict[str, Any]], per_frame: int) -> None:
+    """Each chunk of events as one raw frame, and their twins as one quarantine frame (JSON, as sent)."""
     writer = LogWriter(data.raw, "w0", segment_max_bytes=1_500)
     writer.open()
+    quarantine = LogWriter(data.quarantine, "w0", segment_max_bytes=2_000)
+    quarantine.open()
     try:
         for i in range(0, len(events), per_frame):
             chunk = events[i : i + per_frame]
@@ -381,11 +421,21 @@ def write_store(data: DataDir, events: list[dict[str, Any]], per_frame: int) -> 
             ranges, opaque = id_ranges([e["event_id"] for e in chunk])
             head = {"rid": f"r{i}", "at": chunk[0]["time"], "src": "test", "kind": "write_key", "trusted": False}
             writer.append_sync(build_accepted_frame(head, stored, ranges, opaque))
+            twins = [twin(e) for e in chunk]
+            summary = [[t["event_id"], t["event"], ["enum"]] for t in twins]
+            q_head = {**head, "n": len(twins), "seq": {}, "oid": [t["event_id"] for t in twins], "q": summary}
+            body = {
+                "e": [json.dumps(t).encode() for t in twins],
+                "t": [t["time"] for t in twins],
+                "r": [[{"rule": "enum"}] for _ in twins],
+            }
+            quarantine.append_sync(encode_frame({**q_head, "fmt": "json"}, body))
     finally:
         writer.close_sync()
+        quarantine.close_sync()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     owners=st.lists(st.integers(0, 3), min_size=1, max_size=30),
     per_frame=st.integers(1, 6),
@@ -408,6 +458,8 @@ def test_delete_leaves_exactly_the_others_events(
     expected = {e["event_id"] for e in events} - ({e["event_id"] for e in mine} if known else set())
     delete_person(data.root, target.login if by_login else target.anon)
     assert stored_ids(data.root) == expected
+    quarantined = {r["event"]["event_id"] for r in export_events(data.root, quarantined=True) if r.get("quarantined")}
+    assert quarantined == {e + "-q" for e in expected}
     if known:
         assert hits(data.root, target.canaries) == {}
 
