@@ -27,7 +27,7 @@ def _delete(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .privacy import export_person, write_csv
 
-    records = export_person(Path(args.data), args.person, plan=_load_plan(args.plan))
+    records = export_person(Path(args.data), args.person, plan=_load_plan(args.plan), quarantined=args.quarantined)
     out = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
     try:
         if args.format == "csv":
@@ -103,6 +103,7 @@ def add_privacy_commands(sub: Any) -> None:
     p.add_argument("--person", required=True, help="any identity value of the person")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl (default) or csv")
     p.add_argument("--output", help="the file to write (default: standard output)")
+    p.add_argument("--quarantined", action="store_true", help="also their quarantined records, with the reasons")
     p.add_argument("--plan", help="the tracking plan, for its identity rules")
 
     p = add_command(

@@ -36,6 +36,7 @@ until the end the person's identities can still be found from any of them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import fcntl
@@ -523,17 +524,21 @@ def _add_suppressed(data: DataDir, identities: Iterable[tuple[str, str]]) -> int
 # -- the operations ----------------------------------------------------------------------------
 
 
+def _identity_feed(data: DataDir, plan: Plan | None) -> IdentityFeed:
+    from .identity import IdentityPolicy
+
+    return IdentityFeed.for_plan(data, plan) if plan is not None else IdentityFeed(data, IdentityPolicy())
+
+
 @contextlib.contextmanager
 def _session(data_dir: Path, plan: Plan | None) -> Iterator[tuple[DataDir, Catalog, IdentityFeed, Cleared]]:
     """The data directory held exclusively, an interrupted run's files removed, the catalog and graph caught up."""
-    from .identity import IdentityPolicy
-
     data = _open(data_dir)
     cleared = Cleared()
     with _exclusive(data):
         cleared.leftovers = _remove_leftovers(data)
         catalog = Catalog(data)
-        feed = IdentityFeed.for_plan(data, plan) if plan is not None else IdentityFeed(data, IdentityPolicy())
+        feed = _identity_feed(data, plan)
         try:
             catalog.catch_up(feed)
             yield data, catalog, feed, cleared
@@ -551,30 +556,49 @@ def _person_identities(catalog: Catalog, feed: IdentityFeed, value: str) -> tupl
     return person, found
 
 
+@dataclass(frozen=True, slots=True)
+class _Match:
+    """Whether a stored record is the person's: it carries one of their identities.
+
+    A record that is not an event with identities (a quarantined record that
+    does not decode) matches when its bytes contain any of the values. When
+    nothing indexed knows `value`, it matches under any identity type.
+    """
+
+    identities: frozenset[tuple[str, str]]
+    value: str
+
+    def __call__(self, record: Any) -> bool:
+        if isinstance(record, dict) and isinstance(record.get("identities"), dict):
+            ids = record["identities"]
+            if not self.identities:
+                return any(str(v) == self.value for v in ids.values())
+            return any((str(t), str(v)) in self.identities for t, v in ids.items())
+        if isinstance(record, dict) and isinstance(record.get("undecodable_base64"), str):
+            record = base64.b64decode(record["undecodable_base64"])
+        blob = record if isinstance(record, bytes) else _encoder.encode(record)
+        values = {v for _t, v in self.identities} or {self.value}
+        return any(v.encode() in blob for v in values)
+
+
 def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: Plan | None = None) -> Cleared:
     """Remove every stored trace of the person who owns identity `value`; see the module docstring."""
     with _session(data_dir, plan) as (data, catalog, feed, cleared):
         person, identities = _person_identities(catalog, feed, value)
-        if not identities:
-            identities = {("", value)}  # nothing indexed: match the value under any type
-        values = {v for _t, v in identities}
-        any_type = {v for t, v in identities if t == ""}
+        match = _Match(frozenset(identities), value)
         if suppress:
-            cleared.suppressed = _add_suppressed(data, ((t, v) for t, v in identities if t))
+            cleared.suppressed = _add_suppressed(data, identities)
         erased_ids: set[str] = set()
 
         def drop(event: Any, _t: int) -> bool:
-            if isinstance(event, dict) and isinstance(event.get("identities"), dict):
-                hit = any((str(t), str(v)) in identities or str(v) in any_type for t, v in event["identities"].items())
-                if hit and isinstance(event.get("event_id"), str):
-                    erased_ids.add(event["event_id"])
-                return hit
-            blob = event if isinstance(event, bytes) else _encoder.encode(event)
-            return any(v.encode() in blob for v in values)
+            hit = match(event)
+            if hit and isinstance(event, dict) and isinstance(event.get("event_id"), str):
+                erased_ids.add(event["event_id"])
+            return hit
 
         scan = _rewrite_logs(data, drop, cleared)
         cleared.catalog_rows = _clean_catalog(
-            catalog, scan, identities=frozenset(p for p in identities if p[0]), event_ids=frozenset(erased_ids)
+            catalog, scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
         )
         if person is not None:
             forgotten = feed.graph.forget(person)
@@ -603,11 +627,30 @@ def retain(data_dir: Path, days: float, *, now_ms: int, plan: Plan | None = None
     return cleared
 
 
-def export_person(data_dir: Path, value: str, *, plan: Plan | None = None) -> list[dict[str, Any]]:
-    """Every stored event of the person who owns `value`, deduplicated, in time order (`events --person`)."""
-    from .read import person_events
+def export_person(
+    data_dir: Path, value: str, *, plan: Plan | None = None, quarantined: bool = False
+) -> list[dict[str, Any]]:
+    """Every stored event of the person who owns `value`, deduplicated, in time order (`events --person`).
 
-    return person_events(data_dir, value, plan=plan)
+    With `quarantined`, their quarantined records follow, in log order, as
+    `export --quarantined` prints them (`quarantined: true`, the reasons, the
+    record as sent).
+    """
+    from .read import export_events, person_events
+
+    records = person_events(data_dir, value, plan=plan)
+    if quarantined:
+        data = _open(data_dir)
+        catalog = Catalog(data)
+        feed = _identity_feed(data, plan)
+        try:
+            _person, identities = _person_identities(catalog, feed, value)
+        finally:
+            catalog.close()
+            feed.close()
+        match = _Match(frozenset(identities), value)
+        records += [r for r in export_events(data_dir, quarantined=True, accepted=False) if match(r["event"])]
+    return records
 
 
 # -- CSV ----------------------------------------------------------------------------------------
@@ -621,6 +664,9 @@ CSV_ENVELOPE_COLUMNS: Final = (
     "received_at",
     "source",
     "flags",
+    "quarantined",
+    "reasons",
+    "undecodable_base64",
 )
 # Cells a spreadsheet would run as a formula (OWASP "CSV injection").
 _FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
@@ -645,11 +691,28 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A quarantined record (`export --quarantined` form) in the shape of an event, for the CSV's columns."""
+    if not record.get("quarantined"):
+        return record
+    event = record.get("event")
+    flat = dict(event) if isinstance(event, dict) else {}
+    flat.update(
+        device_time=flat.get("time"),
+        time=record.get("time"),
+        received_at=record.get("received_at"),
+        source=record.get("source"),
+        quarantined=True,
+        reasons=record.get("reasons"),
+    )
+    return flat
+
+
 def write_csv(records: list[dict[str, Any]], out: TextIO) -> None:
     """Records as CSV: the envelope columns, then identities.* and properties.* (sorted), formula-safe."""
     rows: list[dict[str, Any]] = []
     extra: set[str] = set()
-    for record in records:
+    for record in map(_flat_record, records):
         row = {k: record.get(k) for k in CSV_ENVELOPE_COLUMNS}
         for part in ("identities", "properties"):
             flat: dict[str, Any] = {}

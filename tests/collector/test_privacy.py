@@ -271,6 +271,13 @@ async def test_t19_privacy_operations(tmp_path: Path) -> None:
     assert len(rows) == len(ledger.of("b"))
     planted = [r["properties.utm_campaign"] for r in rows if r["properties.utm_campaign"]]
     assert planted == ['\'=HYPERLINK("http://x","y")']
+    done = maidian(
+        "privacy", "export", "--data", str(data_dir), "--person", c.login, "--quarantined", "--format", "csv"
+    )
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["event_id"] for r in rows if r["quarantined"] == "true"] == [e for e, _t in c.quarantined]
+    assert {r["event_id"] for r in rows if not r["quarantined"]} == ledger.of("c")
+    assert all(json.loads(r["reasons"])[0]["rule"] == "enum" for r in rows if r["quarantined"])
 
     # suppression: a collector started afterwards answers A's new events and stores none of them
     clock = Clock(time.time())
