@@ -60,7 +60,7 @@ from maidian.tracking_plan import Plan
 from .catalog import Catalog, IdentityFeed
 from .dedup import id_ranges
 from .errors import CollectorError, DataDirError
-from .frames import MAGIC, Frame, scan_frames, segment_files
+from .frames import MAGIC, Frame, read_frame_at, scan_frames, segment_files
 from .ingest import build_accepted_frame
 from .storage import DataDir, write_atomically
 
@@ -318,16 +318,56 @@ def _rewrite_quarantine(frame: Frame, drop: Drop) -> _FrameChange | None:
 
 @dataclass(slots=True)
 class _Scan:
-    """The heads of every frame after the rewrite, for the catalog's clean-up."""
+    """What the frame heads say after the rewrite, for the catalog's clean-up.
 
+    `full`: collect every frame's identity rows (retention, which compares
+    the whole identity index); otherwise only the rows the rewritten frames
+    no longer carry (`stale_rows`), which is all a deletion changes.
+    """
+
+    full: bool
     identity_rows: set[tuple[str, str, str, int]] = field(default_factory=set)
+    stale_rows: set[tuple[str, str, str, int]] = field(default_factory=set)
     quarantine_rows: set[tuple[str, int, int]] = field(default_factory=set)
     segments: set[tuple[str, str]] = field(default_factory=set)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
     kept: int = 0
+
+    def add_counts(self, log: str, head: dict[str, Any]) -> None:
+        counts = self.counts
+        if log == "raw":
+            for name, n in head.get("names", {}).items():
+                counts[(name, "accepted")] = counts.get((name, "accepted"), 0) + n
+        else:
+            for entry in head.get("q", ()):
+                if entry is not None:
+                    key = (entry[1] or "?", "quarantined")
+                    counts[key] = counts.get(key, 0) + 1
+
+
+def _identity_rows(head: dict[str, Any], segment: str, offset: int) -> set[tuple[str, str, str, int]]:
+    """The catalog's identity-index rows for one raw frame (catalog.py `_index_raw`)."""
+    return {
+        (str(t), str(v), segment, offset)
+        for _t, _e, _k, identities in head.get("obs", ())
+        for t, v in identities.items()
+    }
+
+
+HeadFilter = Callable[[dict[str, Any]], bool]
+"""Whether a raw frame may hold events to remove, judged from its head alone."""
 
 
 def _rewrite_segment(
-    path: Path, log: str, drop: Drop, cleared: Cleared, scan: _Scan, *, cutoff_ms: int | None, may_delete: bool
+    path: Path,
+    log: str,
+    drop: Drop,
+    cleared: Cleared,
+    scan: _Scan,
+    *,
+    cutoff_ms: int | None,
+    may_delete: bool,
+    raw_needs: HeadFilter | None,
 ) -> None:
     """Copy a segment without the dropped events, sync, rename over it, sync the directory."""
     data = path.read_bytes()
@@ -338,6 +378,7 @@ def _rewrite_segment(
         if log == "raw":
             everything = cutoff_ms is not None and frame.head.get("tmax", cutoff_ms) < cutoff_ms
             untouched = cutoff_ms is not None and frame.head.get("tmin", 0) >= cutoff_ms
+            untouched = untouched or (raw_needs is not None and not raw_needs(frame.head))
             change = None if untouched else _rewrite_raw(frame, drop, everything)
         else:
             change = _rewrite_quarantine(frame, drop)
@@ -361,11 +402,18 @@ def _rewrite_segment(
         if changes:
             cleared.segments_rewritten += 1
     scan.segments.add((log, path.name))
-    for offset, head in heads.items():
+    for frame in frames:
+        offset = frame.offset
+        head = heads[offset]
+        scan.add_counts(log, head)
         if log == "raw":
             scan.kept += int(head.get("n", 0))
-            for _t, _eid, _kind, identities in head.get("obs", ()):
-                scan.identity_rows.update((str(t), str(v), path.name, offset) for t, v in identities.items())
+            if scan.full:
+                scan.identity_rows |= _identity_rows(head, path.name, offset)
+            elif offset in changes:
+                scan.stale_rows |= _identity_rows(frame.head, path.name, offset) - _identity_rows(
+                    head, path.name, offset
+                )
         else:
             for idx, entry in enumerate(head.get("q", ())):
                 if entry is not None:
@@ -380,8 +428,10 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _rewrite_logs(data: DataDir, drop: Drop, cleared: Cleared, *, cutoff_ms: int | None = None) -> _Scan:
-    scan = _Scan()
+def _rewrite_logs(
+    data: DataDir, drop: Drop, cleared: Cleared, *, cutoff_ms: int | None = None, raw_needs: HeadFilter | None = None
+) -> _Scan:
+    scan = _Scan(full=cutoff_ms is not None)
     for log, directory in (("raw", data.raw), ("quarantine", data.quarantine)):
         paths = segment_files(directory)
         newest: dict[str, str] = {}
@@ -391,7 +441,9 @@ def _rewrite_logs(data: DataDir, drop: Drop, cleared: Cleared, *, cutoff_ms: int
         for path in paths:
             # A writer numbers its next segment after its newest file: keep that one so no name comes back.
             may_delete = cutoff_ms is not None and newest.get(path.name.rsplit("-", 1)[0]) != path.name
-            _rewrite_segment(path, log, drop, cleared, scan, cutoff_ms=cutoff_ms, may_delete=may_delete)
+            _rewrite_segment(
+                path, log, drop, cleared, scan, cutoff_ms=cutoff_ms, may_delete=may_delete, raw_needs=raw_needs
+            )
     cleared.kept_events = scan.kept
     return scan
 
@@ -415,57 +467,65 @@ def _clean_catalog(
         for log, segment in list(db.execute("SELECT log, segment FROM progress")):
             if (log, segment) not in scan.segments:
                 db.execute("DELETE FROM progress WHERE log=? AND segment=?", (log, segment))
-        stale = [
-            row
-            for row in db.execute("SELECT type, value, segment, offset FROM identity_frames")
-            if row not in scan.identity_rows
-        ]
+        # The person's identity observations, and every identity and event they name: the rows below follow.
+        observed: set[tuple[int]] = set()
+        neighbours: set[tuple[str, str]] = set()
+        erased = set(event_ids)
+        for value in {v for _t, v in identities}:
+            needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
+            for row_id, event_id, text in db.execute(
+                "SELECT id, event_id, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
+            ):
+                pairs = {(str(t), str(v)) for t, v in json.loads(text).items()}
+                if pairs & identities:
+                    observed.add((row_id,))
+                    neighbours |= pairs - identities
+                    erased.add(event_id)
+        if scan.full:
+            stale = {
+                row
+                for row in db.execute("SELECT type, value, segment, offset FROM identity_frames")
+                if row not in scan.identity_rows
+            }
+        else:
+            stale = set(scan.stale_rows)
+            for t, v in identities:
+                stale.update(
+                    db.execute(
+                        "SELECT ?, ?, segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v, t, v)
+                    )
+                )
+            # Identities seen beside the person's, in frames an interrupted run rewrote: still carried?
+            for t, v in neighbours:
+                for segment, offset in db.execute(
+                    "SELECT segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v)
+                ).fetchall():
+                    frame = read_frame_at(catalog.data.raw / segment, offset)
+                    if frame is None or (t, v, segment, offset) not in _identity_rows(frame.head, segment, offset):
+                        stale.add((t, v, segment, offset))
         db.executemany("DELETE FROM identity_frames WHERE type=? AND value=? AND segment=? AND offset=?", stale)
-        removed += len(stale)
+        db.executemany("DELETE FROM observations WHERE id=?", observed)
+        removed += len(stale) + len(observed)
         gone = [r for r in db.execute("SELECT segment, offset, idx FROM quarantine") if r not in scan.quarantine_rows]
         db.executemany("DELETE FROM quarantine WHERE segment=? AND offset=? AND idx=?", gone)
         db.executemany("DELETE FROM replayed WHERE segment=? AND offset=? AND idx=?", gone)
         removed += len(gone)
-        if identities:
-            rows = []
-            for row_id, text in db.execute("SELECT id, identities FROM observations"):
-                ids = json.loads(text)
-                if any((str(t), str(v)) in identities for t, v in ids.items()):
-                    rows.append((row_id,))
-            db.executemany("DELETE FROM observations WHERE id=?", rows)
-            removed += len(rows)
-        if event_ids:
-            refused = [(e,) for (e,) in db.execute("SELECT DISTINCT event_id FROM refusals") if e in event_ids]
+        if erased:
+            refused = [(e,) for (e,) in db.execute("SELECT DISTINCT event_id FROM refusals") if e in erased]
             db.executemany("DELETE FROM refusals WHERE event_id=?", refused)
             removed += len(refused)
-        removed += _recount(db, catalog.data, scan)
+        before = db.execute("SELECT COUNT(*) FROM counts").fetchone()[0]
+        db.execute("DELETE FROM counts")
+        db.executemany(
+            "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)", [(*k, n) for k, n in scan.counts.items()]
+        )
+        removed += max(0, int(before) - len(scan.counts))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     _truncate_wal(db)
     return removed
-
-
-def _recount(db: Any, data: DataDir, scan: _Scan) -> int:
-    """Rebuild the per-name counts from the frame heads that remain (coverage)."""
-    counts: dict[tuple[str, str], int] = {}
-    for log, directory in (("raw", data.raw), ("quarantine", data.quarantine)):
-        for path in segment_files(directory):
-            frames, _end = scan_frames(path.read_bytes(), path.name)
-            for frame in frames:
-                if log == "raw":
-                    for name, n in frame.head.get("names", {}).items():
-                        counts[(name, "accepted")] = counts.get((name, "accepted"), 0) + n
-                else:
-                    for entry in frame.head.get("q", ()):
-                        if entry is not None:
-                            key = (entry[1] or "?", "quarantined")
-                            counts[key] = counts.get(key, 0) + 1
-    before = db.execute("SELECT COUNT(*) FROM counts").fetchone()[0]
-    db.execute("DELETE FROM counts")
-    db.executemany("INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)", [(*k, n) for k, n in counts.items()])
-    return max(0, int(before) - len(counts))
 
 
 def _truncate_wal(db: Any) -> None:
@@ -596,7 +656,9 @@ def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: P
                 erased_ids.add(event["event_id"])
             return hit
 
-        scan = _rewrite_logs(data, drop, cleared)
+        scan = _rewrite_logs(
+            data, drop, cleared, raw_needs=lambda head: any(match({"identities": o[3]}) for o in head.get("obs", ()))
+        )
         cleared.catalog_rows = _clean_catalog(
             catalog, scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
         )

@@ -27,13 +27,15 @@ import zstandard
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from maidian.collector import privacy
 from maidian.collector.app import make_app
 from maidian.collector.cli import build_parser
 from maidian.collector.dedup import id_ranges
 from maidian.collector.frames import encode_frame, read_frames, scan_frames, segment_files
+from maidian.collector.identity import IdentityGraph
 from maidian.collector.ingest import build_accepted_frame
 from maidian.collector.privacy import delete_person, write_csv
-from maidian.collector.read import export_events, person_events, quarantine_records
+from maidian.collector.read import export_events, person_events, quarantine_records, rebuild
 from maidian.collector.service import Collector
 from maidian.collector.storage import DataDir, LogWriter
 
@@ -408,6 +410,37 @@ async def test_sigkill_during_delete_then_rerun_completes(tmp_path: Path) -> Non
     assert partial >= 1  # at least one kill left work for the re-run
 
 
+async def test_sigkill_during_retention_then_rerun_completes(tmp_path: Path) -> None:
+    """Retention killed right after its first segment change (a rewrite or a deletion); a re-run completes it."""
+    data_dir = tmp_path / "data"
+    people = [Person("a", 1), Person("b", 2), Person("c", 3)]
+    ledger = Ledger()
+    now_ms = int(time.time() * 1000)
+    await fill(data_dir, now_ms, people, ledger)
+    cutoff = now_ms - 30 * DAY_MS
+    raw = DataDir(data_dir).raw
+    inodes = {p: p.stat().st_ino for p in segment_files(raw)}
+    cmd = [sys.executable, "-m", "maidian.collector.cli", "privacy", "retention", "--data", str(data_dir)]
+    cmd += ["--days", "30", "--now", str(now_ms)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(not p.exists() or p.stat().st_ino != ino for p, ino in inodes.items()):
+            proc.kill()
+            break
+        await asyncio.sleep(0.001)
+    proc.wait(30)
+    for directory in (raw, DataDir(data_dir).quarantine):
+        for path in segment_files(directory):
+            assert read_frames(path)[1] == path.stat().st_size, path
+    assert stored_ids(data_dir) >= {e for e, (_tag, t) in ledger.accepted.items() if t >= cutoff}
+    done = maidian("privacy", "retention", "--data", str(data_dir), "--days", "30", "--now", str(now_ms))
+    assert done.returncode == 0, done.stderr
+    assert stored_ids(data_dir) == {e for e, (_tag, t) in ledger.accepted.items() if t >= cutoff}
+    assert maidian("rebuild", "--data", str(data_dir)).returncode == 0
+    assert stored_ids(data_dir) == {e for e, (_tag, t) in ledger.accepted.items() if t >= cutoff}
+
+
 def twin(event: dict[str, Any]) -> dict[str, Any]:
     """The event as a quarantined record would hold it: another id, a value the plan refuses."""
     return {**event, "event_id": event["event_id"] + "-q", "properties": {**event["properties"], "side": "hold"}}
@@ -469,6 +502,37 @@ def test_delete_leaves_exactly_the_others_events(
     assert quarantined == {e + "-q" for e in expected}
     if known:
         assert hits(data.root, target.canaries) == {}
+
+
+@pytest.mark.parametrize("failing", ["catalog", "forget"])
+def test_a_run_stopped_between_steps_is_completed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Segments rewritten but the catalog not cleaned, or the catalog cleaned but the graph not: a re-run finishes."""
+    data = DataDir(tmp_path / "data").create()
+    a, b = Person("a", 1), Person("b", 2)
+    t0 = 1_763_800_000_000
+    stranger = "13999990000"  # a login refused on A's device: only ever seen beside A's anonymous id
+    refused = {**a.event(t0 + 3), "identities": {"anonymous_id": a.anon, "login_id": stranger}}
+    events = [a.event(t0), b.event(t0 + 1), a.event(t0 + 2, login=False), refused, b.event(t0 + 4)]
+    write_store(data, events, 2)
+    if failing == "catalog":
+        monkeypatch.setattr(privacy, "_clean_catalog", _fail)
+    else:
+        monkeypatch.setattr(IdentityGraph, "forget", _fail)
+    with pytest.raises(RuntimeError):
+        delete_person(data.root, a.login)
+    monkeypatch.undo()
+    delete_person(data.root, a.login)
+    assert hits(data.root, [*a.canaries, stranger]) == {}
+    assert stored_ids(data.root) == {events[1]["event_id"], events[4]["event_id"]}
+    shutil.copytree(data.root, tmp_path / "rebuilt")
+    rebuild(tmp_path / "rebuilt")
+    assert catalog_state(data.root) == catalog_state(tmp_path / "rebuilt")
+
+
+def _fail(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("stopped here")
 
 
 def test_cleared_counts_are_printed(tmp_path: Path) -> None:
