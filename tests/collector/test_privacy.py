@@ -282,20 +282,24 @@ async def test_t19_privacy_operations(tmp_path: Path) -> None:
     assert all(json.loads(r["reasons"])[0]["rule"] == "enum" for r in rows if r["quarantined"])
 
     # suppression: a collector started afterwards answers A's new events and stores none of them
+    before_q = [r for r in export_events(data_dir, quarantined=True) if r.get("quarantined")]
     clock = Clock(time.time())
     client = collector_client(data_dir, clock)
     await client.start_server()
     try:
         t = int(clock.now_s * 1000)
-        result = await post(client, [(a, a.event(t)), (a, a.event(t, login=False)), (b, b.event(t))], t, ledger)
-        assert [r["status"] for r in result["results"]] == ["accepted"] * 3
+        new_a = [(a, a.event(t)), (a, a.event(t, login=False)), (a, a.event(t, side="hold"))]
+        result = await post(client, [*new_a, (b, b.event(t))], t, ledger)
+        assert [r["status"] for r in result["results"]] == ["accepted", "accepted", "quarantined", "accepted"]
         metrics = await (await client.get("/metrics")).text()
-        assert "maidian_suppressed_events_total 2" in metrics
+        assert "maidian_suppressed_events_total 3" in metrics
     finally:
         await client.close()
-    del ledger.accepted[f"{a.device}-{a.seq}"], ledger.accepted[f"{a.device}-{a.seq - 1}"]
+    for _a, event in new_a:
+        ledger.accepted.pop(event["event_id"], None)
     assert hits(data_dir, a.canaries) == {}
     assert stored_ids(data_dir) == ledger.of("b") | ledger.of("c")
+    assert [r for r in export_events(data_dir, quarantined=True) if r.get("quarantined")] == before_q
 
     # 30-day retention, with the clock forty days on from the old events
     before = list(export_events(data_dir, quarantined=True))
