@@ -201,7 +201,10 @@ class Catalog:
     def _index_quarantine(self, frame: Frame) -> int:
         head = frame.head
         rows = []
-        for idx, (event_id, name, rules) in enumerate(head.get("q", ())):
+        for idx, entry in enumerate(head.get("q", ())):
+            if entry is None:  # a record deleted on request (privacy.py)
+                continue
+            event_id, name, rules = entry
             rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))
             self._count(name or "?", "quarantined", 1)
         self.db.executemany("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -232,22 +235,26 @@ class Catalog:
             observed += len(batch)
             feed.fed = rows[-1][0]
             changes.extend(found)
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for r in found:
-                    key = (r.event_id, r.rule, r.identity_type)
-                    if r.withdrawn:
-                        self.db.execute("DELETE FROM refusals WHERE event_id=? AND rule=? AND identity_type=?", key)
-                    else:
-                        self.db.execute(
-                            "INSERT INTO refusals(event_id, rule, identity_type, message) VALUES (?, ?, ?, ?)",
-                            (*key, r.message),
-                        )
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+            self.record_refusals(found)
         return observed, changes
+
+    def record_refusals(self, changes: list[Refusal]) -> None:
+        """Mirror changes to the graph's refusal record (a withdrawn one is deleted), in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in changes:
+                key = (r.event_id, r.rule, r.identity_type)
+                if r.withdrawn:
+                    self.db.execute("DELETE FROM refusals WHERE event_id=? AND rule=? AND identity_type=?", key)
+                else:
+                    self.db.execute(
+                        "INSERT INTO refusals(event_id, rule, identity_type, message) VALUES (?, ?, ?, ?)",
+                        (*key, r.message),
+                    )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     # -- reading ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from maidian.tracking_plan import __version__
 from maidian.tracking_plan.cli import add_plan_commands
 
 from ._commands import add_collector_commands
+from ._privacy_commands import add_privacy_commands
 from ._qa_commands import add_qa_commands
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_commands(sub)
     add_collector_commands(sub)
     add_qa_commands(sub)
+    add_privacy_commands(sub)
     return parser
 
 

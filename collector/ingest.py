@@ -242,6 +242,9 @@ class Ingest:
         self._next_ticket = 0
         # The live view's hook (live.py): called with each request's verdicts while a page watches, else None.
         self.observer: Callable[[Batch, Principal, Outcome, bool, int], None] | None = None
+        # The suppression list (privacy.py): events whose identities it covers are answered as usual, never stored.
+        self.suppress: Callable[[Any], bool] | None = None
+        self.suppressed = 0
 
     def uncommitted(self, log: str) -> dict[str, int]:
         """Per segment of `log`, the offset of the first frame whose ids are not yet marked seen."""
@@ -309,7 +312,9 @@ class Ingest:
         opaque: list[str] = []
         duplicates = 0
         msgpack = batch.format == "msgpack"
-        fresh = self._fresh(verdicts.valid) if store and msgpack else None
+        suppress = self.suppress
+        suppressed = 0
+        fresh = self._fresh(verdicts.valid) if store and msgpack and suppress is None else None
         if fresh is not None:
             # The same outcome as the loop below for a batch with nothing to deduplicate.
             ids, local, source, source_seqs = fresh
@@ -317,6 +322,9 @@ class Ingest:
             to_store = [(event, raw, corrected, flags) for _i, event, raw, corrected, flags in verdicts.valid]
         one_by_one = verdicts.valid if fresh is None else []
         for index, event, raw, corrected, flags in one_by_one:
+            if suppress is not None and suppress(event["identities"]):
+                suppressed += 1  # answered `accepted`, not stored (the person asked to be deleted)
+                continue
             eid = event["event_id"]
             pair = split(eid)
             if eid in local or (seen.has_opaque(eid) if pair is None else has(pair[0], pair[1])):
@@ -347,9 +355,13 @@ class Ingest:
                 to_store.append((event, self._encoded(batch, event, raw), corrected, flags))
         q_records: list[tuple[Any, msgspec.Raw, int, list[dict[str, Any]]]] = []
         q_ids: list[str] = []
+        suppressed_invalid = 0
         for index, event, raw, corrected, reasons in verdicts.invalid:
             shown = reason_dicts(reasons)
             results[index] = {"status": "quarantined", "reasons": shown}
+            if suppress is not None and isinstance(event, dict) and suppress(event.get("identities")):
+                suppressed_invalid += 1  # answered `quarantined`, not stored
+                continue
             eid, _name = event_summary(event)
             if eid is not None:
                 if eid in self.quarantined or eid in self.pending_quarantine or eid in local:
@@ -358,7 +370,8 @@ class Ingest:
                 q_ids.append(eid)
             q_records.append((event, raw, corrected, shown))
         accepted = len(ids)
-        outcome = Outcome(accepted, duplicates, len(verdicts.invalid), results)
+        self.suppressed += suppressed + suppressed_invalid
+        outcome = Outcome(accepted + suppressed, duplicates, len(verdicts.invalid), results)
         if not store:
             if self.observer is not None:
                 self.observer(batch, principal, outcome, False, received_ms)

@@ -133,8 +133,11 @@ def export_events(
     until_ms: int | None = None,
     quarantined: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    accepted: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Every accepted event (and quarantined ones when asked), in log order, deduplicated.
+
+    `accepted=False` leaves the accepted events out (only quarantined ones).
 
     `since_ms`/`until_ms` bound the corrected time (inclusive, exclusive).
     Frames whose time range misses the bounds are skipped without
@@ -142,7 +145,7 @@ def export_events(
     segments are read.
     """
     data = _open(data_dir)
-    logs = [("raw", data.raw)] + ([("quarantine", data.quarantine)] if quarantined else [])
+    logs = ([("raw", data.raw)] if accepted else []) + ([("quarantine", data.quarantine)] if quarantined else [])
     paths = [(name, p) for name, d in logs for p in segment_files(d)]
     total = sum(p.stat().st_size for _n, p in paths)
     done = 0
@@ -176,7 +179,7 @@ def _quarantine_records(frame: Frame, lo: int, hi: int) -> Iterator[dict[str, An
     fmt = frame.head.get("fmt", "msgpack")
     for i, raw in enumerate(body.events):
         t = body.times[i] if i < len(body.times) else 0
-        if not lo <= t < hi:
+        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy.py)
             continue
         yield {
             "quarantined": True,

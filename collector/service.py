@@ -40,6 +40,7 @@ from .frames import read_frames, segment_files
 from .ingest import Ingest
 from .judge import Judge
 from .metrics import Metrics
+from .privacy import load_suppression
 from .storage import DataDir, LogWriter, Recovered, write_atomically
 
 __all__ = ["Collector", "DedupState", "load_dedup_state"]
@@ -178,6 +179,9 @@ class Collector:
             metrics=self.metrics,
             clock=self.clock,
         )
+        suppression = load_suppression(self.data)
+        if suppression.digests:
+            self.ingest.suppress = suppression.covers
         self._register_metrics()
         self.ready_after_s = time.perf_counter() - self.started_s
 
@@ -302,6 +306,11 @@ class Collector:
             lambda: self.raw.write_errors + self.quarantine.write_errors,
         )
         m.counter("maidian_log_bytes_total", "Bytes appended to the raw log.", lambda: self.raw.written_bytes)
+        m.counter(
+            "maidian_suppressed_events_total",
+            "Events of suppressed identities: answered as usual, not stored.",
+            lambda: self.ingest.suppressed if self.ingest else 0,
+        )
 
     def enter(self) -> None:
         """A request starts."""
