@@ -153,8 +153,11 @@ async def test_burst_of_20000_against_a_slow_collector_loses_nothing(sink: Sink,
     durations.sort()
     p99_us = durations[int(len(durations) * 0.99)] * 1e6
     print(f"track() p99 {p99_us:.1f} us, max {durations[-1] * 1e3:.2f} ms")
-    # Robust on a shared machine: no single call waited for a request to be answered.
-    assert durations[-1] < sink.delay_s
+    # No call waited for a request to be answered: a client that did would take the 50 ms delay on
+    # at least one call per 500-event batch (40 of them). A loaded machine may pause any thread for
+    # that long now and then, so a few such calls are not a finding; dozens would be.
+    waited = sum(1 for d in durations if d >= sink.delay_s)
+    assert waited <= 3, f"{waited} track() calls took at least {sink.delay_s * 1e3:.0f} ms"
     await c.close()
 
 
