@@ -23,6 +23,7 @@ number sent in the wrong field cannot leak into quarantine reasons or logs.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Mapping
@@ -558,6 +559,9 @@ _PROFILE_WHAT: Final = {
 }
 
 
+_JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _find_non_json(node: Any, path: list[str | int]) -> Violation | None:
     if isinstance(node, dict):
         for key, value in node.items():
@@ -568,6 +572,15 @@ def _find_non_json(node: Any, path: list[str | int]) -> Violation | None:
                     f"object keys must be strings, got {json_type(key)}",
                     "string",
                     json_type(key),
+                )
+            if type(key) is not str and not isinstance(key, enum.Enum):
+                # jsonschema-rs takes str and str enums as keys and raises on any other str subclass.
+                return Violation(
+                    "type",
+                    join_pointer([*path, key]),
+                    f"object keys must be plain strings, got an instance of {type(key).__name__}",
+                    "string",
+                    type(key).__name__,
                 )
             found = _find_non_json(value, [*path, key])
             if found is not None:
@@ -580,6 +593,12 @@ def _find_non_json(node: Any, path: list[str | int]) -> Violation | None:
     elif not (node is None or isinstance(node, (str, int, float, bool))):
         kind = json_type(node)
         return Violation("type", join_pointer(path), f"{kind} is not a JSON value", "a JSON value", kind)
+    elif type(node) not in _JSON_SCALARS and not isinstance(node, enum.Enum):
+        # jsonschema-rs takes str and int enums and raises on any other subclass of a JSON scalar.
+        kind = type(node).__name__
+        return Violation(
+            "type", join_pointer(path), f"an instance of {kind} is not a JSON value", "a plain JSON value", kind
+        )
     return None
 
 

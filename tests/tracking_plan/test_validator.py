@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import enum
 import json
 from typing import Any
 
@@ -180,6 +181,39 @@ def test_non_json_values_are_named() -> None:
     event = order()
     event["properties"] = {1: "x"}
     assert rules(event) == [("type", "/properties")]
+
+
+class _Text(str):
+    pass
+
+
+class _Count(int):
+    pass
+
+
+class _Side(enum.StrEnum):
+    BUY = "buy"
+
+
+@pytest.mark.parametrize(
+    ("props", "path", "actual"),
+    [
+        ({"side": _Text("buy")}, "/properties/side", "_Text"),
+        ({"quantity": _Count(200)}, "/properties/quantity", "_Count"),
+        ({_Text("note"): "x"}, "/properties/note", "_Text"),
+    ],
+)
+def test_subclasses_of_json_scalars_are_named_not_raised(props: dict[Any, Any], path: str, actual: str) -> None:
+    # The compiled validator takes str and int enums and raises on any other subclass.
+    event = order()
+    event["properties"].update(props)
+    assert not WIRE.is_valid(event)
+    [violation] = WIRE.validate(event)
+    assert (violation.rule, violation.path, violation.actual) == ("type", path, actual)
+
+
+def test_str_enums_are_plain_values() -> None:
+    assert WIRE.validate(order(side=_Side.BUY)) == []
 
 
 def test_validating_does_not_change_the_event() -> None:
