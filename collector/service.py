@@ -269,8 +269,23 @@ class Collector:
             }
         )
 
-    async def write_snapshot(self) -> None:
+    async def write_snapshot(self, *, logs_synced: bool = False) -> None:
+        """Write the dedup snapshot; `logs_synced`: the logs are closed and synced already (shutdown).
+
+        In `write` durability an id counts as seen once its frame is written,
+        before the frame's fsync. A snapshot must not claim an id whose frame a
+        power cut could still take away (a retry would then be answered
+        `duplicate` and never stored), so in that mode the logs are synced past
+        the moment the snapshot was taken before it is written.
+        """
         data = self.snapshot_bytes()
+        if self.config.storage.durability == "write" and not logs_synced:
+            targets = [(w, w.written_bytes) for w in (self.raw, self.quarantine)]
+            for writer, _target in targets:
+                await writer.sync_once()
+            if any(writer.synced_bytes < target for writer, target in targets):
+                log.warning("the logs could not be synced; the dedup snapshot was not updated")
+                return
         await asyncio.to_thread(write_atomically, self.data.snapshot(self.writer_id), data)
 
     # -- metrics -----------------------------------------------------------------------
@@ -343,7 +358,7 @@ class Collector:
         await self.quarantine.close()
         if self.dedup is not None and self.ingest is not None:
             try:
-                await self.write_snapshot()
+                await self.write_snapshot(logs_synced=True)
             except OSError as exc:
                 log.warning("could not write the dedup snapshot (%s); the next start reads the log", exc.strerror)
         loop = asyncio.get_running_loop()
