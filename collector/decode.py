@@ -38,6 +38,7 @@ __all__ = [
     "decode_event",
     "decompress",
     "event_too_large",
+    "read_dropped",
     "read_media_type",
 ]
 
@@ -63,6 +64,7 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=False):
     lib: str | None = None
     lib_version: str | None = None
     plan_version: str | None = None
+    dropped: Any = None  # read by `read_dropped`: a malformed report is ignored, never fatal
 
 
 class _Values(msgspec.Struct, forbid_unknown_fields=False):
@@ -83,6 +85,8 @@ class Batch:
     # The events decoded in one pass, when every one of them decodes (the usual case);
     # None sends each event through `decode_event` on its own.
     values: list[Any] | None = None
+    # The sender's loss report (docs/protocol.md, "A batch"): {"source": str, "counts": {reason: n}}.
+    dropped: dict[str, Any] | None = None
 
 
 def read_media_type(content_type: str | None, content_encoding: str | None) -> tuple[Format, str]:
@@ -204,7 +208,38 @@ def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
         plan_version=wire.plan_version,
         decoded_bytes=len(data),
         values=values,
+        dropped=None if wire.dropped is None else read_dropped(wire.dropped),
     )
+
+
+# A loss report is the sender's telemetry: bounded so that it cannot grow the frame head or the catalog.
+_MAX_DROP_REASONS: Final = 16
+_MAX_REASON_CHARS: Final = 32
+_MAX_SOURCE_CHARS: Final = 128
+_MAX_DROP_COUNT: Final = 1 << 53
+
+
+def read_dropped(value: Any) -> dict[str, Any] | None:
+    """The batch's `dropped` report in its one accepted shape, or None (ignored) for anything else.
+
+    A malformed report never fails the batch: the events matter more than the
+    sender's account of the ones it lost.
+    """
+    if type(value) is not dict:
+        return None
+    source, counts = value.get("source"), value.get("counts")
+    if type(source) is not str or not 0 < len(source) <= _MAX_SOURCE_CHARS or type(counts) is not dict:
+        return None
+    if len(counts) > _MAX_DROP_REASONS:
+        return None
+    clean: dict[str, int] = {}
+    for reason, n in counts.items():
+        if type(reason) is not str or not 0 < len(reason) <= _MAX_REASON_CHARS:
+            return None
+        if type(n) is not int or not 0 <= n <= _MAX_DROP_COUNT:
+            return None
+        clean[reason] = n
+    return {"source": source, "counts": clean} if clean else None
 
 
 def event_too_large(size: int, limits: Limits) -> Violation:

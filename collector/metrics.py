@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 __all__ = ["Histogram", "Metrics"]
@@ -79,6 +79,7 @@ class Metrics:
         self.refusals_withdrawn: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labeled_counters: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
 
     def request(self, path: str, status: int, seconds: float) -> None:
         key = (path, status)
@@ -90,6 +91,10 @@ class Metrics:
 
     def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.counters[name] = (help_text, read)
+
+    def labeled_counter(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """A counter family with one label, read at render time as {label value: count}."""
+        self.labeled_counters[name] = (help_text, label, read)
 
     def render(self) -> str:
         out: list[str] = []
@@ -122,6 +127,10 @@ class Metrics:
         for name, (help_text, read) in sorted(self.counters.items()):
             family(name, "counter", help_text)
             out.append(f"{name} {_number(read())}")
+        for name, (help_text, label, read_map) in sorted(self.labeled_counters.items()):
+            family(name, "counter", help_text)
+            for value, count in sorted(read_map().items()):
+                out.append(f"{name}{_labels(((label, value),))} {_number(count)}")
         for name, (help_text, read) in sorted(self.gauges.items()):
             family(name, "gauge", help_text)
             out.append(f"{name} {_number(read())}")

@@ -140,6 +140,8 @@ class Collector:
         self.ingest: Ingest | None = None
         self.recovered: dict[str, Recovered] = {}
         self.catalog_lag_bytes = 0
+        # Events senders reported dropped, by reason (the catalog's sdk_drop_totals; w0 keeps it).
+        self.sdk_drop_totals: dict[str, int] = {}
         self.ready = False
         self.stopping = False
         self.in_flight = 0
@@ -238,6 +240,7 @@ class Collector:
             counter = self.metrics.refusals_withdrawn if refusal.withdrawn else self.metrics.refusals
             counter[refusal.rule] = counter.get(refusal.rule, 0) + 1
         self.catalog_lag_bytes = self._catalog.lag_bytes()
+        self.sdk_drop_totals = self._catalog.sdk_drop_totals()
 
     def _probe_disk(self) -> None:
         """Can the disk take a write again? Then let requests try (and /readyz say so)."""
@@ -317,6 +320,12 @@ class Collector:
             lambda: self.raw.write_errors + self.quarantine.write_errors,
         )
         m.counter("maidian_log_bytes_total", "Bytes appended to the raw log.", lambda: self.raw.written_bytes)
+        m.labeled_counter(
+            "maidian_sdk_dropped_events_total",
+            "Events senders reported they dropped (largest count per sender, summed), by reason.",
+            "reason",
+            lambda: self.sdk_drop_totals,
+        )
 
     def enter(self) -> None:
         """A request starts."""
