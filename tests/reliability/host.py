@@ -8,7 +8,10 @@ lines on stdout (`{"ready": ...}` first) so the test knows where it is.
   returned (`<n> <event id>`, one `write(2)` each, so a SIGKILL leaves every
   finished line); then flush and say so. Killed at random, started again with
   the next `--start`, it resumes the spool.
-- `paced` (T3, T8, T11): track at `--rate` for `--duration` seconds, timing
+- `preload` (T13): make the client, track `--start` events, fork `--workers`
+  workers that track `--end` events each and exit normally (gunicorn
+  `--preload`'s shape); say each one's source id.
+- `paced` (T3, T8): track at `--rate` for `--duration` seconds, timing
   every `track()` call and sampling RSS, threads and queues every
   `--sample-s`; then flush within `--flush-timeout` and print the figures.
   Exceptions out of `track()` are counted, never raised.
@@ -161,9 +164,28 @@ def paced(args: argparse.Namespace) -> None:
     client.close(5)
 
 
+def preload(args: argparse.Namespace) -> None:
+    """gunicorn --preload's shape: the client is made in the master, then workers are forked and use it."""
+    client = client_for(args, {})
+    for _ in range(args.start):
+        client.track("stock_order_submit", ORDER)
+    workers = []
+    for w in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(args.end):
+                client.track("stock_order_submit", ORDER)
+            say(worker=w, source=client.source_id, tracked=client.stats.tracked)
+            sys.exit(0)  # a normal exit: the exit hook flushes within its budget
+        workers.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+    say(master=client.source_id, tracked=client.stats.tracked, worker_codes=codes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["workload", "paced"])
+    parser.add_argument("mode", choices=["workload", "paced", "preload"])
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--url", required=True)
     parser.add_argument("--spool")
     parser.add_argument("--spool-max-bytes", type=int, default=64 << 20)
@@ -184,6 +206,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "workload":
         workload(args)
+    elif args.mode == "preload":
+        preload(args)
     else:
         paced(args)
 
