@@ -162,12 +162,17 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     try:
         while data:
             obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = obj.decompress(data, limit + 1 - len(out))
-            out += chunk
-            while obj.unconsumed_tail and len(out) <= limit:
-                out += obj.decompress(obj.unconsumed_tail, limit + 1 - len(out))
-            if len(out) > limit:
-                raise _too_large(limit)
+            # Inflate in _CHUNK steps, as for zstd: one call asked for the whole cap at once
+            # allocated it up front and held the event loop about twice as long (T14).
+            while not obj.eof:
+                chunk = obj.decompress(data, min(_CHUNK, limit + 1 - len(out)))
+                out += chunk
+                if len(out) > limit:
+                    raise _too_large(limit)
+                rest = obj.unconsumed_tail
+                if not chunk and len(rest) == len(data):
+                    break  # the input is used up (or makes no progress): the member is unfinished
+                data = rest
             if not obj.eof:
                 raise BadRequest("the gzip body is truncated", code="undecodable")
             data = obj.unused_data  # another gzip member follows

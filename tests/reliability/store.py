@@ -37,7 +37,7 @@ def _ids_in(directory: Path) -> list[str]:
             for raw in decode_body(frame).events:
                 try:
                     event = _decode.decode(raw) if isinstance(raw, bytes) else raw
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, ValueError):  # UnicodeDecodeError included: quarantined bytes
                     continue
                 if isinstance(event, dict) and isinstance(event.get("event_id"), str):
                     out.append(event["event_id"])
