@@ -5,7 +5,7 @@
   time the event loop was busy with something else: the loop's lag, seen from
   outside the process without instrumenting it.
 - `post`: one POST by `http.client`, with an exact body or a chunked one (an
-  iterable of chunks), timed; the status, the answer's body and the seconds.
+  iterable of chunks), timed; the status, the answer's body, the seconds and the headers.
 - `percentile`: the p-th percentile of a list of durations (nearest rank).
 """
 
@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 __all__ = ["LoopProbe", "Reply", "percentile", "post"]
@@ -27,6 +27,7 @@ class Reply:
     status: int  # 0: no answer (reset, timeout)
     body: bytes
     seconds: float
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def post(url: str, path: str, body: bytes | Iterable[bytes], headers: dict[str, str], timeout_s: float = 30) -> Reply:
@@ -41,7 +42,7 @@ def post(url: str, path: str, body: bytes | Iterable[bytes], headers: dict[str, 
             conn.request("POST", path, body=iter(body), headers=headers, encode_chunked=True)
         resp = conn.getresponse()
         data = resp.read()
-        return Reply(resp.status, data, time.perf_counter() - started)
+        return Reply(resp.status, data, time.perf_counter() - started, dict(resp.getheaders()))
     except (OSError, http.client.HTTPException):
         return Reply(0, b"", time.perf_counter() - started)
     finally:
