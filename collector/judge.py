@@ -33,6 +33,9 @@ FLAG_SKEW: Final = "clock_skew"
 FLAG_NO_SENT_AT: Final = "no_sent_at"
 # A device clock more than a minute off is worth flagging; less is ordinary drift.
 _SKEW_FLAG_MS: Final = 60_000
+# A too-old event's corrected time is kept at least this: frames hold int64 times, and readers
+# without bounds (read.export_events) read from -2**62.
+_OLDEST_MS: Final = -(2**62)
 
 
 @dataclass(slots=True)
@@ -171,6 +174,8 @@ class Judge:
             corrected = received_ms
             flags = [*(flags or ()), FLAG_FUTURE]
         elif corrected < received_ms - self.window_ms:
+            # A sent_at near 2**64 put the corrected time below what a frame can encode (int64): a 500.
+            corrected = max(corrected, _OLDEST_MS)
             reasons.append(
                 Violation(
                     "too_old",
