@@ -77,7 +77,11 @@ def _fuzz(target: str, seconds: int, work: Path) -> tuple[int, int, str, list[st
         "-print_final_stats=1",
         str(corpus),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    # libFuzzer's RSS limit reads getrusage's ru_maxrss, which Linux carries across exec: a child
+    # exec'd straight from pytest would start at pytest's own peak (300 MiB after the suite) and
+    # "run out of memory" at once. A shell forks the fuzzer as a fresh process of its own.
+    shim = ["sh", "-c", '"$@"; exit $?', "sh"]
+    proc = subprocess.run([*shim, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120, check=False)
     out = proc.stdout + proc.stderr
     runs = sum(int(m.group(1)) for m in _DONE.finditer(out))
     return proc.returncode, runs, out[-3000:], sorted(p.name for p in artifacts.iterdir())
