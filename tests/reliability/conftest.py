@@ -34,6 +34,16 @@ def pytest_configure(config: pytest.Config) -> None:
     _PROFILE[0] = LONG if config.getoption("--long", default=False) else CI
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --long, the battery's tests get the long profile's timeout (unless they set their own)."""
+    if _PROFILE[0] is not LONG:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG.test_timeout_s))
+
+
 @pytest.fixture(scope="session")
 def profile() -> Profile:
     return _PROFILE[0]

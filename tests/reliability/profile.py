@@ -43,6 +43,8 @@ class Profile:
     t20_examples: int
     t20_fuzz_s: int
     t20_api_examples: int
+    # pytest-timeout per battery test (pyproject: 300 s); the long profile's runs take longer.
+    test_timeout_s: float
 
 
 CI = Profile(
@@ -63,6 +65,7 @@ CI = Profile(
     t20_examples=500,
     t20_fuzz_s=20,  # RELIABILITY.md: 5 min per target
     t20_api_examples=40,
+    test_timeout_s=300.0,
 )
 
 LONG = Profile(
@@ -83,4 +86,5 @@ LONG = Profile(
     t20_examples=5000,
     t20_fuzz_s=300,
     t20_api_examples=400,
+    test_timeout_s=3 * 3600.0,  # T1's 200 kills at 5,000 ev/s and T3's 10-minute outage run for many minutes
 )
