@@ -181,6 +181,24 @@ def _quarantine_replay(args: argparse.Namespace) -> int:
 
 
 @_reporting
+def _drops(args: argparse.Namespace) -> int:
+    from .read import sdk_drops
+
+    rows = sdk_drops(Path(args.data))
+    totals: dict[str, int] = {}
+    for source, reason, n in rows:
+        totals[reason] = totals.get(reason, 0) + n
+        if args.format == "json":
+            _emit({"source": source, "reason": reason, "dropped": n}, sys.stdout)
+        else:
+            print(f"{source}  {reason}  {n}")
+    if args.format != "json":
+        summary = ", ".join(f"{reason} {n}" for reason, n in sorted(totals.items())) or "none"
+        print(f"{len({r[0] for r in rows})} senders reported dropped events: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+@_reporting
 def _rebuild(args: argparse.Namespace) -> int:
     from .read import rebuild
 
@@ -293,6 +311,21 @@ def add_collector_commands(sub: Any) -> None:
     )
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--plan", required=True, help="the corrected tracking plan")
+
+    p = add_command(
+        sub,
+        "drops",
+        help="list the events senders reported they dropped",
+        description=(
+            "List, per sender (the source id of its event ids) and reason, the largest count of events it\n"
+            "reported it dropped and will never send (buffer or spool full, expired, too large, ...): the\n"
+            "batch's `dropped` field. Counts are cumulative per sender; the totals go to standard error."
+        ),
+        example="maidian drops --data /var/lib/maidian --format json",
+        handler=_drops,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or JSON lines")
 
     p = add_command(
         sub,

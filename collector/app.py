@@ -41,7 +41,7 @@ from ._vendor_routes import VENDOR_PATHS, VENDOR_ROUTES, VendorRoutes, add_vendo
 from .auth import Authenticator
 from .config import Config
 from .decode import decode_batch, decompress, read_media_type
-from .errors import BadRequest, PayloadTooLarge, RequestError, Unavailable
+from .errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout, Unavailable
 from .ingest import Ingest
 from .service import Collector
 
@@ -107,17 +107,24 @@ async def _errors(
 _KNOWN: Final = frozenset(path for _m, path in ROUTES) | VENDOR_PATHS
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; at most {limit} are accepted")
     chunks = bytearray()
-    while True:
-        chunk = await request.content.read(_READ_CHUNK)
-        if not chunk:
-            break
-        chunks += chunk
-        if len(chunks) > limit:
-            raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
+    loop = asyncio.get_running_loop()
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:  # one timer per request, moved on as the body progresses
+            while True:
+                chunk = await request.content.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                deadline.reschedule(loop.time() + timeout_s)
+                chunks += chunk
+                if len(chunks) > limit:
+                    raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
+    except TimeoutError:
+        raise RequestTimeout(f"the body made no progress for {timeout_s:g} s") from None
     if request.content_length is not None and len(chunks) != request.content_length:
         # The connection ended early (a reset mid-body): never decode, never store part of a batch.
         raise BadRequest(f"the body ended after {len(chunks)} of {request.content_length} bytes")
@@ -144,7 +151,7 @@ async def _ingest(request: web.Request, *, store: bool) -> web.Response:
     try:
         limits = collector.config.limits
         fmt, coding = read_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
-        body = await _read_body(request, limits.max_body_bytes)
+        body = await _read_body(request, limits.max_body_bytes, collector.config.server.body_timeout_s)
         now_s = time.time()
         principal = auth.authenticate(
             request.headers, request.query, method=request.method, path=request.path, body=body, now_s=now_s
@@ -214,7 +221,12 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
     owned = collector or Collector(config)
     app[COLLECTOR] = owned
     app[AUTH] = Authenticator(config.auth)
-    vendors = VendorRoutes(owned, app[AUTH], read_body=_read_body, admit=_admit, request_id=_next_request_id)
+    body_timeout_s = config.server.body_timeout_s
+
+    def read_body(request: web.Request, limit: int) -> Awaitable[bytes]:
+        return _read_body(request, limit, body_timeout_s)
+
+    vendors = VendorRoutes(owned, app[AUTH], read_body=read_body, admit=_admit, request_id=_next_request_id)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         c = app[COLLECTOR]

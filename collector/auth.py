@@ -12,7 +12,10 @@ Two kinds of senders (docs/protocol.md, "Authentication"):
   and the body as sent. The timestamp must be within `WINDOW_S` of the
   collector's clock and a nonce is accepted once within the window
   (`NonceCache`). Only these senders are `trusted`: they alone may send events
-  the plan marks `trigger: server`.
+  the plan marks `trigger: server`. A request carrying any of the four signing
+  headers is a signed request and must carry all of them: stray signing headers
+  next to a write key are refused (401), never ignored, so a request means one
+  thing whichever headers a proxy on the way drops.
 
 Each write key may have a token bucket in events per second (`RateLimiter`):
 a flooding key gets 429 with Retry-After and the other keys are unaffected.
@@ -54,6 +57,7 @@ from .errors import Forbidden, RateLimited, Unauthenticated
 __all__ = ["Authenticator", "NonceCache", "Principal", "RateLimiter"]
 
 # Query parameters that look like a credential; any of them is refused.
+_SIGNING_HEADERS: Final = (HEADER_SOURCE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 _KEY_PARAMS: Final = frozenset({"write_key", "writekey", "key", "api_key", "apikey", "token", "secret"})
 # A nonce cache this large holds five minutes at 3,000 signed requests per second.
 MAX_NONCES: Final = 1_000_000
@@ -166,7 +170,7 @@ class Authenticator:
         """The sender of a request, or 401/403 saying why not."""
         if any(name.lower() in _KEY_PARAMS for name in query):
             raise Unauthenticated(f"credentials in the URL are refused; send the write key in {HEADER_WRITE_KEY}")
-        if HEADER_SIGNATURE in headers or HEADER_SOURCE in headers:
+        if any(h in headers for h in _SIGNING_HEADERS):
             return self._signed(headers, method=method, path=path, body=body, now_s=now_s)
         presented = headers.get(HEADER_WRITE_KEY)
         if not presented:

@@ -11,7 +11,10 @@
 - `refusals`: the identity links the graph refused, with rule and type only;
 - `counts`: events per name and outcome (coverage);
 - `quarantine` and `replayed`: every quarantined event and which of them a
-  replay has moved into the raw log.
+  replay has moved into the raw log;
+- `sdk_drops`: the largest loss count each sender reported per reason (the
+  batch's `dropped` field, cumulative per source), and `sdk_drop_totals`, their
+  sum per reason, kept as the counts grow.
 
 Everything here is rebuilt from frame heads by `catch_up`, which any process
 may run at any time (the server does, every `index_interval_s`, off the
@@ -62,6 +65,8 @@ CREATE TABLE IF NOT EXISTS quarantine(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS replayed(segment TEXT, offset INTEGER, idx INTEGER, PRIMARY KEY(segment, offset, idx))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sdk_drops(source TEXT, reason TEXT, n INTEGER, PRIMARY KEY(source, reason)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sdk_drop_totals(reason TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
 """
 # Readers and the server's indexer may hold the file at once; wait rather than fail.
 _BUSY_TIMEOUT_MS: Final = 10_000
@@ -196,7 +201,25 @@ class Catalog:
             self._count(name, "accepted", n)
         for seg, off, idx in head.get("replay", ()):
             self.db.execute("INSERT OR IGNORE INTO replayed(segment, offset, idx) VALUES (?, ?, ?)", (seg, off, idx))
+        self._note_drops(head)
         return int(head.get("n", 0))
+
+    def _note_drops(self, head: dict[str, Any]) -> None:
+        """Keep the largest count a sender reported per reason; counts are cumulative, so repeats change nothing."""
+        report = head.get("dropped")
+        if not isinstance(report, dict):
+            return
+        source = report.get("source")
+        for reason, n in (report.get("counts") or {}).items():
+            row = self.db.execute("SELECT n FROM sdk_drops WHERE source=? AND reason=?", (source, reason)).fetchone()
+            old = row[0] if row else 0
+            if n <= old:
+                continue
+            self.db.execute("INSERT OR REPLACE INTO sdk_drops(source, reason, n) VALUES (?, ?, ?)", (source, reason, n))
+            self.db.execute(
+                "INSERT INTO sdk_drop_totals(reason, n) VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET n = n + ?",
+                (reason, n - old, n - old),
+            )
 
     def _index_quarantine(self, frame: Frame) -> int:
         head = frame.head
@@ -208,6 +231,7 @@ class Catalog:
             rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))
             self._count(name or "?", "quarantined", 1)
         self.db.executemany("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._note_drops(head)
         return len(rows)
 
     # -- the identity graph --------------------------------------------------------
@@ -298,3 +322,11 @@ class Catalog:
 
     def counts(self) -> dict[tuple[str, str], int]:
         return {(n, o): c for n, o, c in self.db.execute("SELECT name, outcome, n FROM counts")}
+
+    def sdk_drops(self) -> list[tuple[str, str, int]]:
+        """(source, reason, count): the largest loss count each sender reported, by source then reason."""
+        return list(self.db.execute("SELECT source, reason, n FROM sdk_drops ORDER BY source, reason"))
+
+    def sdk_drop_totals(self) -> dict[str, int]:
+        """Events senders reported dropped, summed over senders, by reason."""
+        return dict(self.db.execute("SELECT reason, n FROM sdk_drop_totals"))

@@ -68,6 +68,12 @@ DEFAULT_MAX_UNSYNCED_BYTES: Final = 64 << 20
 # (up to ~10 ms on a busy disk), so many must be in flight to keep the disk busy;
 # each holds at most a 16 MiB decoded body: 256 bound memory at 4 GiB in the worst case.
 DEFAULT_MAX_IN_FLIGHT: Final = 256
+# RELIABILITY.md T8: idle and header timeouts of at most 10 s (nginx's client_header_timeout is 60 s, Go
+# servers are commonly given 10 s); an SDK sends at least every second while it has events.
+DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
+# Between two reads of a body (nginx's client_body_timeout semantics); a stalled body holds a slot of
+# max_in_flight, so 256 of them would otherwise shut everyone else out.
+DEFAULT_BODY_TIMEOUT_S: Final = 10.0
 # RELIABILITY.md T12: events more than an hour in the future are clamped and flagged.
 DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
 
@@ -137,8 +143,13 @@ class ServerConfig:
     shutdown_timeout_s: float = 30.0
     # "auto": uvloop when it is installed (the collector extra installs it), else asyncio's own
     # loop; "asyncio" or "uvloop" to choose. uvloop took a third off aiohttp's CPU per request
-    # here (docs/decisions.md, "Collector: throughput targets").
+    # here (docs/decisions.md, "Collector: measured throughput, and where the time goes").
     event_loop: str = "auto"
+    # A connection that has not sent a whole request head this long after it opened or after its last
+    # answer is closed: idle keep-alive, and slowloris headers (RELIABILITY.md T8: at most 10 s).
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # A request whose body makes no progress for this long is answered 408 and its slot freed.
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ __all__ = [
     "decoded_batch",
     "decompress",
     "event_too_large",
+    "read_dropped",
     "read_media_type",
 ]
 
@@ -76,6 +77,7 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=False):
     lib: str | None = None
     lib_version: str | None = None
     plan_version: str | None = None
+    dropped: Any = None  # read by `read_dropped`: a malformed report is ignored, never fatal
 
 
 class _Values(msgspec.Struct, forbid_unknown_fields=False):
@@ -99,6 +101,8 @@ class Batch:
     # True when `values` were decoded as JSON values within the nesting limit (every
     # float finite, every key a string): `check_decoded_limits` then suffices for them.
     json_checked: bool = False
+    # The sender's loss report (docs/protocol.md, "A batch"): {"source": str, "counts": {reason: n}}.
+    dropped: dict[str, Any] | None = None
 
 
 def read_media_type(content_type: str | None, content_encoding: str | None) -> tuple[Format, str]:
@@ -174,12 +178,17 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     try:
         while data:
             obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = obj.decompress(data, limit + 1 - len(out))
-            out += chunk
-            while obj.unconsumed_tail and len(out) <= limit:
-                out += obj.decompress(obj.unconsumed_tail, limit + 1 - len(out))
-            if len(out) > limit:
-                raise _too_large(limit)
+            # Inflate in _CHUNK steps, as for zstd: one call asked for the whole cap at once
+            # allocated it up front and held the event loop about twice as long (T14).
+            while not obj.eof:
+                chunk = obj.decompress(data, min(_CHUNK, limit + 1 - len(out)))
+                out += chunk
+                if len(out) > limit:
+                    raise _too_large(limit)
+                rest = obj.unconsumed_tail
+                if not chunk and len(rest) == len(data):
+                    break  # the input is used up (or makes no progress): the member is unfinished
+                data = rest
             if not obj.eof:
                 raise BadRequest("the gzip body is truncated", code="undecodable")
             data = obj.unused_data  # another gzip member follows
@@ -259,6 +268,7 @@ def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
         decoded_bytes=len(data),
         values=values,
         json_checked=json_checked,
+        dropped=None if wire.dropped is None else read_dropped(wire.dropped),
     )
 
 
@@ -284,6 +294,36 @@ def decoded_batch(
         lib_version=lib_version,
         values=events,
     )
+
+
+# A loss report is the sender's telemetry: bounded so that it cannot grow the frame head or the catalog.
+_MAX_DROP_REASONS: Final = 16
+_MAX_REASON_CHARS: Final = 32
+_MAX_SOURCE_CHARS: Final = 128
+_MAX_DROP_COUNT: Final = 1 << 53
+
+
+def read_dropped(value: Any) -> dict[str, Any] | None:
+    """The batch's `dropped` report in its one accepted shape, or None (ignored) for anything else.
+
+    A malformed report never fails the batch: the events matter more than the
+    sender's account of the ones it lost.
+    """
+    if type(value) is not dict:
+        return None
+    source, counts = value.get("source"), value.get("counts")
+    if type(source) is not str or not 0 < len(source) <= _MAX_SOURCE_CHARS or type(counts) is not dict:
+        return None
+    if len(counts) > _MAX_DROP_REASONS:
+        return None
+    clean: dict[str, int] = {}
+    for reason, n in counts.items():
+        if type(reason) is not str or not 0 < len(reason) <= _MAX_REASON_CHARS:
+            return None
+        if type(n) is not int or not 0 <= n <= _MAX_DROP_COUNT:
+            return None
+        clean[reason] = n
+    return {"source": source, "counts": clean} if clean else None
 
 
 def event_too_large(size: int, limits: Limits) -> Violation:

@@ -14,6 +14,7 @@ a bug.
           ├── BadRequest                 400: the body is not a batch (undecodable, bad_batch, bad_encoding)
           ├── Unauthenticated            401: no key, unknown key, bad signature, replay
           ├── Forbidden                  403: a revoked key
+          ├── RequestTimeout             408: the body stopped arriving
           ├── PayloadTooLarge            413: over a size limit (on the wire or decoded)
           ├── UnsupportedMediaType       415: unknown content type or encoding
           ├── RateLimited                429: this key is over its quota (Retry-After)
@@ -42,6 +43,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestError",
+    "RequestTimeout",
     "Unauthenticated",
     "Unavailable",
     "UnsupportedMediaType",
@@ -91,6 +93,11 @@ class Unauthenticated(RequestError):
 class Forbidden(RequestError):
     status = 403
     code = "forbidden"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "timeout"
 
 
 class PayloadTooLarge(RequestError):

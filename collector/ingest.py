@@ -104,7 +104,7 @@ class Refused:
 
 
 def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int) -> dict[str, Any]:
-    return {
+    head = {
         "rid": request_id,
         "at": received_ms,
         "src": principal.name,
@@ -115,6 +115,9 @@ def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int)
         "lib_version": batch.lib_version,
         "plan_version": batch.plan_version,
     }
+    if batch.dropped is not None:
+        head["dropped"] = batch.dropped  # the sender's loss report; the catalog keeps the largest counts
+    return head
 
 
 def build_accepted_frame(

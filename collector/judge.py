@@ -42,6 +42,10 @@ _SKEW_FLAG_MS: Final = 60_000
 # T12 asks for corrected times within 1 s of the truth; a clock this close is already within it.
 _SKEW_TOLERANCE_MS: Final = 1_000
 
+# A too-old event's corrected time is kept at least this: frames hold int64 times, and readers
+# without bounds (read.export_events) read from -2**62.
+_OLDEST_MS: Final = -(2**62)
+
 
 @dataclass(slots=True)
 class Verdicts:
@@ -189,6 +193,8 @@ class Judge:
             corrected = received_ms
             flags = [*(flags or ()), FLAG_FUTURE]
         elif corrected < received_ms - self.window_ms:
+            # A sent_at near 2**64 put the corrected time below what a frame can encode (int64): a 500.
+            corrected = max(corrected, _OLDEST_MS)
             reasons.append(
                 Violation(
                     "too_old",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 __all__ = ["Histogram", "Metrics"]
@@ -81,6 +81,7 @@ class Metrics:
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
         # Counter families other parts own (the vendor routes): name -> (help, label names, values).
         self.families: dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], int]]] = {}
+        self.labeled_counters: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
 
     def request(self, path: str, status: int, seconds: float) -> None:
         key = (path, status)
@@ -102,6 +103,10 @@ class Metrics:
         if entry is None:
             entry = self.families[name] = (help_text, labels, {})
         return entry[2]
+
+    def labeled_counter(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """A counter family with one label, read at render time as {label value: count}."""
+        self.labeled_counters[name] = (help_text, label, read)
 
     def render(self) -> str:
         out: list[str] = []
@@ -138,6 +143,10 @@ class Metrics:
         for name, (help_text, read) in sorted(self.counters.items()):
             family(name, "counter", help_text)
             out.append(f"{name} {_number(read())}")
+        for name, (help_text, label, read_map) in sorted(self.labeled_counters.items()):
+            family(name, "counter", help_text)
+            for value, count in sorted(read_map().items()):
+                out.append(f"{name}{_labels(((label, value),))} {_number(count)}")
         for name, (help_text, read) in sorted(self.gauges.items()):
             family(name, "gauge", help_text)
             out.append(f"{name} {_number(read())}")

@@ -545,16 +545,16 @@ class Suppression:
     """The identities whose new events are not stored: keyed hashes of (type, value), never the values."""
 
     key: bytes
-    digests: frozenset[str]
+    pseudonyms: frozenset[str]
 
-    def digest(self, identity_type: str, value: str) -> str:
+    def pseudonym(self, identity_type: str, value: str) -> str:
         return hmac.new(self.key, f"{identity_type}\0{value}".encode(), hashlib.sha256).hexdigest()
 
     def covers(self, identities: Any) -> bool:
         """Whether an event's identities include a suppressed one."""
-        if not self.digests or not isinstance(identities, Mapping):
+        if not self.pseudonyms or not isinstance(identities, Mapping):
             return False
-        return any(self.digest(str(t), str(v)) in self.digests for t, v in identities.items())
+        return any(self.pseudonym(str(t), str(v)) in self.pseudonyms for t, v in identities.items())
 
 
 def load_suppression(data: DataDir) -> Suppression:
@@ -572,11 +572,11 @@ def _add_suppressed(data: DataDir, identities: Iterable[tuple[str, str]]) -> int
     data.state.mkdir(exist_ok=True)
     current = load_suppression(data)
     key = current.key or secrets.token_bytes(32)
-    merged = Suppression(key, current.digests)
-    digests = set(current.digests) | {merged.digest(t, v) for t, v in identities}
-    added = len(digests) - len(current.digests)
+    merged = Suppression(key, current.pseudonyms)
+    pseudonyms = set(current.pseudonyms) | {merged.pseudonym(t, v) for t, v in identities}
+    added = len(pseudonyms) - len(current.pseudonyms)
     if added:
-        doc = {"key": key.hex(), "digests": sorted(digests)}
+        doc = {"key": key.hex(), "digests": sorted(pseudonyms)}
         write_atomically(data.state / _SUPPRESSED, json.dumps(doc, indent=0).encode())
     return added
 

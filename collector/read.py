@@ -41,6 +41,7 @@ __all__ = [
     "quarantine_records",
     "rebuild",
     "replay_quarantine",
+    "sdk_drops",
 ]
 
 _decoder = msgspec.msgpack.Decoder()
@@ -204,6 +205,17 @@ def _b64(raw: bytes) -> str:
     import base64
 
     return base64.b64encode(raw).decode()
+
+
+def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
+    """(source, reason, count): what each sender reported it dropped, the largest count per reason."""
+    data = _open(data_dir)
+    catalog = Catalog(data)
+    try:
+        catalog.catch_up()
+        return catalog.sdk_drops()
+    finally:
+        catalog.close()
 
 
 def quarantine_records(data_dir: Path, rule: str | None = None) -> list[dict[str, Any]]:

@@ -52,7 +52,13 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
 
     app = make_app(config)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout_s
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=config.server.shutdown_timeout_s,
+        # aiohttp arms this at a connection's start and after each answer, and closes a connection still
+        # waiting for a whole request head when it fires: idle keep-alive and slowloris headers alike.
+        keepalive_timeout=config.server.idle_timeout_s,
     )
     await runner.setup()
     collector = app[COLLECTOR]

@@ -141,6 +141,8 @@ class Collector:
         self.ingest: Ingest | None = None
         self.recovered: dict[str, Recovered] = {}
         self.catalog_lag_bytes = 0
+        # Events senders reported dropped, by reason (the catalog's sdk_drop_totals; w0 keeps it).
+        self.sdk_drop_totals: dict[str, int] = {}
         self.ready = False
         self.stopping = False
         self.in_flight = 0
@@ -180,7 +182,7 @@ class Collector:
             clock=self.clock,
         )
         suppression = load_suppression(self.data)
-        if suppression.digests:
+        if suppression.pseudonyms:
             self.ingest.suppress = suppression.covers
         self._register_metrics()
         self.ready_after_s = time.perf_counter() - self.started_s
@@ -242,6 +244,7 @@ class Collector:
             counter = self.metrics.refusals_withdrawn if refusal.withdrawn else self.metrics.refusals
             counter[refusal.rule] = counter.get(refusal.rule, 0) + 1
         self.catalog_lag_bytes = self._catalog.lag_bytes()
+        self.sdk_drop_totals = self._catalog.sdk_drop_totals()
 
     def _probe_disk(self) -> None:
         """Can the disk take a write again? Then let requests try (and /readyz say so)."""
@@ -273,8 +276,23 @@ class Collector:
             }
         )
 
-    async def write_snapshot(self) -> None:
+    async def write_snapshot(self, *, logs_synced: bool = False) -> None:
+        """Write the dedup snapshot; `logs_synced`: the logs are closed and synced already (shutdown).
+
+        In `write` durability an id counts as seen once its frame is written,
+        before the frame's fsync. A snapshot must not claim an id whose frame a
+        power cut could still take away (a retry would then be answered
+        `duplicate` and never stored), so in that mode the logs are synced past
+        the moment the snapshot was taken before it is written.
+        """
         data = self.snapshot_bytes()
+        if self.config.storage.durability == "write" and not logs_synced:
+            targets = [(w, w.written_bytes) for w in (self.raw, self.quarantine)]
+            for writer, _target in targets:
+                await writer.sync_once()
+            if any(writer.synced_bytes < target for writer, target in targets):
+                log.warning("the logs could not be synced; the dedup snapshot was not updated")
+                return
         await asyncio.to_thread(write_atomically, self.data.snapshot(self.writer_id), data)
 
     # -- metrics -----------------------------------------------------------------------
@@ -310,6 +328,12 @@ class Collector:
             "maidian_suppressed_events_total",
             "Events of suppressed identities: answered as usual, not stored.",
             lambda: self.ingest.suppressed if self.ingest else 0,
+        )
+        m.labeled_counter(
+            "maidian_sdk_dropped_events_total",
+            "Events senders reported they dropped (largest count per sender, summed), by reason.",
+            "reason",
+            lambda: self.sdk_drop_totals,
         )
 
     def enter(self) -> None:
@@ -352,7 +376,7 @@ class Collector:
         await self.quarantine.close()
         if self.dedup is not None and self.ingest is not None:
             try:
-                await self.write_snapshot()
+                await self.write_snapshot(logs_synced=True)
             except OSError as exc:
                 log.warning("could not write the dedup snapshot (%s); the next start reads the log", exc.strerror)
         loop = asyncio.get_running_loop()

@@ -11,6 +11,12 @@
 - `multiprocessing` (fork start method) ends its children with `os._exit`,
   which skips `atexit`; a child's clients are therefore also closed by a
   multiprocessing finalizer registered in the child.
+- Sender threads import what they need (http.client, ssl, zstandard) when
+  they start, off the host's start-up path. A fork in the middle of such an
+  import would leave the child a half-initialised module that no import can
+  finish (gunicorn `--preload` forks its workers right after the app made its
+  client). So those imports run under `SENDER_IMPORTS` (`sender_imports()`),
+  and a fork waits for them (`os.register_at_fork(before=...)`).
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 import time
 import weakref
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._http import HttpTransport
 
 __all__ = ["register", "unregister"]
 
@@ -32,6 +42,19 @@ class Lifecycle(Protocol):
 
 
 _clients: weakref.WeakSet[Any] = weakref.WeakSet()
+# Held while a sender thread imports its modules; a fork takes it first (module docstring).
+SENDER_IMPORTS = threading.Lock()
+
+
+def sender_imports() -> type[HttpTransport]:
+    """Import what a sender thread needs, whole, before any fork; returns the transport class."""
+    with SENDER_IMPORTS:
+        import email.utils  # noqa: F401  # Retry-After dates (retry.parse_retry_after)
+
+        import zstandard  # noqa: F401  # batch compression (core.SdkCore._wrap)
+
+        from ._http import HttpTransport
+    return HttpTransport
 
 
 def register(client: Lifecycle) -> None:
@@ -76,4 +99,9 @@ def _close_with_multiprocessing(client: Lifecycle) -> None:
 
 
 atexit.register(_at_exit)
+os.register_at_fork(
+    before=SENDER_IMPORTS.acquire,
+    after_in_parent=SENDER_IMPORTS.release,
+    after_in_child=SENDER_IMPORTS.release,
+)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -23,9 +23,10 @@ Rules:
   `drop_newest` refuses the new event; expired segments are deleted. Only
   frames that were never handed to the sender count as dropped (a frame in
   flight still has its bytes in memory), and every drop is counted.
-- If the disk refuses a write (ENOSPC, EIO), the partial frame is cut off and
-  the event goes to a bounded memory buffer instead; the spool is tried again
-  on the next event.
+- If the disk refuses a write (ENOSPC, EIO), or a new segment file, the
+  partial frame is cut off and the event goes to a bounded memory buffer
+  instead; the spool is tried again on the next event. A segment's
+  descriptor is closed only once the next segment's file exists.
 """
 
 from __future__ import annotations
@@ -183,9 +184,9 @@ class Spool:
                 if not self._drop_oldest:
                     return 1
                 dropped = self._drop_oldest_segments(len(frame))
-            if self._active.size + len(frame) > self.config.segment_bytes and self._active.count:
-                self._rotate()
             try:
+                if self._active.size + len(frame) > self.config.segment_bytes and self._active.count:
+                    self._rotate()  # a full disk may refuse the new file: then nothing changed, fall back
                 written = os.write(self._write_fd, frame)
                 if written != len(frame):
                     raise OSError("short write")
@@ -203,11 +204,13 @@ class Spool:
             return dropped
 
     def _rotate(self) -> None:
+        """Start a new active segment; raises OSError, with nothing changed, when the file cannot be made."""
+        old = self._write_fd
         if self.config.fsync_interval_s > 0:
             with contextlib.suppress(OSError):
-                os.fsync(self._write_fd)
-        os.close(self._write_fd)
-        self._active = self._new_segment()
+                os.fsync(old)
+        self._active = self._new_segment()  # the old descriptor is closed only once the new one exists
+        os.close(old)
 
     def _drop_oldest_segments(self, need: int) -> int:
         dropped = 0
@@ -215,7 +218,10 @@ class Spool:
             if self._segments[0] is self._active:
                 if not self._active.count:
                     break
-                self._rotate()
+                try:
+                    self._rotate()
+                except OSError:
+                    break  # no room for a new segment: keep the active one (the write falls back to memory)
             seg = self._segments.pop(0)
             lost = self._unsent(seg)
             dropped += lost

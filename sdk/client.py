@@ -54,10 +54,11 @@ class Client(BaseClient):
         self._wake_event.set()
 
     def _run(self) -> None:
-        # http.client (and the ssl module it loads) is imported here, off the host's start-up path.
-        from ._http import HttpTransport
+        # http.client (and the ssl module it loads) is imported here, off the host's start-up path,
+        # whole before any fork (_lifecycle.sender_imports).
+        from ._lifecycle import sender_imports
 
-        transport = HttpTransport(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
+        transport = sender_imports()(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
         with self._lock:
             self._transports.append(transport)
             if self._stopping:

@@ -12,7 +12,7 @@ from maidian.collector.auth import NonceCache, RateLimiter
 from maidian.collector.config import WriteKey
 from maidian.collector.errors import RateLimited
 
-from tests.collector.helpers import body_of, filled, signed_headers, statuses
+from tests.collector.helpers import body_of, filled, headers_for, order, signed_headers, statuses
 from tests.conftest import ROOT
 
 
@@ -87,3 +87,13 @@ def test_secrets_are_compared_in_constant_time_only() -> None:
                 names += [n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)]
                 assert not any(s in name.lower() for name in names for s in suspicious), (path, ast.unparse(node))
         assert "compare_digest" in Path(path).read_text()
+
+
+async def test_stray_signing_headers_next_to_a_write_key_are_refused(client: Any) -> None:
+    """Found by schemathesis (RELIABILITY T20): a timestamp or nonce alone was ignored, and the key accepted."""
+    body = body_of([order(1)])
+    for header, value in (("X-Maidian-Timestamp", "not-a-time"), ("X-Maidian-Nonce", "n" * 200)):
+        resp = await client.post("/v1/batch", data=body, headers={**headers_for(), header: value})
+        assert resp.status == 401, header
+        assert "a signed request needs" in (await resp.json())["error"]["message"]
+    assert (await client.post("/v1/batch", data=body, headers=headers_for())).status == 200

@@ -177,3 +177,12 @@ async def test_a_quarantined_event_sent_again_is_stored_once(client: Any, data_d
     quarantined = [r for r in export_events(data_dir, quarantined=True) if r.get("quarantined")]
     assert len(quarantined) == 1
     assert quarantined[0]["reasons"][0]["rule"] == "enum"
+
+
+async def test_a_sent_at_near_2_64_is_quarantined_not_a_500(client: Any, data_dir: Any) -> None:
+    """Found by the T20 fuzzer: the corrected time fell below int64 and the quarantine frame did not encode."""
+    result = await post(client, [order(1), order(2, side="hold")], sent_at=2**64 - 1)
+    assert statuses(result) == ["quarantined", "quarantined"]
+    assert result["results"][0]["reasons"][0]["rule"] == "too_old"
+    quarantined = [r for r in export_events(data_dir, quarantined=True) if r.get("quarantined")]
+    assert len(quarantined) == 2

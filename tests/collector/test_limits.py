@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import zstandard
 from aiohttp import ClientSession
+from maidian.collector.errors import PayloadTooLarge
 
 from tests.collector.helpers import DEVICE, body_of, headers_for, now_ms, order, statuses
 
@@ -205,3 +206,24 @@ async def test_a_batch_of_non_events(client: Any) -> None:
     assert statuses(result) == ["quarantined"] * 5 + ["accepted"]
     assert result["results"][-1] == {"status": "accepted"}
     assert DEVICE
+
+
+def test_a_gzip_bomb_holds_at_most_the_cap_in_memory() -> None:
+    """RELIABILITY T14 (found by the battery): gzip is inflated in steps, like zstd.
+
+    One call asking for the whole cap allocated a second cap-sized buffer next
+    to the output: 32 MiB held for a 16 MiB cap, and twice the event-loop time.
+    """
+    import tracemalloc
+
+    from maidian.collector.decode import decompress
+
+    member = gzip_bomb(64 * MiB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            decompress(member * 8, "gzip", 16 * MiB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * MiB, f"{peak / MiB:.1f} MiB held to refuse a 16 MiB cap"
