@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
-import fcntl
 import hashlib
 import hmac
 import io
@@ -62,7 +61,7 @@ from .dedup import id_ranges
 from .errors import CollectorError, DataDirError
 from .frames import MAGIC, Frame, read_frame_at, scan_frames, segment_files
 from .ingest import build_accepted_frame
-from .storage import DataDir, write_atomically
+from .storage import DataDir, sync_dir, try_lock, write_atomically
 
 __all__ = [
     "CSV_ENVELOPE_COLUMNS",
@@ -159,15 +158,12 @@ def _exclusive(data: DataDir) -> Iterator[None]:
             directory.mkdir(exist_ok=True)
             paths = {p.name for p in directory.glob("*.lock")} | {"w0.lock"}
             for name in sorted(paths):
-                fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
+                fd = try_lock(directory / name)
+                if fd is None:
                     raise DataDirError(
                         f"{directory / name}: a collector (or another writer) is using {data.root}; stop it first."
                         " Privacy operations rewrite segments and need the data directory to themselves"
-                    ) from None
+                    )
                 held.append(fd)
         yield
     finally:
@@ -394,7 +390,7 @@ def _rewrite_segment(
         cleared.quarantined_events += removed
     if may_delete and frames and kept == 0:
         path.unlink()
-        _sync_dir(path.parent)
+        sync_dir(path.parent)
         cleared.segments_deleted += 1
         return
     if changes or len(out) != len(data):
@@ -418,14 +414,6 @@ def _rewrite_segment(
             for idx, entry in enumerate(head.get("q", ())):
                 if entry is not None:
                     scan.quarantine_rows.add((path.name, offset, idx))
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rewrite_logs(

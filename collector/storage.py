@@ -51,6 +51,8 @@ __all__ = [
     "DataDir",
     "LogWriter",
     "Recovered",
+    "sync_dir",
+    "try_lock",
     "write_atomically",
 ]
 
@@ -106,7 +108,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -116,12 +118,24 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
+    """Make a directory's entries (new, renamed, deleted files) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive lock on `path` (created if missing), held by the returned descriptor; None when taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +223,12 @@ class LogWriter:
         snapshot), so only the bytes after them are checked.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        lock_path = self.directory / f"{self.writer}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(self.directory / f"{self.writer}.lock")
+        if fd is None:
             raise DataDirError(
                 f"{self.directory}: writer {self.writer!r} is in use by another process; give each process its own"
                 " writer id"
-            ) from None
+            )
         self._lock_fd = fd
         torn: dict[str, int] = {}
         segments = segment_files(self.directory, self.writer)
@@ -249,7 +259,7 @@ class LogWriter:
         try:
             _write_all(fd, MAGIC)
             os.fsync(fd)
-            _sync_dir(self.directory)
+            sync_dir(self.directory)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
