@@ -79,9 +79,9 @@ class Metrics:
         self.refusals_withdrawn: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
-        # Counter families other parts own (the vendor routes): name -> (help, label names, values).
-        self.families: dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], int]]] = {}
-        self.labeled_counters: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
+        # Counter families other parts own: name -> (help, label names, read {label values: count}).
+        self.families: dict[str, tuple[str, tuple[str, ...], Callable[[], Mapping[tuple[str, ...], float]]]] = {}
+        self._owned: dict[str, dict[tuple[str, ...], int]] = {}
 
     def request(self, path: str, status: int, seconds: float) -> None:
         key = (path, status)
@@ -99,14 +99,17 @@ class Metrics:
 
         Label values must come from a bounded set: each one is a time series.
         """
-        entry = self.families.get(name)
-        if entry is None:
-            entry = self.families[name] = (help_text, labels, {})
-        return entry[2]
+        values = self._owned.get(name)
+        if values is None:
+            values = self._owned[name] = {}
+            self.read_family(name, help_text, labels, lambda: values)
+        return values
 
-    def labeled_counter(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
-        """A counter family with one label, read at render time as {label value: count}."""
-        self.labeled_counters[name] = (help_text, label, read)
+    def read_family(
+        self, name: str, help_text: str, labels: tuple[str, ...], read: Callable[[], Mapping[tuple[str, ...], float]]
+    ) -> None:
+        """A counter family with labels, read at render time as {label values, in order: count}."""
+        self.families[name] = (help_text, labels, read)
 
     def render(self) -> str:
         out: list[str] = []
@@ -136,17 +139,13 @@ class Metrics:
             out.append(f"maidian_identity_refusals_withdrawn_total{_labels((('rule', rule),))} {n}")
         family("maidian_request_duration_seconds", "histogram", "Time from a request's arrival to its answer.")
         out.extend(self.latency.lines("maidian_request_duration_seconds"))
-        for name, (help_text, labels, values) in sorted(self.families.items()):
+        for name, (help_text, labels, read_values) in sorted(self.families.items()):
             family(name, "counter", help_text)
-            for key, n in sorted(values.items()):
-                out.append(f"{name}{_labels(tuple(zip(labels, key, strict=True)))} {n}")
+            for key, count in sorted(read_values().items()):
+                out.append(f"{name}{_labels(tuple(zip(labels, key, strict=True)))} {_number(count)}")
         for name, (help_text, read) in sorted(self.counters.items()):
             family(name, "counter", help_text)
             out.append(f"{name} {_number(read())}")
-        for name, (help_text, label, read_map) in sorted(self.labeled_counters.items()):
-            family(name, "counter", help_text)
-            for value, count in sorted(read_map().items()):
-                out.append(f"{name}{_labels(((label, value),))} {_number(count)}")
         for name, (help_text, read) in sorted(self.gauges.items()):
             family(name, "gauge", help_text)
             out.append(f"{name} {_number(read())}")

@@ -329,11 +329,11 @@ class Collector:
             "Events of suppressed identities: answered as usual, not stored.",
             lambda: self.ingest.suppressed if self.ingest else 0,
         )
-        m.labeled_counter(
+        m.read_family(
             "maidian_sdk_dropped_events_total",
             "Events senders reported they dropped (largest count per sender, summed), by reason.",
-            "reason",
-            lambda: self.sdk_drop_totals,
+            ("reason",),
+            lambda: {(reason,): n for reason, n in self.sdk_drop_totals.items()},
         )
 
     def enter(self) -> None:
