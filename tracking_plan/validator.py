@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -359,9 +359,11 @@ def _compile(schema: Schema) -> jsonschema_rs.Validator:
 
 # Plans with at most this many events get the preset schemas compiled into each
 # event's schema, so a valid event costs one native call instead of two (0.5 µs
-# less per event). Folding costs about 0.09 ms of compile time per event, so
-# bigger plans keep the one shared presets schema and stay within the
-# load-and-compile budget (docs/decisions.md, "Validation engine").
+# less per event). Folding costs about 0.09 ms of compile time per event. Larger
+# plans check track events through `_PropertyTable`: past a few hundred types
+# the compiled schemas (about 37 KB each) outgrow the processor's caches, and
+# cache misses, not checks, become the cost (docs/decisions.md, "Validation:
+# large plans check properties through a table").
 FOLD_PRESETS_MAX_EVENTS: Final = 500
 
 
@@ -385,6 +387,86 @@ def with_presets(envelope: Schema) -> Schema:
     return dict(envelope, properties=fields)
 
 
+# -- large plans: a shared envelope and a table of property checks -------------
+
+# The keywords `_Builder.merged_properties` writes at an event's properties; a
+# schema with any other is compiled whole instead (`_PropertyTable.untabled`).
+_TABLE_KEYWORDS: Final = frozenset({"type", "properties", "additionalProperties", "required", "propertyNames"})
+
+# (checks by property name, required names, the check for an undeclared name or None when none is allowed)
+_Row = tuple[dict[str, Callable[[Any], bool]], frozenset[str], Callable[[Any], bool] | None]
+
+
+class _PropertyTable:
+    """Track events of a large plan, checked as one shared envelope plus one table row per event type.
+
+    Equivalent to the event's compiled envelope schema together with the shared
+    presets schema: `envelope` is every type's envelope with the name any
+    string and the properties any object whose keys are strings (the same key
+    handling as the full schema: `str` and `StrEnum` keys pass, other keys
+    make jsonschema-rs raise, which is "invalid"); a row holds, for each
+    declared property, one compiled check of its schema (with the preset's
+    schema joined in for a preset), compiled once per distinct schema, so a
+    plan's thousands of `stock_code`s share one. Values are checked by the same
+    engine with the same subschemas, so verdicts cannot drift from the whole
+    schema's (tests/tracking_plan/test_validator_layouts.py compares them).
+    """
+
+    def __init__(self, track: Mapping[str, Schema]) -> None:
+        self._compiled: dict[str, Callable[[Any], bool]] = {}
+        self.rows: dict[str, _Row] = {}
+        self.untabled: dict[str, Schema] = {}
+        for name, schema in track.items():
+            row = self._row(schema["properties"]["properties"])
+            if row is None:
+                self.untabled[name] = schema
+            else:
+                self.rows[name] = row
+        fields = next(iter(track.values()))["properties"]
+        shared = {"type": "object", "propertyNames": {"type": "string"}}  # `propertyNames` makes it read every key
+        envelope = dict(fields, event={"type": "string"}, properties=shared)
+        self.envelope = self._check(dict(next(iter(track.values())), properties=envelope))
+
+    def _check(self, schema: Schema | bool) -> Callable[[Any], bool]:
+        schema = integral_bounds(schema)
+        text = json.dumps(schema, sort_keys=True)
+        got = self._compiled.get(text)
+        if got is None:
+            got = self._compiled[text] = _compile(schema).is_valid  # type: ignore[arg-type]
+        return got
+
+    def _row(self, schema: Schema) -> _Row | None:
+        if not _TABLE_KEYWORDS.issuperset(schema) or schema.get("type") != "object":
+            return None
+        names: Callable[[Any], bool] | None = None
+        if schema.get("additionalProperties", True) is not False:
+            names = self._check(schema.get("propertyNames", True))
+        checks: dict[str, Callable[[Any], bool]] = {}
+        try:
+            for key, own in schema.get("properties", {}).items():
+                preset = PRESET_SCHEMAS.get(key)
+                if preset is not None and own is not False:
+                    own = preset if own is True else {"allOf": [own, preset]}
+                if names is not None and not names(key):
+                    own = False  # `propertyNames` applies to declared names too
+                checks[key] = self._check(own)
+        except ValueError:  # a subschema that does not compile on its own
+            return None
+        return checks, frozenset(schema.get("required", ())), names
+
+
+def _row_accepts(row: _Row, properties: dict[str, Any]) -> bool:
+    checks, required, names = row
+    for key, value in properties.items():
+        check = checks.get(key)
+        if check is None:
+            if names is None or not names(key):
+                return False
+        elif not check(value):
+            return False
+    return properties.keys() >= required
+
+
 # -- the validator -------------------------------------------------------------
 
 
@@ -397,14 +479,18 @@ class Validator:
         track, ops, unknown = build_schemas(plan, stage, limits)
         self._schemas: dict[tuple[str, str | None], Schema] = {("track", n): s for n, s in track.items()}
         self._schemas.update({(t, None): s for t, s in ops.items()})
-        # With the presets folded in, `_track` and `_unknown` check them on their own; the
-        # detailed path (`_explain`) compiles the separate layout when it needs it.
+        # Small plans: one compiled schema per event with the presets folded in (one native
+        # call per valid event). Large plans: one shared envelope schema and a table of
+        # property checks (`_PropertyTable`), where memory, not checking, was the cost.
         # Bounds are compiled as integers where they are whole numbers (`integral_bounds`).
-        # The detailed path needs the schemas as written (messages quote the bounds), so
-        # it compiles those when they differ, once per event type that has a bad event.
+        # The detailed path (`_explain`) needs the schemas as written, unfolded (messages
+        # quote the bounds), so it compiles those when they differ, once per event type
+        # that has a bad event.
         self._folded = len(track) <= FOLD_PRESETS_MAX_EVENTS
         fold = with_presets if self._folded else _as_is
-        fast = {name: integral_bounds(fold(s)) for name, s in track.items()}
+        self._table = None if self._folded or not track else _PropertyTable(track)
+        rest = track if self._table is None else self._table.untabled
+        fast = {name: integral_bounds(fold(s)) for name, s in rest.items()}
         self._track = {name: _compile(s) for name, s in fast.items()}
         self._ops = {t: _compile(s) for t, s in ops.items()}
         self._unknown_schema = unknown
@@ -413,7 +499,7 @@ class Validator:
         self._presets = _compile(PRESETS_SCHEMA)
         self._presets_in_event = _compile({"properties": {"properties": PRESETS_SCHEMA}})
         self._accept_unknown = plan.settings.unknown_events == "accept"
-        # Compiled schemas as written, for `_explain`, where the fast ones differ (None: unknown events).
+        # Compiled schemas as written, for `_explain`, where the fast ones are them (None: unknown events).
         self._as_written: dict[str | None, jsonschema_rs.Validator] = {
             name: v for name, v in self._track.items() if fast[name] is track[name]
         }
@@ -433,7 +519,12 @@ class Validator:
         """True when the event satisfies the plan. Never raises."""
         try:
             if event["type"] == "track":  # type: ignore[index]
-                v = self._track.get(event["event"])  # type: ignore[index]
+                name = event["event"]  # type: ignore[index]
+                if self._table is not None:
+                    row = self._table.rows.get(name)
+                    if row is not None:
+                        return self._table.envelope(event) and _row_accepts(row, event["properties"])  # type: ignore[index]
+                v = self._track.get(name)
                 if v is None:
                     if not self._accept_unknown:
                         return False
@@ -582,6 +673,8 @@ def _find_non_json(node: Any, path: list[str | int]) -> Violation | None:
                     "string",
                     type(key).__name__,
                 )
+            if _lone_surrogate(key):
+                return _surrogate_violation([*path, key])
             found = _find_non_json(value, [*path, key])
             if found is not None:
                 return found
@@ -590,6 +683,8 @@ def _find_non_json(node: Any, path: list[str | int]) -> Violation | None:
             found = _find_non_json(value, [*path, i])
             if found is not None:
                 return found
+    elif isinstance(node, str) and _lone_surrogate(node):
+        return _surrogate_violation(path)
     elif not (node is None or isinstance(node, (str, int, float, bool))):
         kind = json_type(node)
         return Violation("type", join_pointer(path), f"{kind} is not a JSON value", "a JSON value", kind)
@@ -600,6 +695,31 @@ def _find_non_json(node: Any, path: list[str | int]) -> Violation | None:
             "type", join_pointer(path), f"an instance of {kind} is not a JSON value", "a plain JSON value", kind
         )
     return None
+
+
+def _lone_surrogate(text: str) -> bool:
+    """True when the text holds a lone surrogate: no UTF-8 for it, so it is no JSON string.
+
+    jsonschema-rs raises on one where it reads the text (patterns, enums, a
+    string checked on its own) and lets it through where it only counts it.
+    """
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_violation(path: list[str | int]) -> Violation:
+    return Violation(
+        "type",
+        join_pointer(path),
+        "a string with a lone surrogate is not valid Unicode text",
+        "valid Unicode text",
+        "string with a lone surrogate",
+    )
 
 
 def _at(event: Any, path: list[str | int]) -> Any:
