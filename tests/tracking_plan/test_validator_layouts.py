@@ -285,7 +285,8 @@ def odd_events(draw: st.DrawFn) -> dict[str, Any]:
 @given(odd_events(), st.booleans())
 def test_the_property_table_agrees_with_the_whole_schema(event: dict[str, Any], open_plan: bool) -> None:
     validator = OPEN_TABLE if open_plan else SEPARATE
-    assert validator._table is not None and event["event"] in validator._table.rows
+    assert validator._table is not None
+    assert event["event"] in validator._table.rows
     verdict = validator.is_valid(event)
     violations = validator.validate(event)
     assert (violations == []) == verdict
@@ -315,7 +316,9 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 def test_the_property_table_holds_one_check_per_distinct_schema() -> None:
     table = GENERATED._table
-    assert table is not None and len(table.rows) == 600 and not table.untabled
+    assert table is not None
+    assert len(table.rows) == 600
+    assert not table.untabled
     distinct = {id(check) for checks, _, _ in table.rows.values() for check in checks.values()}
     # Six kinds of generated property, the presets, the common properties: shared, not one per event.
     assert len(distinct) < 40
