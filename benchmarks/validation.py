@@ -106,7 +106,10 @@ def bench_plan(n_events: int, n_valid: int, runs: int, jsonschema_sample: int, w
         bare: Callable[[], object] = lambda: [v(e) for v, e in folded]  # noqa: E731
     else:
         envelope = table.envelope
-        checks = [(e, [(table.rows[e["event"]][0][k], v) for k, v in e["properties"].items()]) for e in events]
+        checks = [
+            (e, [(table.rows[e["event"]][0].get(k) or table.presets[k], v) for k, v in e["properties"].items()])
+            for e in events
+        ]
         bare = lambda: [envelope(e) and all(c(v) for c, v in cv) for e, cv in checks]  # noqa: E731
     # What any validator must at least do: each event's own property schema on its properties.
     own = {name: jsonschema_rs.validator_for(spec.schema).is_valid for name, spec in plan.events.items()}
