@@ -13,7 +13,9 @@ Two levels, so one bad event never sinks its batch:
 - each event (`decode_event`): an event over `max_event_bytes`, one that does
   not decode (invalid UTF-8, truncated), or one over the property, nesting or
   string limits, or carrying a value JSON cannot hold (NaN, infinities, ext
-  types), becomes a `Violation` and is quarantined; the others go on.
+  types) or the log cannot store (an integer beyond 64 bits, which JSON
+  allows and msgpack does not), becomes a `Violation` and is quarantined;
+  the others go on.
 
 The values pass decodes into a type that only admits JSON values (string
 keys, finite floats, no binary or extension types) nested no deeper than the
@@ -71,9 +73,17 @@ _MAX_WINDOW_BYTES: Final = 1 << 23
 _CHUNK: Final = 256 << 10
 
 
+# The integers msgpack can carry, and so the raw log: a JSON body may hold any integer at all.
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**64 - 1
+# msgspec bounds stop at int64: the checked decoding takes int64, and an integer past it
+# (up to INT_MAX is still storable) sends the batch to the walk, which applies the real range.
+_Int = Annotated[int, msgspec.Meta(ge=INT_MIN, le=2**63 - 1)]
+
+
 class _Batch(msgspec.Struct, forbid_unknown_fields=False):
     events: list[msgspec.Raw]
-    sent_at: int | None = None
+    sent_at: _Int | None = None
     lib: str | None = None
     lib_version: str | None = None
     plan_version: str | None = None
@@ -211,13 +221,13 @@ _Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_inf
 def json_value_type(containers: int) -> Any:
     """The type of a JSON value holding at most `containers` levels of arrays and objects.
 
-    `json_value_type(0)` is a scalar (null, boolean, integer, finite float,
-    string); each level more allows an array or a string-keyed object of the
+    `json_value_type(0)` is a scalar (null, boolean, integer within 64 bits,
+    finite float, string); each level more allows an array or a string-keyed object of the
     level below.
     """
-    inner: Any = None | bool | int | _Finite | str
+    inner: Any = None | bool | _Int | _Finite | str
     for _ in range(containers):
-        inner = None | bool | int | _Finite | str | list[inner] | dict[str, inner]
+        inner = None | bool | _Int | _Finite | str | list[inner] | dict[str, inner]
     return inner
 
 
@@ -273,6 +283,7 @@ def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
 
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
 
 
 def decoded_batch(
@@ -282,13 +293,21 @@ def decoded_batch(
 
     Each event is encoded once, as msgpack, the form the raw log stores; its
     encoded size is what the per-event limits measure, as for native events.
-    The values must come from a JSON or msgpack decoder (integers within 64
-    bits, finite floats, valid strings), which is what makes them encodable.
+    The values must come from a JSON or msgpack decoder (finite floats, valid
+    strings), which is what makes them encodable. JSON admits integers of any
+    size and msgpack only 64 bits: a batch holding a wider one is encoded as
+    JSON instead, the judge quarantines that event (`check_limits`) and the
+    quarantine keeps it exactly as it came.
     """
-    encode = _msgpack_encoder.encode
+    fmt: Format = "msgpack"
+    try:
+        raws = [msgspec.Raw(_msgpack_encoder.encode(e)) for e in events]
+    except OverflowError:
+        fmt = "json"
+        raws = [msgspec.Raw(_json_encoder.encode(e)) for e in events]
     return Batch(
-        events=[msgspec.Raw(encode(e)) for e in events],
-        format="msgpack",
+        events=raws,
+        format=fmt,
         sent_at=sent_at,
         lib=lib,
         lib_version=lib_version,
@@ -375,6 +394,8 @@ def check_limits(event: Any, limits: Limits, encoded_bytes: int | None = None) -
             elif _nested_ok(value, 1, limits, strings):
                 continue
             return _locate(props, limits)
+        elif t is int and not INT_MIN <= value <= INT_MAX:
+            return _locate(props, limits)
     return None
 
 
@@ -417,7 +438,7 @@ def _nested_ok(node: Any, depth: int, limits: Limits, strings: bool) -> bool:
         elif t is dict or t is list:
             if not _nested_ok(value, depth + 1, limits, strings):
                 return False
-        elif t is float and value - value != 0.0:
+        elif (t is float and value - value != 0.0) or (t is int and not INT_MIN <= value <= INT_MAX):
             return False
     return True
 
@@ -431,6 +452,8 @@ def _locate(props: dict[str, Any], limits: Limits) -> Violation:
             return _string_too_long(path, limits)
         if t is float and value - value != 0.0:
             return _not_finite(path)
+        if t is int and not INT_MIN <= value <= INT_MAX:
+            return _int_too_wide(path)
         if (t is dict or t is list) and not _nested_ok(value, 1, limits, True):
             return _nested_violation(value, 1, path, limits)
     return Violation("limit", "/properties", "the properties break a size limit")
@@ -438,6 +461,16 @@ def _locate(props: dict[str, Any], limits: Limits) -> Violation:
 
 def _not_finite(path: str) -> Violation:
     return Violation("type", path, "NaN and infinities are not JSON numbers", "a finite number", "non-finite number")
+
+
+def _int_too_wide(path: str) -> Violation:
+    return Violation(
+        "limit",
+        path,
+        f"the integer is outside {INT_MIN} to {INT_MAX}, the 64-bit range the log stores",
+        {"minimum": INT_MIN, "maximum": INT_MAX},
+        "integer beyond 64 bits",
+    )
 
 
 def _nested_violation(node: Any, depth: int, path: str, limits: Limits) -> Violation:
@@ -451,6 +484,8 @@ def _nested_violation(node: Any, depth: int, path: str, limits: Limits) -> Viola
             return _string_too_long(sub, limits)
         if t is float and value - value != 0.0:
             return _not_finite(sub)
+        if t is int and not INT_MIN <= value <= INT_MAX:
+            return _int_too_wide(sub)
         if (t is dict or t is list) and not _nested_ok(value, depth + 1, limits, True):
             return _nested_violation(value, depth + 1, sub, limits)
     return Violation("limit", path, "a nested value breaks a size limit")

@@ -174,6 +174,9 @@ async def test_hostile_json(client: Any) -> None:
     event = json.dumps(order(1))
     cases = {
         "5,000-digit integer": event.replace('"quantity": 200', '"quantity": ' + "9" * 5000),
+        # Valid for the plan (a multiple of 100 over the minimum) but more than msgpack and the log can hold.
+        "40-digit integer": event.replace('"quantity": 200', '"quantity": ' + "5" * 38 + "00"),
+        "nested 2**64": event.replace('"buy"', f'"buy", "tags": [{2**64}]'),
         "lone surrogate": event.replace('"buy"', '"\\ud800"'),
         "10,000-deep": event.replace('"buy"', "[" * 10_000 + "]" * 10_000),
         "NaN literal": event.replace("1688.5", "NaN"),
@@ -184,6 +187,32 @@ async def test_hostile_json(client: Any) -> None:
         assert resp.status < 500, (name, await resp.text())
         if resp.status == 200:
             assert statuses(await resp.json()) == ["quarantined"], name
+
+
+async def test_integers_beyond_64_bits(client: Any) -> None:
+    """JSON allows any integer, msgpack and the raw log 64 bits: beyond that the event is quarantined, named."""
+    text = json.dumps(order(1)).replace('"quantity": 200', '"quantity": ' + str(2**64 + 100 - 2**64 % 100))
+    for body, fmt in (
+        (f'{{"sent_at": 1, "events": [{text}, {json.dumps(order(2, quantity=2**63 - 8))}]}}', "json"),
+        (msgpack_batch([msgspec.msgpack.encode(order(3, quantity=2**64 - 16))]), "msgpack"),
+    ):
+        data = body.encode() if isinstance(body, str) else body
+        headers = headers_for(fmt=fmt, encoding="identity")
+        result = await (await client.post("/v1/batch", data=data, headers=headers)).json()
+        if fmt == "json":
+            assert statuses(result) == ["quarantined", "accepted"]
+            (reason,) = result["results"][0]["reasons"]
+            assert (reason["rule"], reason["path"]) == ("limit", "/properties/quantity")
+            assert "64-bit" in reason["message"]
+        else:
+            assert statuses(result) == ["accepted"]  # the largest integer msgpack carries is stored
+    resp = await client.post(
+        "/v1/batch",
+        data=f'{{"sent_at": {2**64}, "events": [{json.dumps(order(4))}]}}'.encode(),
+        headers=headers_for(fmt="json", encoding="identity"),
+    )
+    assert resp.status == 400
+    assert "sent_at" in await resp.text()
 
 
 async def test_limits_on_one_event(client: Any) -> None:

@@ -29,7 +29,7 @@ from maidian.collector.config import (
     hash_key,
     resolve_config,
 )
-from maidian.collector.errors import ConfigError, Forbidden
+from maidian.collector.errors import ConfigError, Forbidden, NoSuchPerson
 from maidian.collector.frames import read_frames, segment_files
 from maidian.collector.read import export_events, person_events
 
@@ -289,6 +289,22 @@ async def test_analytics_js_single_messages_with_the_key_in_the_body(client: Tes
     assert (resp.status, await resp.json()) == (200, {"success": True})
     [stored] = person_events(data_dir(client), "u_js")
     assert (stored["event"], stored["source"]) == ("user_login_submit", "broker-service")
+
+
+async def test_an_integer_beyond_64_bits_is_quarantined_as_sent(client: TestClient[Any, Any]) -> None:
+    """JSON allows it, msgpack and the raw log do not: the record is quarantined, named and kept exactly."""
+    wide = track("u_wide", messageId="m-wide", properties={"loginMethod": "password", "attempts": [10**30]})
+    body = segment_json({"batch": [wide, track("u_narrow")], "writeKey": SEGMENT_KEY})
+    resp = await client.post("/segment/v1/batch", data=body, headers={"Content-Type": "text/plain"})
+    assert (resp.status, await resp.json()) == (200, {"success": True})
+    [stored] = person_events(data_dir(client), "u_narrow")
+    assert stored["event"] == "user_login_submit"
+    with pytest.raises(NoSuchPerson):
+        person_events(data_dir(client), "u_wide")
+    [record] = [r for r in export_events(data_dir(client), quarantined=True) if r.get("quarantined")]
+    assert [(r["rule"], r["path"]) for r in record["reasons"]] == [("limit", "/properties/attempts/0")]
+    assert "64-bit" in record["reasons"][0]["message"]
+    assert record["event"]["properties"]["attempts"] == [10**30]
 
 
 async def test_a_gzip_batch_over_the_body_cap_is_413_before_decoding(client: TestClient[Any, Any]) -> None:
