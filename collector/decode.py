@@ -83,7 +83,7 @@ _Int = Annotated[int, msgspec.Meta(ge=INT_MIN, le=2**63 - 1)]
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=False):
     events: list[msgspec.Raw]
-    sent_at: _Int | None = None
+    sent_at: int | None = None  # within INT_MIN..INT_MAX (`decode_batch`)
     lib: str | None = None
     lib_version: str | None = None
     plan_version: str | None = None
@@ -253,6 +253,8 @@ def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
         raise BadRequest(f"the body is not a batch: {exc}") from None
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise BadRequest(f"the body is not valid {fmt}: {exc}", code="undecodable") from None
+    if wire.sent_at is not None and not INT_MIN <= wire.sent_at <= INT_MAX:
+        raise BadRequest(f"the body is not a batch: `sent_at` is outside {INT_MIN} to {INT_MAX}")
     if len(wire.events) > limits.max_events:
         raise PayloadTooLarge(f"the batch has {len(wire.events)} events; at most {limits.max_events} are accepted")
     # One pass over the whole batch costs less than one decode call per event; with the
