@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,8 +168,15 @@ class Catalog:
                 db.execute("ROLLBACK")
                 return 0, 0
             events = 0
+            counts: Counter[tuple[str, str]] = Counter()
             for frame in found:
-                events += self._index_raw(frame) if log == "raw" else self._index_quarantine(frame)
+                events += self._index_raw(frame, counts) if log == "raw" else self._index_quarantine(frame, counts)
+            # One upsert per event name for the whole pass: a frame of a large plan names hundreds.
+            db.executemany(
+                "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)"
+                " ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
+                [(name, outcome, n, n) for (name, outcome), n in counts.items()],
+            )
             db.execute("INSERT OR REPLACE INTO progress(log, segment, offset) VALUES (?, ?, ?)", (log, path.name, end))
             db.execute("COMMIT")
         except BaseException:
@@ -176,13 +184,7 @@ class Catalog:
             raise
         return len(found), events
 
-    def _count(self, name: str, outcome: str, n: int) -> None:
-        self.db.execute(
-            "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?) ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
-            (name, outcome, n, n),
-        )
-
-    def _index_raw(self, frame: Frame) -> int:
+    def _index_raw(self, frame: Frame, counts: Counter[tuple[str, str]]) -> int:
         head = frame.head
         trusted = 1 if head.get("trusted") else 0
         pairs: set[tuple[str, str]] = set()
@@ -198,7 +200,7 @@ class Catalog:
             [(t, v, frame.segment, frame.offset) for t, v in pairs],
         )
         for name, n in head.get("names", {}).items():
-            self._count(name, "accepted", n)
+            counts[name, "accepted"] += n
         for seg, off, idx in head.get("replay", ()):
             self.db.execute("INSERT OR IGNORE INTO replayed(segment, offset, idx) VALUES (?, ?, ?)", (seg, off, idx))
         self._note_drops(head)
@@ -221,7 +223,7 @@ class Catalog:
                 (reason, n - old, n - old),
             )
 
-    def _index_quarantine(self, frame: Frame) -> int:
+    def _index_quarantine(self, frame: Frame, counts: Counter[tuple[str, str]]) -> int:
         head = frame.head
         rows = []
         for idx, entry in enumerate(head.get("q", ())):
@@ -229,7 +231,7 @@ class Catalog:
                 continue
             event_id, name, rules = entry
             rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))
-            self._count(name or "?", "quarantined", 1)
+            counts[name or "?", "quarantined"] += 1
         self.db.executemany("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         self._note_drops(head)
         return len(rows)
