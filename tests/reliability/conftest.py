@@ -118,3 +118,11 @@ def collectors(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess]]:
 def proxy() -> Iterator[FaultProxy]:
     with FaultProxy(seed=1) as running:
         yield running
+
+
+@pytest.fixture
+def proxied(collectors: Callable[..., CollectorProcess], proxy: FaultProxy) -> CollectorProcess:
+    """A started collector with the fault proxy routed to it: where most battery tests begin."""
+    collector = collectors()
+    proxy.set_upstream(collector.url)
+    return collector

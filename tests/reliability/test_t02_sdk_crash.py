@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.reliability.figures import Figures
@@ -46,10 +45,9 @@ def spool_bytes(spool: Path) -> int:
 
 
 def test_kill_9_mid_flush(
-    tmp_path: Path, profile: Profile, figures: Figures, collectors: Callable[..., CollectorProcess], proxy: FaultProxy
+    tmp_path: Path, profile: Profile, figures: Figures, proxied: CollectorProcess, proxy: FaultProxy
 ) -> None:
-    collector = collectors()
-    proxy.set_upstream(collector.url)
+    collector = proxied
     rng = random.Random(2)
     proxy.policy = lambda r: Fault(delay_s=rng.uniform(0, 0.05)) if r.path == "/v1/batch" else None
     spool = tmp_path / "spool"

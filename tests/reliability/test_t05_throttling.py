@@ -89,11 +89,10 @@ def test_retry_after_in_every_form(
     tmp_path: Path,
     profile: Profile,
     figures: Figures,
-    collectors: Callable[..., CollectorProcess],
+    proxied: CollectorProcess,
     proxy: FaultProxy,
 ) -> None:
-    collector = collectors()
-    proxy.set_upstream(collector.url)
+    collector = proxied
     ledger = Ledger()
 
     # 429 with Retry-After: 3 for the profile's throttle window.
@@ -158,11 +157,10 @@ def test_a_fleet_comes_back_gently(
     tmp_path: Path,
     profile: Profile,
     figures: Figures,
-    collectors: Callable[..., CollectorProcess],
+    proxied: CollectorProcess,
     proxy: FaultProxy,
 ) -> None:
-    collector = collectors()
-    proxy.set_upstream(collector.url)
+    collector = proxied
     steady_s = 6.0
     clients = [Client(proxy.url, write_key=KEY) for _ in range(FLEET)]
     ledger = Ledger()

@@ -10,7 +10,6 @@ no retry of any of the 10, and an empty spool afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,10 @@ OVERSIZE = ("stock_order_submit", {**ORDER, "memo": "x" * (40 << 10)}, "too_larg
 def test_one_batch_partly_refused(
     tmp_path: Path,
     figures: Figures,
-    collectors: Callable[..., CollectorProcess],
+    proxied: CollectorProcess,
     proxy: FaultProxy,
 ) -> None:
-    collector = collectors()
-    proxy.set_upstream(collector.url)
+    collector = proxied
     spool = str(tmp_path / "spool")
     batch = BatchLimits(max_events=500, linger_s=30.0)
     proxy.policy = lambda r: Fault("drop_response") if r.path == "/v1/batch" else None

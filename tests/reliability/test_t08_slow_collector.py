@@ -17,7 +17,6 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.reliability.figures import Figures
@@ -36,11 +35,10 @@ def test_slow_then_blackholed_collector(
     tmp_path: Path,
     profile: Profile,
     figures: Figures,
-    collectors: Callable[..., CollectorProcess],
+    proxied: CollectorProcess,
     proxy: FaultProxy,
 ) -> None:
-    collector = collectors()
-    proxy.set_upstream(collector.url)
+    collector = proxied
     slow_until = [0.0]
     dark_until = [0.0]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import re
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from maidian.collector.frames import decode_body, iter_log
@@ -34,11 +33,10 @@ def test_resets_mid_body(
     tmp_path: Path,
     profile: Profile,
     figures: Figures,
-    collectors: Callable[..., CollectorProcess],
+    proxied: CollectorProcess,
     proxy: FaultProxy,
 ) -> None:
-    collector = collectors()
-    proxy.set_upstream(collector.url)
+    collector = proxied
     rng = random.Random(9)
     lock = threading.Lock()
     resets = [0]
