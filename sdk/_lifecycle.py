@@ -16,7 +16,10 @@
   import would leave the child a half-initialised module that no import can
   finish (gunicorn `--preload` forks its workers right after the app made its
   client). So those imports run under `SENDER_IMPORTS` (`sender_imports()`),
-  and a fork waits for them (`os.register_at_fork(before=...)`).
+  and a fork waits for them (`os.register_at_fork(before=...)`). That
+  includes the `idna` codec, which the first connection would otherwise load
+  (getaddrinfo encodes the host name with it): a first round trip imports
+  nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ SENDER_IMPORTS = threading.Lock()
 def sender_imports() -> type[HttpTransport]:
     """Import what a sender thread needs, whole, before any fork; returns the transport class."""
     with SENDER_IMPORTS:
+        import codecs
         import email.utils  # noqa: F401  # Retry-After dates (retry.parse_retry_after)
+
+        # The first connection's getaddrinfo encodes the host name with this codec, loaded on first use.
+        codecs.lookup("idna")
 
         import zstandard  # noqa: F401  # batch compression (core.SdkCore._wrap)
 

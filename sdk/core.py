@@ -564,7 +564,7 @@ class SdkCore:
         when `track()` returns True (the first event after a quiet spell, or a full batch).
         """
         idle_s = self.config.batch.linger_s or 1.0
-        if self._in_flight >= self.config.batch.max_in_flight:
+        if self._in_flight >= self._slots():
             return now + idle_s
         if now < self._blocked_until:
             return self._blocked_until
@@ -576,9 +576,22 @@ class SdkCore:
             return max(now, since + self.config.batch.linger_s)
         return now + idle_s
 
+    def _slots(self) -> int:
+        """Requests allowed in flight: one probe at a time while the collector is failing.
+
+        During an outage the sender keeps retrying what it holds, one request at a
+        time, and takes nothing new from the buffer until the collector answers: the
+        events stay where the overflow policy and the spool's caps govern them, the
+        sender's memory stays bounded, and a recovering collector is not met by
+        every slot at once. The first success restores `max_in_flight`.
+        """
+        if self._failures or self._holding:
+            return 1
+        return self.config.batch.max_in_flight
+
     def next_batch(self, now: float, wall_ms: int) -> Batch | None:
         """The next request to send, or None (nothing due, or enough in flight)."""
-        if self._in_flight >= self.config.batch.max_in_flight or now < self._blocked_until:
+        if self._in_flight >= self._slots() or now < self._blocked_until:
             return None
         if self._retry:
             batch = self._retry.pop(0)

@@ -85,14 +85,17 @@ def test_checked_decoding_agrees_with_the_walk(batch_events: list[Any]) -> None:
             assert _plain(value) == _plain(_untyped(raw))
             assert check_decoded_limits(value, LIMITS, len(raw)) == expected
     else:
-        # Only an event that is not an object, a value JSON cannot hold, a non-string key or
-        # nesting past the limit sends a batch the long way.
+        # Only an event that is not an object, a value JSON cannot hold, an integer past int64
+        # (the checked type stops there), a non-string key or nesting past the limit sends a
+        # batch the long way.
         assert any(not (isinstance(v, dict) and _json_within(v, LIMITS.max_depth + 2)) for v in batch.values)
 
 
 def _json_within(value: Any, containers: int) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
     if isinstance(value, list):
         return containers > 0 and all(_json_within(v, containers - 1) for v in value)
     if isinstance(value, dict):

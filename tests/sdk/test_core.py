@@ -347,6 +347,40 @@ def test_in_flight_requests_are_bounded() -> None:
     assert send_now(core) is not None
 
 
+def test_while_the_collector_fails_one_request_probes_and_nothing_new_is_taken() -> None:
+    core = make_core(batch=BatchLimits(max_events=1, max_in_flight=3, linger_s=0), retry=RetryPolicy(base_s=0.0))
+    for _ in range(6):
+        core.track("stock_order_submit", ORDER, T0)
+
+    def next_ids() -> list[str] | None:
+        batch = core.next_batch(1.0, T0)
+        return None if batch is None else ids(batch)
+
+    first, second = send_now(core), send_now(core)
+    assert first is not None
+    assert second is not None
+    core.on_result(first, Response(None, error="ConnectionRefusedError"), now=1.0, wall_s=0)
+    # The other request still finishes; no new request starts while the collector fails.
+    assert next_ids() is None
+    core.on_result(second, Response(503), now=1.0, wall_s=0)
+    probe = core.next_batch(1.0, T0)
+    assert probe is not None
+    assert ids(probe) == ids(first)
+    assert next_ids() is None  # one probe at a time: the other retry and fresh events wait
+    assert core.stats().in_flight == 2
+    core.on_result(probe, Response(None, error="ConnectionRefusedError"), now=1.0, wall_s=0)
+    probe = core.next_batch(1.0, T0)
+    assert probe is not None
+    assert ids(probe) == ids(second)
+    core.on_result(probe, answer(probe), now=1.0, wall_s=0)
+    # The first success restores every slot: the held retry, then fresh events.
+    taken = [next_ids() for _ in range(4)]
+    assert taken[0] == ids(first)
+    assert taken[1] is not None
+    assert taken[2] is not None
+    assert taken[3] is None
+
+
 def test_pii_tags_apply_to_properties_profiles_and_identities(mini_plan: Plan) -> None:
     core = make_core(checks=compile_plan(mini_plan, "off"), pii_key=b"k", mode="off")
     core.track("stock_order_submit", {"mobile": "13812345678", "id_card": "x", "stock_code": "600519"}, T0)
