@@ -459,11 +459,9 @@ class _PropertyTable:
         try:
             for key, own in schema.get("properties", {}).items():
                 preset = PRESET_SCHEMAS.get(key)
-                joined = own
                 if preset is not None and own is True:
                     continue  # checked through `presets`: rows stay small, fewer cache lines per lookup
-                if preset is not None and own is not False:
-                    joined = preset if own is True else {"allOf": [own, preset]}
+                joined = own if preset is None or own is False else {"allOf": [own, preset]}
                 if names is not None and not names(key):
                     joined = False  # `propertyNames` applies to declared names too
                 # One string object per name across all rows: lookups compare against a string in cache.
