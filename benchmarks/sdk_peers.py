@@ -1,6 +1,6 @@
 """maidian's SDK side by side with its peers, in one run, against one loopback sink.
 
-    .venv/bin/pip install -e '.[dev,bench]'
+    .venv/bin/pip install -c constraints.txt -e '.[dev,bench]'
     .venv/bin/python benchmarks/sdk_peers.py            # table, then JSON
     .venv/bin/python benchmarks/sdk_peers.py --runs 5 --only maidian,posthog
 

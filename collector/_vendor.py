@@ -282,7 +282,7 @@ def split_records(text: bytes, *, where: str, limits: VendorLimits = DEFAULT_VEN
     try:
         raws: list[msgspec.Raw] = _LIST.decode(body) if body.startswith(b"[") else [msgspec.Raw(body)]
     except msgspec.DecodeError as exc:
-        raise Undecodable(f"{where}: invalid JSON ({_json_reason(exc)})") from None
+        raise Undecodable(f"{where}: invalid JSON ({_json_reason(exc, body)})") from None
     except UnicodeDecodeError as exc:
         raise Undecodable(f"{where}: invalid JSON (not UTF-8 at byte {exc.start})") from None
     except RecursionError:
@@ -306,7 +306,7 @@ def records_of(
         try:
             value = _ANY.decode(raw)
         except msgspec.DecodeError as exc:
-            raise Undecodable(f"{where}: invalid JSON in record {i} ({_json_reason(exc)})") from None
+            raise Undecodable(f"{where}: invalid JSON in record {i} ({_json_reason(exc, bytes(raw))})") from None
         except UnicodeDecodeError as exc:
             raise Undecodable(f"{where}: invalid JSON in record {i} (not UTF-8 at byte {exc.start})") from None
         except RecursionError:
@@ -319,9 +319,13 @@ def records_of(
     return out
 
 
-def _json_reason(exc: msgspec.DecodeError) -> str:
-    text = str(exc)
-    return text.removeprefix("JSON is malformed: ")
+def _json_reason(exc: msgspec.DecodeError, text: bytes) -> str:
+    """Why `text` is not JSON, in our words where we can tell (the decoder's own wording changes by release)."""
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 at byte {bad.start}"
+    return str(exc).removeprefix("JSON is malformed: ")
 
 
 # -- results ---------------------------------------------------------------------
