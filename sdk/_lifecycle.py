@@ -5,12 +5,21 @@
   however many clients there are or however dead the collector is. Sender
   threads are daemons: they never hold exit on their own.
 - `os.fork`: the child inherits the parent's memory, buffer included, but none
-  of its threads. Each client in the child gets a new source id, an empty
-  buffer and new locks, and starts its sender when it is next used: the
-  parent's events are sent once, by the parent.
-- `multiprocessing` (fork start method) ends its children with `os._exit`,
-  which skips `atexit`; a child's clients are therefore also closed by a
-  multiprocessing finalizer registered in the child.
+  of its threads. Each client in the child gets its own source id, an empty
+  buffer (its own slot of the spool, when one is configured) and new locks,
+  and starts its sender when it is next used: the parent's events are sent
+  once, by the parent.
+- `multiprocessing` ends its children with `os._exit`, which skips `atexit`,
+  after running its own finalizers. In a multiprocessing child (inherited
+  clients and clients made there alike) the exit hook is therefore also a
+  multiprocessing finalizer, so pool workers flush within the budget.
+- `Pool.terminate()` (and leaving a `with Pool(...)` block) ends workers
+  with SIGTERM, whose default action skips every hook. In a multiprocessing
+  child whose SIGTERM disposition is still the default, the SDK turns SIGTERM
+  into `SystemExit` (the handler is installed in the main thread when a
+  client is registered there or inherited): the worker unwinds, its
+  finalizers flush within the budget, and it exits with status 128 + 15. A
+  handler the program installed itself is never replaced.
 - Sender threads import what they need (http.client, ssl, zstandard) when
   they start, off the host's start-up path. A fork in the middle of such an
   import would leave the child a half-initialised module that no import can
@@ -67,6 +76,8 @@ def sender_imports() -> type[HttpTransport]:
 def register(client: Lifecycle) -> None:
     """Close `client` at exit and reset it in forked children."""
     _clients.add(client)
+    if _in_multiprocessing_child():
+        _hook_multiprocessing_exit()
 
 
 def unregister(client: Lifecycle) -> None:
@@ -90,19 +101,39 @@ def _after_fork_in_child() -> None:
     for client in clients:
         client._after_fork()
     mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        for client in clients:
-            mp_util.register_after_fork(client, _close_with_multiprocessing)
+    if mp_util is not None and clients:
+        # Runs after multiprocessing's own fork bookkeeping, which clears the finalizers.
+        mp_util.register_after_fork(_at_exit, lambda _hook: _hook_multiprocessing_exit())
 
 
-def _close_with_multiprocessing(client: Lifecycle) -> None:
-    """Runs in a multiprocessing child after its own fork bookkeeping: close at its exit."""
+_hooked_in: list[int] = [0]  # the process whose multiprocessing exit hook is registered
+
+
+def _in_multiprocessing_child() -> bool:
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and process.parent_process() is not None
+
+
+def _hook_multiprocessing_exit() -> None:
+    """In a multiprocessing child: run the exit hook as one of its finalizers, and make SIGTERM unwind."""
+    if _hooked_in[0] == os.getpid():
+        return
+    _hooked_in[0] = os.getpid()
     import multiprocessing.util
 
-    def close() -> None:
-        client._exit_within(time.monotonic() + client._exit_budget_s())
+    multiprocessing.util.Finalize(None, _at_exit, exitpriority=10)
+    if threading.current_thread() is threading.main_thread():
+        import signal
 
-    multiprocessing.util.Finalize(client, close, exitpriority=10)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+
+
+def _unwind_on_sigterm(signum: int, frame: object) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise SystemExit(128 + signum)
 
 
 atexit.register(_at_exit)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from types import TracebackType
+from urllib.parse import unquote, urlsplit
 
 try:
     import aiohttp
@@ -34,6 +36,18 @@ __all__ = ["AsyncClient"]
 DEFAULT_FLUSH_TIMEOUT_S = 10.0
 
 
+def _proxy_settings(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """aiohttp's `proxy` and `proxy_auth` for an http:// proxy URL (credentials taken out of the URL)."""
+    if proxy is None:
+        return None, None
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return proxy, None
+    auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    port = f":{parts.port}" if parts.port else ""
+    return f"http://{parts.hostname}{port}", auth
+
+
 class AsyncClient(BaseClient):
     """Track events from asyncio code; a task on the running loop sends them.
 
@@ -42,6 +56,7 @@ class AsyncClient(BaseClient):
     """
 
     def _start(self) -> None:
+        self._proxy = _proxy_settings(self.config.proxy)
         self._reset_sender()
 
     def _reset_sender(self) -> None:
@@ -88,7 +103,12 @@ class AsyncClient(BaseClient):
         assert self._wake_event is not None
         wake = self._wake_event
         timeout = aiohttp.ClientTimeout(total=self.config.timeouts.request_s, connect=self.config.timeouts.connect_s)
-        connector = aiohttp.TCPConnector(limit=self.config.batch.max_in_flight)
+        tls: ssl.SSLContext | bool = True
+        if self.config.endpoint.startswith("https:"):
+            from ._http import tls_context
+
+            tls = tls_context(self.config)
+        connector = aiohttp.TCPConnector(limit=self.config.batch.max_in_flight, ssl=tls)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
             try:
                 while not self._stopping:
@@ -115,7 +135,10 @@ class AsyncClient(BaseClient):
         response = Response(None, error="cancelled")
         try:
             url = self.config.endpoint + batch.path  # the endpoint may carry a path prefix
-            async with session.post(url, data=batch.body, headers=batch.headers) as reply:
+            proxy, proxy_auth = self._proxy
+            async with session.post(
+                url, data=batch.body, headers=batch.headers, proxy=proxy, proxy_auth=proxy_auth
+            ) as reply:
                 body = await reply.read()
                 response = Response(reply.status, body, reply.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -168,7 +191,7 @@ class AsyncClient(BaseClient):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._core._buffer.close()
+        self._release_buffer()
         from . import _lifecycle
 
         _lifecycle.unregister(self)
@@ -197,7 +220,7 @@ class AsyncClient(BaseClient):
             # The loop lives on in another thread: let it finish its own requests.
             return
         self._drain_sync(deadline)
-        self._core._buffer.close()
+        self._release_buffer()
 
     def _after_fork(self) -> None:
         super()._after_fork()
@@ -205,6 +228,9 @@ class AsyncClient(BaseClient):
 
     def _slow_path(self) -> None:
         if not self._closed and (self._task is None or self._task.done()) and self._ensure_started():
-            self._slow = self.config.debug
+            self._slow = self.config.debug or self._opted_out
             return
         super()._slow_path()
+
+    def _needs_restart(self) -> bool:
+        return self._task is None or self._task.done()

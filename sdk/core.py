@@ -61,6 +61,8 @@ UNENCODABLE: Final = "unencodable"  # a value msgpack cannot carry (an object, a
 INVALID: Final = "invalid"  # refused before an id was minted (not a string name, junk identity)
 TOO_LARGE: Final = "too_large"  # one event larger than a whole batch may be
 REJECTED_BATCH: Final = "rejected_batch"  # the collector refused the whole body (400/415): a bug, reported
+UNSENT: Final = "unsent"  # still in memory when the client closed or the process exited (no spool to keep it)
+OPTED_OUT: Final = "opted_out"  # waiting when the device opted out: purged, never to be sent
 
 _EVENTS_KEY: Final = msgspec.msgpack.encode("events")
 _ACCEPTED_RESULT: Final = {"status": envelope.ACCEPTED}
@@ -221,6 +223,8 @@ class SdkCore:
         rng: random.Random | None = None,
         nonce: Callable[[], str] = make_nonce,
         lock: AbstractContextManager[Any] | None = None,
+        first_seq: int = 1,
+        dropped_before: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.source_id = source_id
@@ -231,7 +235,10 @@ class SdkCore:
         self._nonce = nonce
         self._count_lock: AbstractContextManager[Any] = lock or nullcontext()
         self._encode = msgspec.msgpack.Encoder(decimal_format="number").encode
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(first_seq)
+        # Drops of earlier lives of this source (a persisted spool slot): the report to the
+        # collector is cumulative per source, so it carries them too; `stats` counts this life's.
+        self._dropped_before: dict[str, int] = dict(dropped_before or {})
         self._accepted_count = itertools.count()
         self._prefix = source_id + "-"
         self._strict = config.mode == "strict" and checks is not None and checks.source is not None
@@ -635,7 +642,10 @@ class SdkCore:
             "plan_version": self._checks.plan_version if self._checks is not None else None,
         }
         if self._dropped:
-            head["dropped"] = {"source": self.source_id, "counts": dict(self._dropped)}
+            counts = dict(self._dropped_before)
+            for reason, n in self._dropped.items():
+                counts[reason] = counts.get(reason, 0) + n
+            head["dropped"] = {"source": self.source_id, "counts": counts}
         encoded = self._encode(head)
         # The head is a fixmap; one more entry, "events", follows as the array of packed events.
         parts: list[bytes | bytearray] = [bytes((encoded[0] + 1,)), encoded[1:], _EVENTS_KEY]
@@ -792,7 +802,14 @@ class SdkCore:
         self._wrap(batch, wall_ms)
         return batch
 
-    def forked(self, buffer: Buffer, source_id: str, lock: AbstractContextManager[Any] | None) -> SdkCore:
+    def forked(
+        self,
+        buffer: Buffer,
+        source_id: str,
+        lock: AbstractContextManager[Any] | None,
+        first_seq: int = 1,
+        dropped_before: Mapping[str, int] | None = None,
+    ) -> SdkCore:
         """A core for a forked child: same identities and super properties, a new source, nothing pending."""
         child = SdkCore(
             self.config,
@@ -802,10 +819,61 @@ class SdkCore:
             checks=self._checks,
             callbacks=self._cb,
             lock=lock,
+            first_seq=first_seq,
+            dropped_before=dropped_before,
         )
         child._raw_ids, child._ids = self._raw_ids, self._ids
         child._supers = self._supers
         return child
+
+    def next_seq(self) -> int:
+        """The sequence number the next event will get."""
+        # itertools.count exposes its next value only through pickling support.
+        return int(self._seq.__reduce__()[1][0])
+
+    def dropped_total(self) -> dict[str, int]:
+        """Drops of this source over all its lives, as the collector is told."""
+        counts = dict(self._dropped_before)
+        for reason, n in self._dropped.items():
+            counts[reason] = counts.get(reason, 0) + n
+        return counts
+
+    def give_up_unsent(self) -> int:
+        """At close: count what only memory holds (no spool keeps it) as dropped, `unsent`; returns the count.
+
+        Events in flight or waiting for a retry are counted too unless the buffer
+        is a spool, which keeps them for its slot's next owner.
+        """
+        buffer = self._buffer
+        memory_only = getattr(buffer, "memory_pending", None)
+        if memory_only is None:
+            lost = buffer.pending() + self._in_flight_events + sum(len(b) for b in self._retry)
+            clear = getattr(buffer, "clear", None)
+            if clear is not None:
+                clear()
+        else:
+            lost = memory_only()
+        self._retry = []
+        if lost:
+            self._drop(UNSENT, lost)
+        return lost
+
+    def purge(self) -> int:
+        """Opt-out: delete everything waiting, in memory and on disk; count it as dropped, `opted_out`."""
+        buffer = self._buffer
+        purge = getattr(buffer, "purge", None)
+        if purge is not None:
+            gone = int(purge())
+        else:
+            gone = buffer.pending()
+            getattr(buffer, "clear", lambda: None)()
+        gone += sum(len(b) for b in self._retry)
+        for batch in self._retry:
+            buffer.settle(batch.refs)
+        self._retry = []
+        if gone:
+            self._drop(OPTED_OUT, gone)
+        return gone
 
     def stats(self) -> Stats:
         # itertools.count exposes its next value only through pickling support.
