@@ -19,7 +19,10 @@
   into `SystemExit` (the handler is installed in the main thread when a
   client is registered there or inherited): the worker unwinds, its
   finalizers flush within the budget, and it exits with status 128 + 15. A
-  handler the program installed itself is never replaced.
+  SIGTERM that arrives once the worker is leaving (multiprocessing's exit
+  function or the SDK's exit hook has started) is ignored, so it cannot cut the flush short; a second SIGTERM
+  before that ends the process at once. A handler the program installed
+  itself is never replaced.
 - Sender threads import what they need (http.client, ssl, zstandard) when
   they start, off the host's start-up path. A fork in the middle of such an
   import would leave the child a half-initialised module that no import can
@@ -85,6 +88,7 @@ def unregister(client: Lifecycle) -> None:
 
 
 def _at_exit() -> None:
+    _exiting[0] = os.getpid()
     clients = list(_clients)
     if not clients:
         return
@@ -107,6 +111,7 @@ def _after_fork_in_child() -> None:
 
 
 _hooked_in: list[int] = [0]  # the process whose multiprocessing exit hook is registered
+_exiting: list[int] = [0]  # the process whose exit hook has started
 
 
 def _in_multiprocessing_child() -> bool:
@@ -130,6 +135,9 @@ def _hook_multiprocessing_exit() -> None:
 
 
 def _unwind_on_sigterm(signum: int, frame: object) -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if _exiting[0] == os.getpid() or getattr(mp_util, "_exiting", False):
+        return  # already leaving (Pool.terminate signals workers on their way out): let the exit hooks finish
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
