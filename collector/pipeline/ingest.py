@@ -42,10 +42,11 @@ import msgspec
 from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import Batch
-from maidian.collector.pipeline.dedup import SeenIds, id_ranges, split_event_id, split_one_source, to_ranges
+from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.judge import Judge, event_summary, reason_dicts
 from maidian.collector.store.frames import encode_frame
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges, split_event_id, split_one_source, to_ranges
 from maidian.collector.store.log import Appended, LogWriter
 from maidian.tracking_plan import Violation
 
