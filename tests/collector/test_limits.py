@@ -14,8 +14,8 @@ import msgspec
 import pytest
 import zstandard
 from aiohttp import ClientSession
-from maidian.collector.errors import PayloadTooLarge
 
+from maidian.collector.errors import PayloadTooLarge
 from tests.collector.helpers import DEVICE, body_of, headers_for, now_ms, order, statuses
 
 MiB = 1 << 20
@@ -245,7 +245,7 @@ def test_a_gzip_bomb_holds_at_most_the_cap_in_memory() -> None:
     """
     import tracemalloc
 
-    from maidian.collector.decode import decompress
+    from maidian.collector.pipeline.decode import decompress
 
     member = gzip_bomb(64 * MiB)
     tracemalloc.start()

@@ -14,9 +14,8 @@ import re
 import threading
 from pathlib import Path
 
-from maidian.collector.frames import decode_body, iter_log
+from maidian.collector.store.frames import decode_body, iter_log
 from maidian.sdk import BatchLimits, Client, RetryPolicy
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors
