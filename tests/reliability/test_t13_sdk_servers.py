@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.collector.read import export_events
 from maidian.sdk import BatchLimits, Client, Timeouts
-
 from tests.conftest import ROOT
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures

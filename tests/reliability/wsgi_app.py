@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from maidian.sdk import Client, Timeouts
-
 from tests.reliability.constants import KEY
 
 ORDER = {"stock_code": "600519", "side": "buy", "price": 1688.5}
