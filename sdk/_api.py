@@ -121,7 +121,7 @@ class BaseClient:
         )
         self._checks: PlanChecks | None = None
         if loaded is not None:
-            self._checks = compile_plan(loaded, self.config.mode)
+            self._checks = self._plan_checks(loaded)
             tags = {
                 *self._checks.pii_common.values(),
                 *self._checks.pii_profile.values(),
@@ -147,6 +147,10 @@ class BaseClient:
             self._core.purge()
         self._start()
         _lifecycle.register(self)
+
+    def _plan_checks(self, plan: Plan) -> PlanChecks:
+        """The plan compiled for this client's mode (a subclass hook)."""
+        return compile_plan(plan, self.config.mode)
 
     def _start(self) -> None:
         """Set up the shell's sender (a subclass hook, called once at the end of construction)."""
@@ -308,11 +312,22 @@ class BaseClient:
         self, properties: Mapping[str, Sequence[Any]], *, identities: Mapping[str, str] | None = None
     ) -> None:
         """Append to array user-profile properties."""
+        if not isinstance(properties, Mapping) or not all(isinstance(v, (list, tuple)) for v in properties.values()):
+            self._refuse_call("profile_append", "profile_append takes a mapping of names to lists")
+            return
         self._record("profile_append", {k: list(v) for k, v in properties.items()}, identities)
 
     def profile_unset(self, names: Iterable[str], *, identities: Mapping[str, str] | None = None) -> None:
         """Remove user-profile properties."""
-        self._record("profile_unset", dict.fromkeys(names, True), identities)
+        listed = [names] if isinstance(names, str) else names
+        try:
+            props = dict.fromkeys(listed, True)
+        except TypeError:  # not iterable, or unhashable names
+            props = None
+        if props is None or not all(type(k) is str and k for k in props):
+            self._refuse_call("profile_unset", "profile_unset takes property names (strings)")
+            return
+        self._record("profile_unset", props, identities)
 
     def profile_delete(self, *, identities: Mapping[str, str] | None = None) -> None:
         """Delete the user's whole profile."""
@@ -339,6 +354,9 @@ class BaseClient:
 
     def bind(self, identity_type: str, value: str) -> None:
         """Attach an identity (`login_id` or a plan's identity type) to later events, and record the binding."""
+        if type(identity_type) is not str or not identity_type:
+            self._refuse_call("bind", "the identity type must be a non-empty string")
+            return
         if is_junk_identity(value):
             if self._core.refuse_identity(identity_type, value):
                 self._wake()
@@ -355,10 +373,17 @@ class BaseClient:
 
     def unbind(self, identity_type: str, value: str | None = None) -> None:
         """Record that an identity no longer belongs to this user, and detach it from later events."""
+        if type(identity_type) is not str or not identity_type:
+            self._refuse_call("unbind", "the identity type must be a non-empty string")
+            return
+        if value is not None and is_junk_identity(value):
+            if self._core.refuse_identity(identity_type, value):
+                self._wake()
+            return
         current = self._core.identities
         value = value if value is not None else current.get(identity_type)
-        if value is None or is_junk_identity(value):
-            return
+        if value is None:
+            return  # nothing bound: nothing to record
         self._record("unbind", {}, {"anonymous_id": self._anonymous_id, identity_type: value})
         if current.get(identity_type) == value:
             self._core.set_identity(identity_type, None)
@@ -438,6 +463,22 @@ class BaseClient:
         return self._core.source_id
 
     # -- shared machinery -------------------------------------------------------------
+
+    def _refuse_call(self, what: str, problem: str) -> None:
+        """A call whose arguments cannot be used: raise in strict mode, else count and report (`invalid`)."""
+        from .core import INVALID
+
+        if self._core._refuse(what, INVALID, [problem]):
+            self._wake()
+
+    def _timeout_s(self, value: object, default: float) -> float:
+        """A usable timeout: a finite, non-negative number of seconds; anything else is refused (counted)."""
+        import math
+
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            return min(float(value), threading.TIMEOUT_MAX / 2)
+        self._refuse_call("timeout", f"a timeout must be a non-negative number of seconds, got {type(value).__name__}")
+        return default
 
     def _internal(self, exc: BaseException) -> None:
         self._core._drop(INTERNAL, 1)

@@ -152,7 +152,8 @@ class AsyncClient(BaseClient):
 
     async def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Send everything tracked so far; True when all of it was answered within `timeout_s`."""
-        if self._slow:
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
+        if self._slow and not self._closed:
             self._slow_path()
         if self._closed or self.config.debug or not self._ensure_started():
             return self._core.idle()
@@ -174,6 +175,7 @@ class AsyncClient(BaseClient):
 
     async def aclose(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Flush within `timeout_s`, then stop the sender. True when nothing was left unsent."""
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
         if self._closed:
             return self._core.idle()
         deadline = time.monotonic() + timeout_s

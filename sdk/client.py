@@ -97,10 +97,11 @@ class Client(BaseClient):
 
     def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Send everything tracked so far; True when all of it was answered within `timeout_s`."""
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
+        if self._closed or self.config.debug:
+            return self._core.idle()
         if self._slow:
             self._slow_path()
-            if self._closed or self.config.debug:
-                return self._core.idle()
         deadline = time.monotonic() + timeout_s
         with self._lock:
             self._core.request_flush()
@@ -120,6 +121,7 @@ class Client(BaseClient):
         without a spool it is counted as dropped with reason "unsent". Later
         calls are counted as dropped with reason "closed".
         """
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
         if self._closed:
             return self._core.idle()
         deadline = time.monotonic() + timeout_s

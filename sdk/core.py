@@ -94,6 +94,8 @@ class PlanChecks(msgspec.Struct, frozen=True):
     pii_common: Mapping[tuple[str, ...], str]
     pii_profile: Mapping[tuple[str, ...], str]
     pii_identities: Mapping[str, str]
+    # Events the plan marks `trigger: server`: only signed sources may send them.
+    server_only: frozenset[str] = frozenset()
 
 
 def compile_plan(plan: Plan, mode: str) -> PlanChecks:
@@ -110,6 +112,7 @@ def compile_plan(plan: Plan, mode: str) -> PlanChecks:
         pii_common=plan.pii_paths("\x00no event\x00"),
         pii_profile=plan.pii_paths(None),
         pii_identities=plan.identity_pii(),
+        server_only=frozenset(name for name, spec in plan.events.items() if spec.trigger == "server"),
     )
 
 
@@ -155,6 +158,8 @@ class Stats(msgspec.Struct, frozen=True):
 
 
 _EMPTY: Final[Mapping[str, Any]] = {}
+# What encoding or checking a value can raise: a refusal of that value, never an error of the host's.
+UNENCODABLE_ERRORS: Final = (TypeError, ValueError, OverflowError, RecursionError)
 
 
 def _map_header(n: int) -> bytes:
@@ -200,6 +205,31 @@ def _array_header(n: int) -> bytes:
     if n < 0x10000:
         return b"\xdc" + n.to_bytes(2, "big")
     return b"\xdd" + n.to_bytes(4, "big")
+
+
+def is_identity_map(identities: object) -> bool:
+    """A mapping of non-empty identity type names to strings (values are judged for junk elsewhere)."""
+    if not isinstance(identities, Mapping):
+        return False
+    return all(type(k) is str and k and type(v) is str for k, v in identities.items())
+
+
+def _validate(validator: Validator, candidate: Mapping[str, Any]) -> list[Any]:
+    """The plan's verdict; a value the validator cannot even read is a violation too."""
+    try:
+        return list(validator.validate(candidate))
+    except UNENCODABLE_ERRORS as exc:
+        return [f"a value cannot be checked against the plan ({type(exc).__name__})"]
+
+
+def _server_only_violation(event: str) -> Any:
+    from maidian.tracking_plan import Violation
+
+    return Violation(
+        "trigger",
+        "/event",
+        f"event {event!r} is marked 'trigger: server' in the plan; only signed server sources may send it",
+    )
 
 
 def _safe(callback: Callable[..., None] | None, *args: Any) -> None:
@@ -298,6 +328,8 @@ class SdkCore:
             return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {event!r:.40}"])
         if time_ms is not None and (type(time_ms) is not int or time_ms < 0):
             return self._refuse(event, INVALID, ["time must be a datetime or non-negative epoch milliseconds"])
+        if identities is not None and not is_identity_map(identities):
+            return self._refuse(event, INVALID, ["identities must map identity type names to strings"])
         props: Mapping[str, Any]
         if properties is None:
             props = _EMPTY
@@ -359,8 +391,8 @@ class SdkCore:
                         }
                     )
                 )
-        except (TypeError, ValueError, OverflowError) as exc:
-            return self._refuse(event, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        except UNENCODABLE_ERRORS as exc:
+            return self._refuse(event, UNENCODABLE, [f"a property cannot be encoded: {type(exc).__name__}"])
         queue = self._queue
         if queue is not None and len(packed) <= self._max_short_bytes and len(queue) < self._queue_cap:
             queue.append(packed)
@@ -382,6 +414,8 @@ class SdkCore:
             return self._refuse(  # type: ignore[unreachable]  # callers are not always typed
                 event_type, INVALID, [f"properties must be a mapping, got {type(properties).__name__}"]
             )
+        if identities is not None and not is_identity_map(identities):
+            return self._refuse(event_type, INVALID, ["identities must map identity type names to strings"])
         props: Mapping[str, Any] = properties
         checks = self._checks
         ids = self._raw_ids if identities is None else identities
@@ -390,7 +424,7 @@ class SdkCore:
                 candidate = self._envelope(
                     event_type, event=None, event_id="x-0", time_ms=wall_ms, ids=ids, props=props
                 )
-                violations = checks.source.validate(candidate)
+                violations = _validate(checks.source, candidate)
                 if violations:
                     self._count_violation()
                     raise InvalidEvent(event_type, violations)
@@ -411,8 +445,8 @@ class SdkCore:
                     )
                 )
             )
-        except (TypeError, ValueError, OverflowError) as exc:
-            return self._refuse(event_type, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        except UNENCODABLE_ERRORS as exc:
+            return self._refuse(event_type, UNENCODABLE, [f"a property cannot be encoded: {type(exc).__name__}"])
         return self._put(packed, event_type)
 
     def _put(self, packed: bytes | bytearray, name: str) -> bool:
@@ -466,11 +500,17 @@ class SdkCore:
                 ids=self._raw_ids if identities is None else identities,
                 props={**self._presets, **props},
             )
-            violations = checks.source.validate(candidate)
+            violations = _validate(checks.source, candidate)
+            if event in checks.server_only and self.config.source is None:
+                violations = [*violations, _server_only_violation(event)]
             if violations:
                 self._count_violation()
                 raise InvalidEvent(event, violations)
             return True
+        if event in checks.server_only and self.config.source is None:
+            # The collector quarantines it (rule `trigger`); said and counted at once, sent anyway.
+            self._count_violation()
+            _safe(self._cb.on_violation, event, [_server_only_violation(event)])
         if event not in checks.event_names and not checks.accept_unknown:
             # Said at once; counted by the full check in the sender. Sent anyway: the
             # collector stores it in quarantine, where it can be replayed.
@@ -536,14 +576,30 @@ class SdkCore:
         self._raw_ids = {"anonymous_id": self._raw_ids["anonymous_id"]}
         self._ids = self._transform_ids(self._raw_ids)
 
-    def register_super_properties(self, properties: Mapping[str, Any]) -> None:
+    def register_super_properties(self, properties: Mapping[str, Any]) -> bool:
+        """Add properties to every later track event; refused (counted) unless a str-keyed, encodable mapping."""
+        if not isinstance(properties, Mapping) or not all(type(k) is str and k for k in properties):
+            return self._refuse("register_super_properties", INVALID, ["super properties must map names to values"])
+        try:
+            self._encode(properties)
+        except UNENCODABLE_ERRORS as exc:
+            return self._refuse(
+                "register_super_properties", UNENCODABLE, [f"a property cannot be encoded: {type(exc).__name__}"]
+            )
         self._supers = {**self._supers, **properties}
+        return False
 
-    def unregister_super_property(self, name: str) -> None:
+    def unregister_super_property(self, name: str) -> bool:
+        if type(name) is not str:
+            return self._refuse("unregister_super_property", INVALID, ["a property name must be a string"])
         self._supers = {k: v for k, v in self._supers.items() if k != name}
+        return False
 
-    def time_event(self, name: str, wall_ms: int) -> None:
+    def time_event(self, name: str, wall_ms: int) -> bool:
+        if type(name) is not str or not name:
+            return self._refuse("time_event", INVALID, ["the event name must be a non-empty string"])
         self._timers[name] = wall_ms
+        return False
 
     def refuse_identity(self, what: str, value: object) -> bool:
         """Report a junk identity value: raise in strict mode, else count and call back."""
