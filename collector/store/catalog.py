@@ -22,7 +22,7 @@ request path; readers do before answering). It runs in `BEGIN IMMEDIATE`
 transactions, so several processes following one data directory index each
 frame once. Deleting the file (`maidian rebuild`) loses nothing.
 
-The identity graph (identity.py) persists itself at its own path. The catalog
+The identity graph (identity/graph.py) persists itself at its own path. The catalog
 remembers how many observations it has fed it, and trusts that count only
 when the graph's file existed when it was opened; a graph with no file (or a
 new one) is fed every observation again, which the graph takes idempotently.
@@ -225,7 +225,7 @@ class Catalog:
         head = frame.head
         rows = []
         for idx, entry in enumerate(head.get("q", ())):
-            if entry is None:  # a record deleted on request (privacy.py)
+            if entry is None:  # a record deleted on request (privacy/operations.py)
                 continue
             event_id, name, rules = entry
             rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))

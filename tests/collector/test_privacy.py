@@ -1,4 +1,4 @@
-"""Privacy operations (RELIABILITY.md T19): delete a person, export a person, retention, suppression.
+"""Privacy operations (docs/reliability.md, T19): delete a person, export a person, retention, suppression.
 
 Real collectors on 127.0.0.1 fill real data directories; the commands run as
 real subprocesses (`python -m maidian.collector.cli privacy ...`); every file
