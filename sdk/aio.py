@@ -21,7 +21,6 @@ import contextlib
 import ssl
 import time
 from types import TracebackType
-from urllib.parse import unquote, urlsplit
 
 try:
     import aiohttp
@@ -36,16 +35,14 @@ __all__ = ["AsyncClient"]
 DEFAULT_FLUSH_TIMEOUT_S = 10.0
 
 
-def _proxy_settings(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
-    """aiohttp's `proxy` and `proxy_auth` for an http:// proxy URL (credentials taken out of the URL)."""
+def _proxy_settings(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """aiohttp's `proxy` and `proxy_headers` for an http:// proxy URL (credentials moved to a header)."""
     if proxy is None:
         return None, None
-    parts = urlsplit(proxy)
-    if parts.username is None:
-        return proxy, None
-    auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-    port = f":{parts.port}" if parts.port else ""
-    return f"http://{parts.hostname}{port}", auth
+    from ._http import proxy_parts
+
+    host, port, headers = proxy_parts(proxy)
+    return f"http://{host}:{port}", headers or None
 
 
 class AsyncClient(BaseClient):
@@ -135,9 +132,12 @@ class AsyncClient(BaseClient):
         response = Response(None, error="cancelled")
         try:
             url = self.config.endpoint + batch.path  # the endpoint may carry a path prefix
-            proxy, proxy_auth = self._proxy
+            proxy, proxy_headers = self._proxy
+            headers = batch.headers
+            if proxy_headers and not url.startswith("https:"):  # no tunnel: the proxy reads the request's own
+                headers = {**headers, **proxy_headers}
             async with session.post(
-                url, data=batch.body, headers=batch.headers, proxy=proxy, proxy_auth=proxy_auth
+                url, data=batch.body, headers=headers, proxy=proxy, proxy_headers=proxy_headers
             ) as reply:
                 body = await reply.read()
                 response = Response(reply.status, body, reply.headers.get("Retry-After"))

@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
@@ -64,6 +65,11 @@ TOO_LARGE: Final = "too_large"  # one event larger than a whole batch may be
 REJECTED_BATCH: Final = "rejected_batch"  # the collector refused the whole body (400/415): a bug, reported
 UNSENT: Final = "unsent"  # still in memory when the client closed or the process exited (no spool to keep it)
 OPTED_OUT: Final = "opted_out"  # waiting when the device opted out: purged, never to be sent
+
+# The SDK's logger: quiet unless the host configures logging. One line per refused batch, per
+# credentials refusal and per new drop report; never an event's properties or identities.
+log: Final = logging.getLogger("maidian.sdk")
+log.addHandler(logging.NullHandler())
 
 _EVENTS_KEY: Final = msgspec.msgpack.encode("events")
 _ACCEPTED_RESULT: Final = {"status": envelope.ACCEPTED}
@@ -137,6 +143,7 @@ class Batch(msgspec.Struct, eq=False):
     body: bytes = b""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 0
+    epoch: int = 0  # the core's purge count when the batch was cut: a purge (opt-out) voids older batches
 
     def __len__(self) -> int:
         return len(self.events)
@@ -309,6 +316,8 @@ class SdkCore:
         self._retries = 0
         self._violations = 0
         self._dropped: dict[str, int] = {}
+        self._logged_drops: dict[str, int] = {}
+        self._epoch = 0  # purges so far
 
     # -- the host's path -------------------------------------------------------
 
@@ -677,7 +686,7 @@ class SdkCore:
                 return None
             if not self._buffer.pending():
                 self._pending_since = None  # what is left, if anything, is as old as what was taken
-            batch = Batch(events, refs)
+            batch = Batch(events, refs, epoch=self._epoch)
             self._sent += len(events)
             if self._warn:
                 self._validate_in_background(events)
@@ -703,6 +712,7 @@ class SdkCore:
             for reason, n in self._dropped.items():
                 counts[reason] = counts.get(reason, 0) + n
             head["dropped"] = {"source": self.source_id, "counts": counts}
+            self._log_drops()
         encoded = self._encode(head)
         # The head is a fixmap; one more entry, "events", follows as the array of packed events.
         parts: list[bytes | bytearray] = [bytes((encoded[0] + 1,)), encoded[1:], _EVENTS_KEY]
@@ -758,6 +768,11 @@ class SdkCore:
         self._in_flight_events -= len(batch)
         decision = classify(response.status, response.error)
         action = decision.action
+        if batch.epoch != self._epoch and action not in ("done", "drop"):
+            # In flight when the device opted out: never resent.
+            self._buffer.settle(batch.refs)
+            self._drop(OPTED_OUT, len(batch))
+            return
         if action == "done":
             results = self._results(response.body, len(batch))
             if results is None:
@@ -781,6 +796,11 @@ class SdkCore:
         elif action == "hold":
             if not self._holding:
                 _safe(self._cb.on_error, f"the collector refused the credentials ({decision.reason}); events are kept")
+                log.warning(
+                    "the collector refused the credentials (%s); events are kept and retried every %.0f s",
+                    decision.reason,
+                    self.config.retry.auth_retry_s,
+                )
             self._holding = True
             self._blocked_until = max(self._blocked_until, now + self.config.retry.auth_retry_s)
             self._retries += 1
@@ -790,8 +810,8 @@ class SdkCore:
                 half = len(batch) // 2
                 refs = batch.refs
                 self._retry[:0] = [
-                    Batch(batch.events[:half], refs[:half], attempt=batch.attempt),
-                    Batch(batch.events[half:], refs[half:], attempt=batch.attempt),
+                    Batch(batch.events[:half], refs[:half], attempt=batch.attempt, epoch=batch.epoch),
+                    Batch(batch.events[half:], refs[half:], attempt=batch.attempt, epoch=batch.epoch),
                 ]
             else:
                 self._buffer.settle(batch.refs)
@@ -799,6 +819,7 @@ class SdkCore:
         else:
             self._buffer.settle(batch.refs)
             self._drop(REJECTED_BATCH, len(batch))
+            log.error("the collector refused a whole batch of %d events (%s): dropped", len(batch), decision.reason)
             _safe(
                 self._cb.on_error, f"the collector refused a whole batch ({decision.reason}): {response.body[:200]!r}"
             )
@@ -895,6 +916,14 @@ class SdkCore:
             counts[reason] = counts.get(reason, 0) + n
         return counts
 
+    def _log_drops(self) -> None:
+        """One line when this life's drop counts changed since the last line (at most once per batch)."""
+        if self._dropped == self._logged_drops:
+            return
+        self._logged_drops = dict(self._dropped)
+        counts = ", ".join(f"{reason}={n}" for reason, n in sorted(self._dropped.items()))
+        log.warning("events dropped by this client so far, by reason: %s", counts)
+
     def give_up_unsent(self) -> int:
         """At close: count what only memory holds (no spool keeps it) as dropped, `unsent`; returns the count.
 
@@ -913,6 +942,7 @@ class SdkCore:
         self._retry = []
         if lost:
             self._drop(UNSENT, lost)
+        self._log_drops()
         return lost
 
     def purge(self) -> int:
@@ -928,6 +958,7 @@ class SdkCore:
         for batch in self._retry:
             buffer.settle(batch.refs)
         self._retry = []
+        self._epoch += 1
         if gone:
             self._drop(OPTED_OUT, gone)
         return gone
