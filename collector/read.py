@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.errors import CollectorError, NoSuchPerson
+from maidian.collector.errors import NoSuchPerson
 from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
@@ -49,13 +49,6 @@ _decoder = msgspec.msgpack.Decoder()
 _json_decoder = msgspec.json.Decoder()
 # Far beyond any window: a reader must never forget an id it has printed.
 _FOREVER_S: Final = 1e12
-
-
-def _open(data_dir: Path) -> DataDir:
-    data = DataDir(Path(data_dir))
-    if not data.raw.is_dir():
-        raise CollectorError(f"{data_dir}: not a maidian data directory (no raw/ in it)")
-    return data
 
 
 def _records(frame: Frame) -> Iterator[dict[str, Any]]:
@@ -96,7 +89,7 @@ def person_events(
     Includes events from before the person logged in: they carry only the
     anonymous id, which the identity graph ties to the person.
     """
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog, feed = _catch_up(data, plan)
     try:
         graph = feed.graph
@@ -146,7 +139,7 @@ def export_events(
     decompressing them. `progress(done_bytes, total_bytes)` is called as the
     segments are read.
     """
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     logs = ([("raw", data.raw)] if accepted else []) + ([("quarantine", data.quarantine)] if quarantined else [])
     paths = [(name, p) for name, d in logs for p in segment_files(d)]
     total = sum(p.stat().st_size for _n, p in paths)
@@ -210,7 +203,7 @@ def _b64(raw: bytes) -> str:
 
 def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
     """(source, reason, count): what each sender reported it dropped, the largest count per reason."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -221,7 +214,7 @@ def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
 
 def quarantine_records(data_dir: Path, rule: str | None = None) -> list[dict[str, Any]]:
     """The quarantine index: one summary per quarantined event (no event values)."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -254,7 +247,7 @@ def replay_quarantine(
     from maidian.collector.pipeline.decode import decode_event
     from maidian.collector.pipeline.judge import Judge
 
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -341,7 +334,7 @@ def _one_event_batch(raw: msgspec.Raw, fmt: str) -> Any:
 
 def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     """Delete every derived file (catalog, dedup snapshots, identity graph) and rebuild from the logs."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     for path in (data.catalog, data.identity):
         for suffix in ("", "-wal", "-shm"):
             p = path.with_name(path.name + suffix)

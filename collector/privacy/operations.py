@@ -51,7 +51,6 @@ from maidian.collector.store.log import DataDir
 from maidian.collector.store.rewrite import (
     Cleared,
     held_exclusively,
-    open_data_dir,
     remove_leftovers,
     rewrite_logs,
 )
@@ -85,7 +84,7 @@ def _identity_feed(data: DataDir, plan: Plan | None) -> IdentityFeed:
 @contextlib.contextmanager
 def _session(data_dir: Path, plan: Plan | None) -> Iterator[tuple[DataDir, Catalog, IdentityFeed, Cleared]]:
     """The data directory held exclusively, an interrupted run's files removed, the catalog and graph caught up."""
-    data = open_data_dir(data_dir)
+    data = DataDir.existing(data_dir)
     cleared = Cleared()
     with held_exclusively(data):
         cleared.leftovers = remove_leftovers(data)
@@ -194,7 +193,7 @@ def export_person(
 
     records = person_events(data_dir, value, plan=plan)
     if quarantined:
-        data = open_data_dir(data_dir)
+        data = DataDir.existing(data_dir)
         catalog = Catalog(data)
         feed = _identity_feed(data, plan)
         try:
