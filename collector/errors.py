@@ -9,6 +9,7 @@ a bug.
     CollectorError                      root of this package's errors
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
      ├── DataDirError                    the data directory cannot be used (locked, unreadable)
+     │    └── DiskError                  its disk refused a read or write (full, quota, I/O error, read-only)
      ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
      └── RequestError                    a request is refused; carries `status` and `code`
           ├── BadRequest                 400: the body is not a batch (undecodable, bad_batch, bad_encoding)
@@ -38,6 +39,7 @@ __all__ = [
     "CollectorError",
     "ConfigError",
     "DataDirError",
+    "DiskError",
     "Forbidden",
     "NoSuchPerson",
     "PayloadTooLarge",
@@ -60,6 +62,14 @@ class ConfigError(CollectorError):
 
 class DataDirError(CollectorError):
     """The data directory cannot be used (missing, unreadable, or locked by another writer)."""
+
+
+class DiskError(DataDirError):
+    """The data directory's disk refused a read or a write; `errno_name` says how (ENOSPC, EDQUOT, EIO, EROFS)."""
+
+    def __init__(self, message: str, *, errno_name: str) -> None:
+        super().__init__(message)
+        self.errno_name = errno_name
 
 
 class NoSuchPerson(CollectorError):

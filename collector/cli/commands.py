@@ -2,7 +2,8 @@
 
 Each handler imports what it needs when it runs, so `maidian plan ...` works
 without the collector's dependencies, and returns an exit code: 0 done,
-1 nothing found, 2 unusable input (configuration, data directory, plan).
+1 nothing found, 2 unusable input (configuration, data directory, plan),
+3 the data directory's disk refused (`DiskError`: full, quota, I/O error).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
-from maidian.collector.errors import CollectorError, NoSuchPerson
+from maidian.collector.errors import CollectorError, DiskError, NoSuchPerson
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, add_command, print_plan_problems
 from maidian.tracking_plan.errors import PlanLoadError
 
-__all__ = ["add_collector_commands"]
+__all__ = ["EXIT_DISK", "add_collector_commands"]
+
+# The data directory's disk refused (full, quota, I/O error, read-only): free space and run again.
+EXIT_DISK: Final = 3
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -31,7 +35,10 @@ def _reporting(handler: Handler) -> Handler:
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         try:
-            return handler(args)
+            return _on_disk_errors(handler, args)
+        except DiskError as exc:
+            print(f"maidian {args.command}: {exc}", file=sys.stderr)
+            return EXIT_DISK
         except NoSuchPerson as exc:
             print(f"maidian {args.command}: {exc}", file=sys.stderr)
             return EXIT_FINDINGS
@@ -42,6 +49,23 @@ def _reporting(handler: Handler) -> Handler:
             return EXIT_UNUSABLE
 
     return run
+
+
+def _on_disk_errors(handler: Handler, args: argparse.Namespace) -> int:
+    """Run `handler`, raising the disk's refusals (OS or SQLite) as `DiskError`."""
+    import sqlite3
+
+    from maidian.collector.store.disk import disk_error
+
+    try:
+        return handler(args)
+    except BrokenPipeError:
+        raise
+    except (OSError, sqlite3.Error) as exc:
+        disk = disk_error(exc)
+        if disk is None:
+            raise
+        raise disk from exc
 
 
 def _emit(record: Any, out: TextIO) -> None:

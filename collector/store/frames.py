@@ -85,8 +85,11 @@ FRAME_MAGIC: Final = bytes((0x93, VERSION))
 _encoder = msgspec.msgpack.Encoder()
 _payload_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], bytes])
 _body_decoder = msgspec.msgpack.Decoder(dict[str, Any])
-_compressor = zstandard.ZstdCompressor(level=_LEVEL)
+# The content checksum (4 bytes) tells an intact body from a damaged one when a frame fails its CRC.
+_compressor = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True)
 _decompressor = zstandard.ZstdDecompressor()
+_event_decoder = msgspec.msgpack.Decoder()
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +147,9 @@ class Damage:
 class Scan:
     """What a segment's bytes hold: the valid frames, the damage between them, and the tail.
 
-    `end` is the file offset after the last valid frame (where the tail
-    starts); `size` is where the scanned bytes end.
+    `end` is the file offset where the tail starts (after the last valid
+    frame, and after any whole damaged frames that follow it, which are in
+    `damaged`); `size` is where the scanned bytes end.
     """
 
     frames: list[Frame]
@@ -175,8 +179,9 @@ def scan(data: bytes | memoryview, segment: str, base: int = 0) -> Scan:
         else:
             nxt = _resync(raw, view, 0)
             if nxt is None:
-                return Scan([], [], 0, size, _torn(view, 0), _damage(view, segment, 0, size, 0))
-            damaged.append(_damage(view, segment, 0, nxt, 0))
+                *whole, last = _damages(view, segment, 0, size, 0)
+                return Scan([], whole, last.offset, size, _torn(view, last.offset), last)
+            damaged.extend(_damages(view, segment, 0, nxt, 0))
             pos = nxt
     while pos < size:
         frame = _frame_at(view, pos, segment, base)
@@ -187,11 +192,13 @@ def scan(data: bytes | memoryview, segment: str, base: int = 0) -> Scan:
         nxt = _resync(raw, view, pos)
         if nxt is None:
             break
-        damaged.append(_damage(view, segment, pos, nxt, base))
+        damaged.extend(_damages(view, segment, pos, nxt, base))
         pos = nxt
     if pos >= size:
         return Scan(frames, damaged, base + size, base + size, False, None)
-    return Scan(frames, damaged, base + pos, base + size, _torn(view, pos), _damage(view, segment, pos, size, base))
+    *whole, last = _damages(view, segment, pos, size, base)
+    damaged.extend(whole)
+    return Scan(frames, damaged, last.offset, base + size, _torn(view, last.offset - base), last)
 
 
 def _frame_at(view: memoryview, pos: int, segment: str, base: int) -> Frame | None:
@@ -245,11 +252,33 @@ def _torn(view: memoryview, pos: int) -> bool:
     return bool(zlib.crc32(rest[_HEADER.size :]) != crc)
 
 
+def _damages(view: memoryview, segment: str, begin: int, end: int, base: int) -> list[Damage]:
+    """The damaged bytes [begin, end) of `view` as frames: split where a length field leads to a frame header."""
+    out: list[Damage] = []
+    pos = begin
+    while pos < end:
+        cut = end
+        if pos + _HEADER.size <= end:
+            length, _crc = _HEADER.unpack_from(view, pos)
+            stop = pos + _HEADER.size + length
+            header_next = (
+                stop + _HEADER.size + len(FRAME_MAGIC) <= end
+                and view[stop + _HEADER.size : stop + _HEADER.size + len(FRAME_MAGIC)] == FRAME_MAGIC
+            )
+            if pos < stop < end and header_next:
+                cut = stop
+        out.append(_damage(view, segment, pos, cut, base))
+        pos = cut
+    return out
+
+
 def _damage(view: memoryview, segment: str, begin: int, end: int, base: int) -> Damage:
     """The damaged bytes [begin, end) of `view`, with what their head still tells."""
-    head = _salvage_head(view[begin:end])
+    region = view[begin:end]
+    body_ids, checked = _salvage_body_ids(region)
+    head = None if checked else _salvage_head(region)
     if head is None:
-        return Damage(segment, base + begin, end - begin, None, ())
+        return Damage(segment, base + begin, end - begin, len(body_ids) if body_ids else None, body_ids)
     n = head.get("n")
     return Damage(segment, base + begin, end - begin, n if isinstance(n, int) else None, head_event_ids(head))
 
@@ -263,6 +292,48 @@ def _salvage_head(region: memoryview) -> dict[str, Any] | None:
     except (msgspec.DecodeError, ValueError):
         return None
     return head
+
+
+def _salvage_body_ids(region: memoryview) -> tuple[tuple[str, ...], bool]:
+    """The event ids in a damaged frame's body, and whether zstd's content checksum vouches for them.
+
+    The body is the payload's last element, a msgpack bin of zstd: look for a
+    zstd frame magic right after a bin header whose length reaches exactly the
+    end of the region, and read the ids of the events it decompresses to.
+    Bodies carry a content checksum (older ones may not): a body that passes
+    it is intact, so the damage is in the header or head, and its ids are the
+    frame's.
+    """
+    raw = region.tobytes()
+    at = len(raw)
+    while at > 0:
+        at = raw.rfind(_ZSTD_MAGIC, 0, at)
+        if at < 0:
+            break
+        size = len(raw) - at
+        for width, tag in ((1, 0xC4), (2, 0xC5), (4, 0xC6)):
+            if at > width and raw[at - width - 1] == tag and int.from_bytes(raw[at - width : at], "big") == size:
+                found = _body_ids(raw[at:])
+                if found is not None:
+                    return found
+        at -= 1
+    return (), False
+
+
+def _body_ids(packed: bytes) -> tuple[tuple[str, ...], bool] | None:
+    try:
+        params = zstandard.get_frame_parameters(packed)
+        if not 0 <= params.content_size <= MAX_FRAME_BYTES:
+            return None
+        body = _body_decoder.decode(_decompressor.decompress(packed))
+        out = []
+        for raw in body.get("e") or ():
+            event = _event_decoder.decode(raw) if isinstance(raw, bytes) else raw
+            if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+                out.append(event["event_id"])
+    except (zstandard.ZstdError, msgspec.DecodeError, ValueError, TypeError):
+        return None
+    return tuple(out), bool(params.has_checksum)
 
 
 def head_event_ids(head: dict[str, Any]) -> tuple[str, ...]:
