@@ -2,83 +2,24 @@
 
 Each handler imports what it needs when it runs, so `maidian plan ...` works
 without the collector's dependencies, and returns an exit code: 0 done,
-1 nothing found, 2 unusable input (configuration, data directory, plan),
-3 the data directory's disk refused (`DiskError`: full, quota, I/O error).
+1 nothing found, 2 unusable input (configuration, data directory, plan).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
-from maidian.collector.errors import CollectorError, DiskError, NoSuchPerson
-from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, add_command, print_plan_problems
-from maidian.tracking_plan.errors import PlanLoadError
+from maidian.collector.cli.output import emit_json_line, reporting
+from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
-__all__ = ["EXIT_DISK", "add_collector_commands"]
-
-# The data directory's disk refused (full, quota, I/O error, read-only): free space and run again.
-EXIT_DISK: Final = 3
+__all__ = ["add_collector_commands"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _reporting(handler: Handler) -> Handler:
-    """Turn the errors a command expects into a message and its exit code."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return _on_disk_errors(handler, args)
-        except DiskError as exc:
-            print(f"maidian {args.command}: {exc}", file=sys.stderr)
-            return EXIT_DISK
-        except NoSuchPerson as exc:
-            print(f"maidian {args.command}: {exc}", file=sys.stderr)
-            return EXIT_FINDINGS
-        except PlanLoadError as exc:
-            return print_plan_problems(exc)
-        except (CollectorError, argparse.ArgumentTypeError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_UNUSABLE
-
-    return run
-
-
-def _on_disk_errors(handler: Handler, args: argparse.Namespace) -> int:
-    """Run `handler`, raising the disk's refusals (OS or SQLite) as `DiskError`."""
-    import sqlite3
-
-    from maidian.collector.store.disk import disk_error
-
-    try:
-        return handler(args)
-    except BrokenPipeError:
-        raise
-    except (OSError, sqlite3.Error) as exc:
-        disk = disk_error(exc)
-        if disk is None:
-            raise
-        raise disk from exc
-
-
-def _emit(record: Any, out: TextIO) -> None:
-    out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_jsonable))
-    out.write("\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        import base64
-
-        return {"base64": base64.b64encode(value).decode()}
-    return str(value)
 
 
 def _time_ms(text: str | None) -> int | None:
@@ -104,7 +45,7 @@ def _load_plan(path: str | None) -> Any:
     return load_plan(path)
 
 
-@_reporting
+@reporting
 def _serve(args: argparse.Namespace) -> int:
     from maidian.collector.config import ConfigSource, with_storage
     from maidian.collector.run.serve import serve
@@ -124,13 +65,13 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config, source)
 
 
-@_reporting
+@reporting
 def _events(args: argparse.Namespace) -> int:
     from maidian.collector.read import person_events
 
     records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
     for record in records:
-        _emit(record, sys.stdout)
+        emit_json_line(record, sys.stdout)
     return EXIT_OK
 
 
@@ -153,7 +94,7 @@ class _Progress:
         self.stream.flush()
 
 
-@_reporting
+@reporting
 def _export(args: argparse.Namespace) -> int:
     from maidian.collector.read import export_events
 
@@ -168,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
         progress=progress,
         on_damage=lambda log, damage: damaged.append((log, damage)),
     ):
-        _emit(record, sys.stdout)
+        emit_json_line(record, sys.stdout)
         count += 1
     if progress is not None:
         progress.finish(count)
@@ -182,14 +123,14 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _quarantine_list(args: argparse.Namespace) -> int:
     from maidian.collector.read import quarantine_records
 
     rows = quarantine_records(Path(args.data), args.rule)
     for row in rows:
         if args.format == "json":
-            _emit(row, sys.stdout)
+            emit_json_line(row, sys.stdout)
         else:
             state = "replayed" if row["replayed"] else "waiting"
             where = f"{row['segment']}:{row['offset']}:{row['index']}"
@@ -200,7 +141,7 @@ def _quarantine_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _quarantine_replay(args: argparse.Namespace) -> int:
     from maidian.collector.read import replay_quarantine
 
@@ -212,7 +153,7 @@ def _quarantine_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _drops(args: argparse.Namespace) -> int:
     from maidian.collector.read import sdk_drops
 
@@ -221,7 +162,7 @@ def _drops(args: argparse.Namespace) -> int:
     for source, reason, n in rows:
         totals[reason] = totals.get(reason, 0) + n
         if args.format == "json":
-            _emit({"source": source, "reason": reason, "dropped": n}, sys.stdout)
+            emit_json_line({"source": source, "reason": reason, "dropped": n}, sys.stdout)
         else:
             print(f"{source}  {reason}  {n}")
     if args.format != "json":
@@ -230,7 +171,7 @@ def _drops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _rebuild(args: argparse.Namespace) -> int:
     from maidian.collector.read import rebuild
 
@@ -239,7 +180,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _verify(args: argparse.Namespace) -> int:
     from maidian.collector.read import _open
     from maidian.collector.store.verify import verify
@@ -247,16 +188,16 @@ def _verify(args: argparse.Namespace) -> int:
     result = verify(_open(Path(args.data)))
     for item in result.damaged:
         d = item.damage
-        record = {
-            "log": item.log,
-            "segment": d.segment,
-            "offset": d.offset,
-            "length": d.length,
-            "events": d.events,
-            "event_ids": list(d.event_ids),
-        }
         if args.format == "json":
-            _emit(record, sys.stdout)
+            record = {
+                "log": item.log,
+                "segment": d.segment,
+                "offset": d.offset,
+                "length": d.length,
+                "events": d.events,
+                "event_ids": list(d.event_ids),
+            }
+            emit_json_line(record, sys.stdout)
         else:
             held = "an unreadable head" if d.events is None else f"{d.events} events"
             ids = " ".join(d.event_ids)
@@ -265,7 +206,7 @@ def _verify(args: argparse.Namespace) -> int:
     lost = sum(d.damage.events or 0 for d in result.damaged)
     print(
         f"{len(result.segments)} segments, {result.frames} valid frames ({result.events} events); "
-        f"{len(result.damaged)} damaged frames ({lost} events named in their heads); "
+        f"{len(result.damaged)} damaged frames ({lost} events named); "
         f"{len(torn)} torn tails ({sum(s.torn_bytes for s in torn)} bytes, never acknowledged)",
         file=sys.stderr,
     )
@@ -412,8 +353,8 @@ def add_collector_commands(sub: Any) -> None:
         help="check every frame of the logs and list the damaged ones",
         description=(
             "Read every segment of the raw and quarantine logs from its first byte and check each frame's\n"
-            "length and CRC. Print each damaged frame (log, segment, offset, length, and the event ids its\n"
-            "head still names: the events lost there); readers skip damaged frames and keep the ones after.\n"
+            "length and CRC. Print each damaged frame (log, segment, offset, length, and the event ids it held:\n"
+            "the events lost there); readers skip damaged frames and keep the ones after them.\n"
             "Safe while the server runs. Exit 1 when a frame is damaged."
         ),
         example="maidian verify --data /var/lib/maidian",

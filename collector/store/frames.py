@@ -52,7 +52,10 @@ from typing import Any, Final
 import msgspec
 import zstandard
 
+from maidian.collector.store.ids import event_ids_of
+
 __all__ = [
+    "FRAME_HEADER",
     "FRAME_MAGIC",
     "MAGIC",
     "Body",
@@ -61,6 +64,7 @@ __all__ = [
     "Scan",
     "decode_body",
     "encode_frame",
+    "frame_of",
     "head_event_ids",
     "iter_log",
     "read_frame_at",
@@ -73,7 +77,8 @@ __all__ = [
 ]
 
 MAGIC: Final = b"MDNLOG01"
-_HEADER: Final = struct.Struct("<II")
+FRAME_HEADER: Final = struct.Struct("<II")
+"""Each frame's header: payload length and CRC-32 of the payload, both u32 little-endian."""
 VERSION: Final = 1
 # Level 1: twice as fast as level 3 for about the same size on batches (DESIGN.md).
 _LEVEL: Final = 1
@@ -116,8 +121,12 @@ class Body:
 def encode_frame(head: dict[str, Any], body: dict[str, Any]) -> bytes:
     """One frame, ready to append. `body["e"]` may hold `msgspec.Raw` events, copied as they are."""
     packed = _compressor.compress(_encoder.encode(body))
-    payload = _encoder.encode((VERSION, head, packed))
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return frame_of(_encoder.encode((VERSION, head, packed)))
+
+
+def frame_of(payload: bytes) -> bytes:
+    """A frame around an encoded payload: its header, then the payload."""
+    return FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def decode_body(frame: Frame) -> Body:
@@ -203,10 +212,10 @@ def scan(data: bytes | memoryview, segment: str, base: int = 0) -> Scan:
 
 def _frame_at(view: memoryview, pos: int, segment: str, base: int) -> Frame | None:
     """The valid frame at `pos` of `view`, or None."""
-    if pos + _HEADER.size > len(view):
+    if pos + FRAME_HEADER.size > len(view):
         return None
-    length, crc = _HEADER.unpack_from(view, pos)
-    begin = pos + _HEADER.size
+    length, crc = FRAME_HEADER.unpack_from(view, pos)
+    begin = pos + FRAME_HEADER.size
     end = begin + length
     if length > MAX_FRAME_BYTES or end > len(view):
         return None
@@ -224,12 +233,12 @@ def _frame_at(view: memoryview, pos: int, segment: str, base: int) -> Frame | No
 
 def _resync(raw: bytes, view: memoryview, bad: int) -> int | None:
     """The offset of the first valid frame after the invalid one at `bad`, or None when there is none."""
-    at = bad + _HEADER.size + 1
+    at = bad + FRAME_HEADER.size + 1
     while True:
         at = raw.find(FRAME_MAGIC, at)
         if at < 0:
             return None
-        candidate = at - _HEADER.size
+        candidate = at - FRAME_HEADER.size
         if _frame_at(view, candidate, "", 0) is not None:
             return candidate
         at += 1
@@ -244,12 +253,12 @@ def _torn(view: memoryview, pos: int) -> bool:
     that are no frame at all) cannot hold an acknowledged frame.
     """
     rest = view[pos:]
-    if len(rest) < _HEADER.size or not rest.tobytes().strip(b"\x00"):
+    if len(rest) < FRAME_HEADER.size or not rest.tobytes().strip(b"\x00"):
         return True
-    length, crc = _HEADER.unpack_from(rest, 0)
-    if length <= MAX_FRAME_BYTES and _HEADER.size + length <= len(rest):
+    length, crc = FRAME_HEADER.unpack_from(rest, 0)
+    if length <= MAX_FRAME_BYTES and FRAME_HEADER.size + length <= len(rest):
         return False
-    return bool(zlib.crc32(rest[_HEADER.size :]) != crc)
+    return bool(zlib.crc32(rest[FRAME_HEADER.size :]) != crc)
 
 
 def _damages(view: memoryview, segment: str, begin: int, end: int, base: int) -> list[Damage]:
@@ -258,12 +267,12 @@ def _damages(view: memoryview, segment: str, begin: int, end: int, base: int) ->
     pos = begin
     while pos < end:
         cut = end
-        if pos + _HEADER.size <= end:
-            length, _crc = _HEADER.unpack_from(view, pos)
-            stop = pos + _HEADER.size + length
+        if pos + FRAME_HEADER.size <= end:
+            length, _crc = FRAME_HEADER.unpack_from(view, pos)
+            stop = pos + FRAME_HEADER.size + length
             header_next = (
-                stop + _HEADER.size + len(FRAME_MAGIC) <= end
-                and view[stop + _HEADER.size : stop + _HEADER.size + len(FRAME_MAGIC)] == FRAME_MAGIC
+                stop + FRAME_HEADER.size + len(FRAME_MAGIC) <= end
+                and view[stop + FRAME_HEADER.size : stop + FRAME_HEADER.size + len(FRAME_MAGIC)] == FRAME_MAGIC
             )
             if pos < stop < end and header_next:
                 cut = stop
@@ -285,10 +294,10 @@ def _damage(view: memoryview, segment: str, begin: int, end: int, base: int) -> 
 
 def _salvage_head(region: memoryview) -> dict[str, Any] | None:
     """A damaged frame's head when it still decodes (its length field ignored: the region is the frame)."""
-    if len(region) <= _HEADER.size:
+    if len(region) <= FRAME_HEADER.size:
         return None
     try:
-        _version, head, _body = _payload_decoder.decode(region[_HEADER.size :])
+        _version, head, _body = _payload_decoder.decode(region[FRAME_HEADER.size :])
     except (msgspec.DecodeError, ValueError):
         return None
     return head
@@ -338,16 +347,12 @@ def _body_ids(packed: bytes) -> tuple[tuple[str, ...], bool] | None:
 
 def head_event_ids(head: dict[str, Any]) -> tuple[str, ...]:
     """The event ids a frame head names: its sequence ranges and opaque ids, or its quarantine summary."""
-    out: list[str] = []
     try:
-        for source, flat in (head.get("seq") or {}).items():
-            for k in range(0, len(flat) - 1, 2):
-                out.extend(f"{source}-{n}" for n in range(int(flat[k]), int(flat[k + 1]) + 1))
-        out.extend(str(e) for e in head.get("oid") or ())
+        out = event_ids_of(head.get("seq") or {}, head.get("oid") or ())
         if not out:
-            out.extend(str(entry[0]) for entry in head.get("q") or () if entry)
-    except (AttributeError, TypeError, ValueError, IndexError):
-        return tuple(out)
+            out = [str(entry[0]) for entry in head.get("q") or () if entry]
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):  # a damaged head may hold anything
+        return ()
     return tuple(out)
 
 
@@ -409,10 +414,10 @@ def read_frame_at(path: Path, offset: int) -> Frame | None:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            header = f.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+            header = f.read(FRAME_HEADER.size)
+            if len(header) < FRAME_HEADER.size:
                 return None
-            length, _crc = _HEADER.unpack(header)
+            length, _crc = FRAME_HEADER.unpack(header)
             if length > MAX_FRAME_BYTES:
                 return None
             data = header + f.read(length)

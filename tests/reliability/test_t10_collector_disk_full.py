@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
-from maidian.collector.cli.commands import EXIT_DISK
 
+from maidian.collector.cli.output import EXIT_DISK
 from tests.reliability.disks import Filler, small_disk
 from tests.reliability.figures import Figures
 from tests.reliability.load import Load, order_event

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
 from maidian.collector.read import export_events
 from maidian.collector.store.frames import decode_body, scan_segment, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.collector.store.verify import verify
-
 from tests.reliability.figures import Figures
 from tests.reliability.load import order_event
 from tests.reliability.procs import CollectorProcess, batch_body, http_post, key_headers, write_config
