@@ -197,7 +197,7 @@ def _quarantine_records(frame: Frame, lo: int, hi: int) -> Iterator[dict[str, An
     fmt = frame.head.get("fmt", "msgpack")
     for i, raw in enumerate(body.events):
         t = body.times[i] if i < len(body.times) else 0
-        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy.py)
+        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy/operations.py)
             continue
         yield {
             "quarantined": True,

@@ -1,4 +1,4 @@
-"""The `maidian privacy` commands: delete a person, export a person, apply retention (privacy.py)."""
+"""The `maidian privacy` commands: delete a person, export a person, apply retention (privacy/operations.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ Rules:
   state is rebuilt from the log, and a snapshot (`snapshot`/`restore`) records
   the offsets it covers so start-up reads only the log after them.
 - sources and opaque ids not seen for `window_s` are forgotten (`expire`); the
-  window is at least the SDK's spool age plus a day (RELIABILITY.md), and
+  window is at least the SDK's spool age plus a day (docs/reliability.md), and
   events older than it are quarantined, so an expired id cannot come back.
 """
 

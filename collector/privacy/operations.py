@@ -50,12 +50,10 @@ from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.log import DataDir
 from maidian.collector.store.rewrite import (
     Cleared,
-    clean_catalog,
     held_exclusively,
     open_data_dir,
     remove_leftovers,
     rewrite_logs,
-    truncate_wal,
 )
 from maidian.collector.store.suppression import Suppression, add_suppressed, load_suppression
 from maidian.tracking_plan import Plan
@@ -153,14 +151,14 @@ def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: P
         scan = rewrite_logs(
             data, drop, cleared, raw_needs=lambda head: any(match({"identities": o[3]}) for o in head.get("obs", ()))
         )
-        cleared.catalog_rows = clean_catalog(
-            catalog, scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
+        cleared.catalog_rows = catalog.forget_removed(
+            scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
         )
         if person is not None:
             forgotten = feed.graph.forget(person)
             cleared.identities = sum(len(v) for v in forgotten.identities.values())
             catalog.record_refusals(forgotten.refusals)
-            truncate_wal(catalog.db)
+            catalog.truncate_wal()
     return cleared
 
 
@@ -178,7 +176,7 @@ def retain(data_dir: Path, days: float, *, now_ms: int, plan: Plan | None = None
     cutoff = now_ms - int(days * _DAY_MS)
     with _session(data_dir, plan) as (data, catalog, _, cleared):
         scan = rewrite_logs(data, lambda _event, t: t < cutoff, cleared, cutoff_ms=cutoff)
-        cleared.catalog_rows = clean_catalog(catalog, scan)
+        cleared.catalog_rows = catalog.forget_removed(scan)
     cleared.notes.append(f"cutoff: events with a corrected time before {cutoff} (epoch ms) were removed")
     return cleared
 

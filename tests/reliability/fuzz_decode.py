@@ -1,4 +1,4 @@
-"""Fuzz targets for the collector's decode path (RELIABILITY.md T20), for atheris and for hypothesis.
+"""Fuzz targets for the collector's decode path (docs/reliability.md, T20), for atheris and for hypothesis.
 
 Two targets, each a function of bytes that raises only on a finding:
 
