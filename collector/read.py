@@ -28,7 +28,15 @@ from maidian.collector.errors import NoSuchPerson
 from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
-from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
+from maidian.collector.store.frames import (
+    Damage,
+    Frame,
+    decode_body,
+    read_frame_at,
+    scan_segment,
+    sealed,
+    segment_files,
+)
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
@@ -129,10 +137,14 @@ def export_events(
     quarantined: bool = False,
     progress: Callable[[int, int], None] | None = None,
     accepted: bool = True,
+    on_damage: Callable[[str, Damage], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every accepted event (and quarantined ones when asked), in log order, deduplicated.
 
     `accepted=False` leaves the accepted events out (only quarantined ones).
+    A damaged frame is skipped and the frames after it are read
+    (store/frames.py); `on_damage(log, damage)` hears of each one, and of the
+    tail of a segment no writer appends to any more.
 
     `since_ms`/`until_ms` bound the corrected time (inclusive, exclusive).
     Frames whose time range misses the bounds are skipped without
@@ -148,8 +160,12 @@ def export_events(
     lo = since_ms if since_ms is not None else -(1 << 62)
     hi = until_ms if until_ms is not None else 1 << 62
     for name, path in paths:
-        frames, _end = read_frames(path)
-        for frame in frames:
+        scanned = scan_segment(path)
+        if on_damage is not None:
+            tail = [scanned.tail] if scanned.tail is not None and sealed(path) else []
+            for damage in [*scanned.damaged, *tail]:
+                on_damage(name, damage)
+        for frame in scanned.frames:
             done_here = frame.end
             if progress is not None:
                 progress(done + done_here, total)

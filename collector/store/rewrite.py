@@ -147,7 +147,7 @@ def remove_leftovers(data: DataDir) -> int:
 def _compress(data: bytes, level: int) -> bytes:
     c = _compressors.get(level)
     if c is None:
-        c = _compressors[level] = zstandard.ZstdCompressor(level=level)
+        c = _compressors[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
     return c.compress(data)
 
 
