@@ -25,10 +25,8 @@ cap.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
@@ -37,6 +35,7 @@ import msgspec
 from aiohttp import web
 from maidian.collector.config import Config
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout, Unavailable
+from maidian.collector.http.request_id import request_id_of
 from maidian.collector.http.vendor_routes import (
     VENDOR_PATHS,
     VENDOR_ROUTES,
@@ -168,20 +167,10 @@ async def _ingest(request: web.Request, *, store: bool) -> web.Response:
         metrics["decoded"] += len(data)
         if store:
             auth.take(principal, len(batch.events), now_s)
-        request_id = request.headers.get("X-Request-Id") or _next_request_id()
-        outcome = await ingest.ingest(batch, principal, request_id[:64], store=store)
+        outcome = await ingest.ingest(batch, principal, request_id_of(request.headers), store=store)
         return web.Response(body=outcome.to_json(), content_type=_CONTENT_JSON)
     finally:
         collector.leave()
-
-
-_REQUEST_IDS = itertools.count(1)
-# Process start (ms, hex) and a counter: unique per process, cheaper than a UUID (1 µs against 6).
-_REQUEST_PREFIX: Final = f"{int(time.time() * 1000):x}-{os.getpid()}-"
-
-
-def _next_request_id() -> str:
-    return _REQUEST_PREFIX + str(next(_REQUEST_IDS))
 
 
 async def _batch(request: web.Request) -> web.Response:
@@ -231,7 +220,7 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
     def read_body(request: web.Request, limit: int) -> Awaitable[bytes]:
         return _read_body(request, limit, body_timeout_s)
 
-    vendors = VendorRoutes(owned, app[AUTH], read_body=read_body, admit=_admit, request_id=_next_request_id)
+    vendors = VendorRoutes(owned, app[AUTH], read_body=read_body, admit=_admit)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         c = app[COLLECTOR]

@@ -48,6 +48,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 from maidian.collector.errors import RequestError
+from maidian.collector.http.request_id import request_id_of
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.pipeline.decode import decoded_batch
 from maidian.collector.pipeline.ingest import Ingest, Outcome, Refused
@@ -143,7 +144,7 @@ def _violations(result: dict[str, Any]) -> list[Violation]:
 class VendorRoutes:
     """The vendor handlers for one app: the collector, the authenticator, and one mapper per vendor for its plan.
 
-    `read_body`, `admit` and `request_id` are the native handler's own (app.py),
+    `read_body` and `admit` are the native handler's own (app.py),
     so both paths read, admit and name requests alike.
     """
 
@@ -154,13 +155,11 @@ class VendorRoutes:
         *,
         read_body: ReadBody,
         admit: Admit,
-        request_id: Callable[[], str],
     ) -> None:
         self.collector = collector
         self.auth = auth
         self.read_body = read_body
         self.admit = admit
-        self.request_id = request_id
         self.limits = vendor_limits(collector.config.limits)
         self.sensors = sensors.SensorsMapper(collector.plan)
         self.segment = segment.SegmentMapper(collector.plan)
@@ -270,7 +269,7 @@ class VendorRoutes:
             self.auth.take(principal, records, self.collector.clock())
         stage = self.collector.metrics.bytes
         stage["wire"] += len(body)
-        request_id = (request.headers.get("X-Request-Id") or self.request_id())[:64]
+        request_id = request_id_of(request.headers)
         verdicts: list[list[Violation]] = []
         outcomes: list[Outcome] = []
         for run in runs:

@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -58,6 +59,8 @@ __all__ = ["Authenticator", "NonceCache", "Principal", "RateLimiter"]
 # Query parameters that look like a credential; any of them is refused.
 _SIGNING_HEADERS: Final = (HEADER_SOURCE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 _KEY_PARAMS: Final = frozenset({"write_key", "writekey", "key", "api_key", "apikey", "token", "secret"})
+# What a nonce may be: signing.make_nonce makes 32 hex digits; a value that is not ASCII cannot be signed.
+_NONCE: Final = re.compile(r"[!-~]{1,128}")
 # A nonce cache this large holds five minutes at 3,000 signed requests per second.
 MAX_NONCES: Final = 1_000_000
 
@@ -216,8 +219,8 @@ class Authenticator:
             raise Unauthenticated(
                 f"the signature's timestamp is more than {signing.WINDOW_S} s from the collector's clock"
             )
-        if len(nonce) > 128:
-            raise Unauthenticated(f"{HEADER_NONCE} is too long")
+        if not _NONCE.fullmatch(nonce):
+            raise Unauthenticated(f"{HEADER_NONCE} must be 1 to 128 visible ASCII characters")
         if not signing.signature_matches(
             signature, source.secret, timestamp=timestamp, nonce=nonce, method=method, path=path, body=body
         ):
