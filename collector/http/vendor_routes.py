@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+
 from maidian.collector.errors import RequestError
 from maidian.collector.http.request_id import request_id_of
 from maidian.collector.pipeline.auth import Authenticator, Principal
