@@ -29,6 +29,7 @@ import zstandard
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.config import (
     AuthConfig,
     Config,
@@ -41,7 +42,6 @@ from maidian.collector.config import (
 )
 from maidian.collector.http.app import make_app
 from maidian.tracking_plan import signing
-
 from tests.collector.vendor_helpers import basic, securities_vendor_plan, sensors_form, sensors_payload
 
 KEY = "mk_hostile_app_0001"
