@@ -46,7 +46,7 @@ from maidian.collector.http.vendor_routes import (
     max_line_bytes,
 )
 from maidian.collector.pipeline.auth import Authenticator
-from maidian.collector.pipeline.decode import decode_batch, decompress, read_media_type
+from maidian.collector.pipeline.decode import decode_batch, decompress, inflates_large, read_media_type
 from maidian.collector.service import Collector
 from maidian.tracking_plan.envelope import BATCH_PATH, DEBUG_PATH
 
@@ -151,7 +151,10 @@ async def _ingest(request: web.Request, *, store: bool) -> web.Response:
         body = await _read_body(request, limits.max_body_bytes, collector.config.server.body_timeout_s)
         now_s = time.time()
         principal = auth.confirm(claim, method=request.method, path=request.path, body=body, now_s=now_s)
-        data = decompress(body, coding, limits.max_decoded_bytes)
+        if inflates_large(body, coding):  # zstd and zlib release the GIL: the loop serves others meanwhile
+            data = await asyncio.to_thread(decompress, body, coding, limits.max_decoded_bytes, own_context=True)
+        else:
+            data = decompress(body, coding, limits.max_decoded_bytes)
         batch = decode_batch(data, fmt, limits)
         metrics = collector.metrics.bytes
         metrics["wire"] += len(body)
