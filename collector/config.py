@@ -70,9 +70,17 @@ DEFAULT_MAX_IN_FLIGHT: Final = 256
 # docs/reliability.md, T8: idle and header timeouts of at most 10 s (nginx's client_header_timeout is 60 s, Go
 # servers are commonly given 10 s); an SDK sends at least every second while it has events.
 DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
-# Between two reads of a body (nginx's client_body_timeout semantics); a stalled body holds a slot of
-# max_in_flight, so 256 of them would otherwise shut everyone else out.
+# For the whole body, from admission to its last byte: a byte now and then does not renew it (nginx's
+# client_body_timeout is per read, which let 260 senders of a byte every 4 s hold every slot). The largest
+# body (1 MiB) arrives in 10 s at 100 KiB/s; an SDK's batches are tens of KiB.
 DEFAULT_BODY_TIMEOUT_S: Final = 10.0
+# Slots one sender (a write key, a signed source) may hold: half of them, so that one key's clients
+# (or someone holding its public app key) leave the other half to the other senders. 128 requests
+# in flight for one key are 10-20x what one process commits at its peak (group commit).
+DEFAULT_MAX_IN_FLIGHT_PER_SENDER: Final = 128
+# Slots for requests whose sender is known only from the body (Sensors, Segment's writeKey in the
+# body), outside the others.
+DEFAULT_MAX_IN_FLIGHT_UNAUTHENTICATED: Final = 32
 # docs/reliability.md, T12: events more than an hour in the future are clamped and flagged.
 DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
 
@@ -147,8 +155,12 @@ class ServerConfig:
     # A connection that has not sent a whole request head this long after it opened or after its last
     # answer is closed: idle keep-alive, and slowloris headers (docs/reliability.md, T8: at most 10 s).
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    # A request whose body makes no progress for this long is answered 408 and its slot freed.
+    # A request whose body has not arrived whole this long after admission is answered 408 and its slot freed.
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    # http/admission.py: at most this many of max_in_flight per sender, and a pool of its own for requests
+    # whose sender is known only from their body.
+    max_in_flight_per_sender: int = DEFAULT_MAX_IN_FLIGHT_PER_SENDER
+    max_in_flight_unauthenticated: int = DEFAULT_MAX_IN_FLIGHT_UNAUTHENTICATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +465,11 @@ def check_config(config: Config) -> Config:
         )
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("server.workers: expected 1 to 64")
+    for name in ("max_in_flight", "max_in_flight_per_sender", "max_in_flight_unauthenticated"):
+        if getattr(config.server, name) < 1:
+            raise ConfigError(f"server.{name}: expected at least 1")
+    if config.server.body_timeout_s <= 0:
+        raise ConfigError("server.body_timeout_s: expected more than 0")
     live = config.live
     if live.enabled and not live.allow_loopback and len(live.token_sha256) != 64:
         raise ConfigError(

@@ -49,6 +49,8 @@ import msgspec
 from aiohttp import web
 
 from maidian.collector.errors import RequestError
+from maidian.collector.http.admission import UNAUTHENTICATED, Gate
+from maidian.collector.http.request_id import request_id_of
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.pipeline.decode import decoded_batch
 from maidian.collector.pipeline.ingest import Ingest, Outcome, Refused
@@ -87,7 +89,6 @@ _REQUEST_LINE_SLACK: Final = 1024
 _MAX_DROPPED_NAMES: Final = 256
 
 ReadBody = Callable[[web.Request, int], Awaitable[bytes]]
-Admit = Callable[[Collector], Ingest]
 
 
 def vendor_limits(limits: Limits) -> VendorLimits:
@@ -144,7 +145,7 @@ def _violations(result: dict[str, Any]) -> list[Violation]:
 class VendorRoutes:
     """The vendor handlers for one app: the collector, the authenticator, and one mapper per vendor for its plan.
 
-    `read_body`, `admit` and `request_id` are the native handler's own (app.py),
+    `gate` and `read_body` are the native handler's own (app.py),
     so both paths read, admit and name requests alike.
     """
 
@@ -152,16 +153,14 @@ class VendorRoutes:
         self,
         collector: Collector,
         auth: Authenticator,
+        gate: Gate,
         *,
         read_body: ReadBody,
-        admit: Admit,
-        request_id: Callable[[], str],
     ) -> None:
         self.collector = collector
         self.auth = auth
+        self.gate = gate
         self.read_body = read_body
-        self.admit = admit
-        self.request_id = request_id
         self.limits = vendor_limits(collector.config.limits)
         self.sensors = sensors.SensorsMapper(collector.plan)
         self.segment = segment.SegmentMapper(collector.plan)
@@ -187,7 +186,8 @@ class VendorRoutes:
         headers = request.headers
         debug = request.path == SENSORS_DEBUG_PATH
         try:
-            ingest = self.admit(self.collector)
+            # Sensors SDKs send no credential: the project, in the body, names the sender.
+            ingest = self.gate.enter(UNAUTHENTICATED)
             try:
                 body = await self.read_body(request, self.limits.max_body_bytes)
                 decoded = sensors.decode_request(
@@ -200,7 +200,7 @@ class VendorRoutes:
                     ingest, "sensors", mapped, principal=principal, request=request, body=body, store=store
                 )
             finally:
-                self.collector.leave()
+                self.gate.leave(UNAUTHENTICATED)
             if debug or decoded.dry_run:
                 answer = sensors.debug_response(mapped, verdicts, dry_run=decoded.dry_run, headers=headers)
             else:
@@ -226,11 +226,13 @@ class VendorRoutes:
         headers = request.headers
         endpoint = segment.ENDPOINTS[request.match_info["endpoint"]]
         try:
-            ingest = self.admit(self.collector)
+            self.gate.check_ready()
+            principal: Principal | None = None
+            if header(headers, "authorization"):  # the key is in the headers: check it before the body
+                principal = self.auth.segment_key(segment.write_key_of(headers), request.remote)
+            sender = UNAUTHENTICATED if principal is None else principal.sender
+            ingest = self.gate.enter(sender)
             try:
-                principal: Principal | None = None
-                if header(headers, "authorization"):  # the key is in the headers: check it before decoding
-                    principal = self.auth.segment_key(segment.write_key_of(headers), request.remote)
                 body = await self.read_body(request, self.limits.max_body_bytes)
                 decoded = segment.decode_request(endpoint, headers, body, limits=self.limits)
                 if principal is None:
@@ -240,7 +242,7 @@ class VendorRoutes:
                     ingest, "segment", mapped, principal=principal, request=request, body=body, store=True
                 )
             finally:
-                self.collector.leave()
+                self.gate.leave(sender)
             answer = segment.success_response(headers)
         except RequestError as error:
             answer = segment.error_response(error, headers)
@@ -271,7 +273,7 @@ class VendorRoutes:
             self.auth.take(principal, records, self.collector.clock())
         stage = self.collector.metrics.bytes
         stage["wire"] += len(body)
-        request_id = (request.headers.get("X-Request-Id") or self.request_id())[:64]
+        request_id = request_id_of(request.headers)
         verdicts: list[list[Violation]] = []
         outcomes: list[Outcome] = []
         for run in runs:
