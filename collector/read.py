@@ -25,7 +25,7 @@ from typing import Any, Final
 import msgspec
 
 from maidian.collector.errors import CollectorError, NoSuchPerson
-from maidian.collector.pipeline.dedup import SeenIds, id_ranges
+from maidian.collector.pipeline.dedup import ScopedSeenIds, head_scope, id_ranges
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
@@ -150,7 +150,7 @@ def export_events(
     paths = [(name, p) for name, d in logs for p in segment_files(d)]
     total = sum(p.stat().st_size for _n, p in paths)
     done = 0
-    seen = SeenIds(_FOREVER_S)
+    scoped = ScopedSeenIds(_FOREVER_S)
     lo = since_ms if since_ms is not None else -(1 << 62)
     hi = until_ms if until_ms is not None else 1 << 62
     for name, path in paths:
@@ -162,6 +162,7 @@ def export_events(
             if name == "raw":
                 if frame.head.get("tmax", hi) < lo or frame.head.get("tmin", lo) >= hi:
                     continue
+                seen = scoped.of(head_scope(frame.head))
                 for record in _records(frame):
                     eid = record.get("event_id")
                     if not (lo <= record["time"] < hi) or not isinstance(eid, str) or eid in seen:
@@ -282,6 +283,7 @@ def replay_quarantine(
             stored: list[tuple[dict[str, Any], Any, int, list[str] | None]] = []
             ids: list[str] = []
             refs: list[list[Any]] = []
+            seen = state.seen.of(head_scope(head))
             for idx in indexes:
                 raw = msgspec.Raw(body.events[idx])
                 event, problem = decode_event(raw, fmt, judge.limits)
@@ -296,7 +298,7 @@ def replay_quarantine(
                 _i, ev, _raw, _corrected, flags = verdict.valid[0]
                 corrected = body.times[idx] if idx < len(body.times) else ev["time"]
                 eid = ev["event_id"]
-                if eid in state.seen or eid in ids:
+                if eid in seen or eid in ids:
                     duplicate += 1
                     refs.append([segment, offset, idx])  # done: the event is in the raw log already
                     continue
@@ -313,7 +315,7 @@ def replay_quarantine(
             new_head["replay"] = refs
             ranges, opaque = id_ranges(ids)
             writer.append_sync(build_accepted_frame(new_head, stored, ranges, opaque))
-            state.seen.add(ids, now_ms)
+            seen.add(ids, now_ms)
             moved += len(stored)
     finally:
         writer.close_sync()
