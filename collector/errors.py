@@ -8,7 +8,8 @@ a bug.
 
     CollectorError                      root of this package's errors
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
-     ├── DataDirError                    the data directory cannot be used (locked, unreadable)
+     ├── DataDirError                    the data directory cannot be used (locked, unreadable, full)
+ │    └── DerivedFileError           catalog.sqlite or identity.sqlite is damaged: `maidian rebuild`
      ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
  ├── PrivacyError                    a privacy operation could not be carried out (deletion, retention)
  ├── IdentityGraphError              the identity graph cannot do what was asked (identity/types.py)
@@ -40,6 +41,7 @@ __all__ = [
     "CollectorError",
     "ConfigError",
     "DataDirError",
+    "DerivedFileError",
     "Forbidden",
     "NoSuchPerson",
     "PayloadTooLarge",
@@ -67,6 +69,10 @@ class ConfigError(CollectorError):
 
 class DataDirError(CollectorError):
     """The data directory cannot be used (missing, unreadable, or locked by another writer)."""
+
+
+class DerivedFileError(DataDirError):
+    """A file derived from the logs (catalog.sqlite, identity.sqlite) is damaged; `maidian rebuild` recreates it."""
 
 
 class NoSuchPerson(CollectorError):
