@@ -31,6 +31,7 @@ new one) is fed every observation again, which the graph takes idempotently.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,13 +39,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from maidian.collector.identity.graph import IdentityGraph
-from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
+from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal, order_time
 from maidian.collector.sqlite import connect
 from maidian.collector.store.frames import Frame, read_frames, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 
-__all__ = ["Catalog", "CatchUp", "IdentityFeed"]
+__all__ = ["Catalog", "CatchUp", "IdentityFeed", "observation_of"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER);
@@ -54,8 +55,10 @@ CREATE TABLE IF NOT EXISTS identity_frames(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identity_frames_value ON identity_frames(value);
 CREATE TABLE IF NOT EXISTS observations(
-    id INTEGER PRIMARY KEY, event_id TEXT, time INTEGER, kind TEXT, identities TEXT, trusted INTEGER
+    id INTEGER PRIMARY KEY, event_id TEXT, time INTEGER, kind TEXT, identities TEXT, trusted INTEGER,
+    at INTEGER, segment TEXT, offset INTEGER
 );
+CREATE INDEX IF NOT EXISTS observations_frame ON observations(segment, offset);
 CREATE TABLE IF NOT EXISTS refusals(
     id INTEGER PRIMARY KEY, event_id TEXT, rule TEXT, identity_type TEXT, message TEXT
 );
@@ -69,6 +72,20 @@ CREATE TABLE IF NOT EXISTS replayed(segment TEXT, offset INTEGER, idx INTEGER, P
 CREATE TABLE IF NOT EXISTS sdk_drops(source TEXT, reason TEXT, n INTEGER, PRIMARY KEY(source, reason)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sdk_drop_totals(reason TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
 """
+# The layout `_SCHEMA` makes. A catalog of another layout is derived data: it is emptied and rebuilt.
+_LAYOUT: Final = 2
+_TABLES: Final = (
+    "meta",
+    "progress",
+    "identity_frames",
+    "observations",
+    "refusals",
+    "counts",
+    "quarantine",
+    "replayed",
+    "sdk_drops",
+    "sdk_drop_totals",
+)
 # Readers and the server's indexer may hold the file at once; wait rather than fail.
 _BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -93,15 +110,51 @@ class IdentityFeed:
 
     def __init__(self, data: DataDir, policy: IdentityPolicy) -> None:
         self.path = data.identity
+        self.policy = policy
         self.graph = IdentityGraph(self.path, policy)
-        self.fed = int(self.graph.checkpoint() or 0)
+        self.generation, self.fed = _parse_checkpoint(self.graph.checkpoint())
 
     @classmethod
     def for_plan(cls, data: DataDir, plan: Plan) -> IdentityFeed:
         return cls(data, IdentityPolicy.from_plan(plan))
 
+    def checkpoint(self, row_id: int) -> str:
+        return f"{self.generation}:{row_id}"
+
+    def reset(self, generation: str) -> None:
+        """Start the graph again from nothing, for a catalog of another generation (its rows are numbered anew)."""
+        self.graph.close()
+        for suffix in ("", "-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        self.graph = IdentityGraph(self.path, self.policy)
+        self.generation, self.fed = generation, 0
+
     def close(self) -> None:
         self.graph.close()
+
+
+def _parse_checkpoint(text: str | None) -> tuple[str, int]:
+    """(catalog generation, observation rows fed); a checkpoint without a generation predates them."""
+    if not text or ":" not in text:
+        return "", 0
+    generation, _, row = text.rpartition(":")
+    return generation, int(row)
+
+
+def observation_of(row: tuple[Any, ...]) -> Observation:
+    """The graph's observation for a catalog row (event_id, time, kind, identities, trusted, at).
+
+    Its time is the graph's order time (`order_time`): the event time for a
+    signed source, the receive time after every signed event for anyone else.
+    """
+    event_id, time, kind, identities, trusted, at = row
+    return Observation(
+        event_id=event_id,
+        time=order_time(int(time), int(at if at is not None else time), trusted=bool(trusted)),
+        kind=kind,
+        identities=json.loads(identities),
+        trusted=bool(trusted),
+    )
 
 
 class Catalog:
@@ -114,6 +167,28 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self.generation = self._layout()
+
+    def _layout(self) -> str:
+        """The catalog's generation; a catalog of an older layout is emptied first (it is rebuilt from the logs)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            layout = db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
+            generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            if layout is None or int(layout[0]) != _LAYOUT or generation is None:
+                for table in _TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                generation = (secrets.randbits(62),)
+                db.execute("INSERT INTO meta VALUES ('layout', ?)", (_LAYOUT,))
+                db.execute("INSERT INTO meta VALUES ('generation', ?)", generation)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return str(generation[0])
 
     def close(self) -> None:
         self.db.close()
@@ -184,15 +259,7 @@ class Catalog:
 
     def _index_raw(self, frame: Frame, counts: Counter[tuple[str, str]]) -> int:
         head = frame.head
-        trusted = 1 if head.get("trusted") else 0
-        pairs: set[tuple[str, str]] = set()
-        rows = []
-        for time, event_id, kind, identities in head.get("obs", ()):
-            rows.append((event_id, time, kind, json.dumps(identities, ensure_ascii=False, sort_keys=True), trusted))
-            pairs.update((str(t), str(v)) for t, v in identities.items())
-        self.db.executemany(
-            "INSERT INTO observations(event_id, time, kind, identities, trusted) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        pairs = self.observe_frame(frame.segment, frame.offset, head)
         self.db.executemany(
             "INSERT OR IGNORE INTO identity_frames(type, value, segment, offset) VALUES (?, ?, ?, ?)",
             [(t, v, frame.segment, frame.offset) for t, v in pairs],
@@ -203,6 +270,38 @@ class Catalog:
             self.db.execute("INSERT OR IGNORE INTO replayed(segment, offset, idx) VALUES (?, ?, ?)", (seg, off, idx))
         self._note_drops(head)
         return int(head.get("n", 0))
+
+    def observe_frame(self, segment: str, offset: int, head: dict[str, Any]) -> set[tuple[str, str]]:
+        """Insert a raw frame's identity observations (inside the caller's transaction); its identities."""
+        trusted = 1 if head.get("trusted") else 0
+        at = head.get("at")
+        pairs: set[tuple[str, str]] = set()
+        rows = []
+        for time, event_id, kind, identities in head.get("obs", ()):
+            text = json.dumps(identities, ensure_ascii=False, sort_keys=True)
+            rows.append((event_id, time, kind, text, trusted, at, segment, offset))
+            pairs.update((str(t), str(v)) for t, v in identities.items())
+        self.db.executemany(
+            "INSERT INTO observations(event_id, time, kind, identities, trusted, at, segment, offset)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return pairs
+
+    def observations_carrying(self, identities: set[tuple[str, str]]) -> list[Observation]:
+        """Every stored observation that carries one of these identities (a scan: for deletions)."""
+        out: dict[int, Observation] = {}
+        for value in {v for _t, v in identities}:
+            needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
+            for row in self.db.execute(
+                "SELECT id, event_id, time, kind, identities, trusted, at FROM observations"
+                " WHERE instr(identities, ?) > 0",
+                (needle,),
+            ):
+                obs = observation_of(row[1:])
+                if any((t, v) in identities for t, v in obs.identities.items()):
+                    out[int(row[0])] = obs
+        return [out[k] for k in sorted(out)]
 
     def _note_drops(self, head: dict[str, Any]) -> None:
         """Keep the largest count a sender reported per reason; counts are cumulative, so repeats change nothing."""
@@ -238,6 +337,8 @@ class Catalog:
 
     def _feed(self, feed: IdentityFeed) -> tuple[int, list[Refusal]]:
         """Feed new observations; mirror the graph's refusal record (withdrawals included) in `refusals`."""
+        if feed.generation != self.generation:
+            feed.reset(self.generation)  # fed from another catalog (or before trust ordering): start again
         if feed.fed == 0:
             # A graph fed from the start (new, or rebuilt) reports every refusal again.
             self.db.execute("DELETE FROM refusals")
@@ -245,17 +346,14 @@ class Catalog:
         changes: list[Refusal] = []
         while True:
             rows = self.db.execute(
-                "SELECT id, event_id, time, kind, identities, trusted FROM observations WHERE id > ? ORDER BY id"
+                "SELECT id, event_id, time, kind, identities, trusted, at FROM observations WHERE id > ? ORDER BY id"
                 " LIMIT 5000",
                 (feed.fed,),
             ).fetchall()
             if not rows:
                 break
-            batch = [
-                Observation(event_id=r[1], time=r[2], kind=r[3], identities=json.loads(r[4]), trusted=bool(r[5]))
-                for r in rows
-            ]
-            found = feed.graph.observe_many(batch, checkpoint=str(rows[-1][0]))
+            batch = [observation_of(r[1:]) for r in rows]
+            found = feed.graph.observe_many(batch, checkpoint=feed.checkpoint(rows[-1][0]))
             observed += len(batch)
             feed.fed = rows[-1][0]
             changes.extend(found)

@@ -193,8 +193,8 @@ def _same_size_frame(frame: Frame, head: dict[str, Any], body: dict[str, Any]) -
     raise PrivacyError(f"{frame.segment} at {frame.offset}: the rewritten frame does not fit its old size")
 
 
-Drop = Callable[[Any, int], bool]
-"""Whether to remove one stored event: (the decoded event or undecodable bytes, its corrected time)."""
+Drop = Callable[[Any, int, dict[str, Any]], bool]
+"""Whether to remove one stored event: (the event or its undecodable bytes, its corrected time, its frame's head)."""
 
 
 @dataclass(slots=True)
@@ -216,7 +216,7 @@ def _rewrite_raw(frame: Frame, drop: Drop, cutoff_all: bool) -> _FrameChange | N
     body = _body_decoder.decode(_decompressor.decompress(frame.body))
     events = [_decode_event(r) for r in body.e]
     times = [body.t[i] if i < len(body.t) else 0 for i in range(len(events))]
-    keep = [i for i, ev in enumerate(events) if not (cutoff_all or drop(ev, times[i]))]
+    keep = [i for i, ev in enumerate(events) if not (cutoff_all or drop(ev, times[i], frame.head))]
     if len(keep) == len(events):
         return None
     meta = {k: v for k, v in frame.head.items() if k not in _DERIVED_RAW}
@@ -264,7 +264,7 @@ def _rewrite_quarantine(frame: Frame, drop: Drop) -> _FrameChange | None:
         if i < len(summary) and summary[i] is None:
             continue  # a tombstone already
         t = times[i] if i < len(times) else 0
-        if not drop(_quarantined_event(raw, fmt), t):
+        if not drop(_quarantined_event(raw, fmt), t, frame.head):
             kept += 1
             continue
         removed += 1
@@ -302,6 +302,8 @@ class Scan:
     segments: set[tuple[str, str]] = field(default_factory=set)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     kept: int = 0
+    # The new heads of the raw frames this run rewrote, by (segment, offset).
+    rewritten: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     def add_counts(self, log: str, head: dict[str, Any]) -> None:
         counts = self.counts
@@ -384,6 +386,7 @@ def _rewrite_segment(
                 scan.stale_rows |= _identity_rows(frame.head, path.name, offset) - _identity_rows(
                     head, path.name, offset
                 )
+                scan.rewritten[(path.name, offset)] = head
         else:
             for idx, entry in enumerate(head.get("q", ())):
                 if entry is not None:
@@ -429,20 +432,37 @@ def clean_catalog(
         for log, segment in list(db.execute("SELECT log, segment FROM progress")):
             if (log, segment) not in scan.segments:
                 db.execute("DELETE FROM progress WHERE log=? AND segment=?", (log, segment))
-        # The person's identity observations, and every identity and event they name: the rows below follow.
-        observed: set[tuple[int]] = set()
+        # Observations mirror the frame heads: the rewritten frames', and (for a re-run after a crash) every
+        # frame an observation of the person's identities names, are read again from their heads.
+        frames: set[tuple[str, int]] = set(scan.rewritten)
         neighbours: set[tuple[str, str]] = set()
         erased = set(event_ids)
         for value in {v for _t, v in identities}:
             needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
-            for row_id, event_id, text in db.execute(
-                "SELECT id, event_id, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
+            for segment, offset, text in db.execute(
+                "SELECT segment, offset, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
             ):
                 pairs = {(str(t), str(v)) for t, v in json.loads(text).items()}
                 if pairs & identities:
-                    observed.add((row_id,))
+                    frames.add((segment, offset))
                     neighbours |= pairs - identities
-                    erased.add(event_id)
+        heads: dict[tuple[str, int], dict[str, Any] | None] = {}
+
+        def head_at(segment: str, offset: int) -> dict[str, Any] | None:
+            if (segment, offset) not in heads:
+                found = scan.rewritten.get((segment, offset))
+                if found is None:
+                    frame = read_frame_at(catalog.data.raw / segment, offset)
+                    found = None if frame is None else frame.head
+                heads[(segment, offset)] = found
+            return heads[(segment, offset)]
+
+        for segment, offset in sorted(frames):
+            before = db.execute("DELETE FROM observations WHERE segment=? AND offset=?", (segment, offset)).rowcount
+            head = head_at(segment, offset)
+            if head is not None:
+                catalog.observe_frame(segment, offset, head)
+            removed += max(0, before - (0 if head is None else len(head.get("obs", ()))))
         if scan.full:
             stale = {
                 row
@@ -451,23 +471,16 @@ def clean_catalog(
             }
         else:
             stale = set(scan.stale_rows)
-            for t, v in identities:
-                stale.update(
-                    db.execute(
-                        "SELECT ?, ?, segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v, t, v)
-                    )
-                )
-            # Identities seen beside the person's, in frames an interrupted run rewrote: still carried?
-            for t, v in neighbours:
+            # The person's identities and those seen beside them: is each indexed frame still carrying them?
+            for t, v in identities | neighbours:
                 for segment, offset in db.execute(
                     "SELECT segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v)
                 ).fetchall():
-                    frame = read_frame_at(catalog.data.raw / segment, offset)
-                    if frame is None or (t, v, segment, offset) not in _identity_rows(frame.head, segment, offset):
+                    head = head_at(segment, offset)
+                    if head is None or (t, v, segment, offset) not in _identity_rows(head, segment, offset):
                         stale.add((t, v, segment, offset))
         db.executemany("DELETE FROM identity_frames WHERE type=? AND value=? AND segment=? AND offset=?", stale)
-        db.executemany("DELETE FROM observations WHERE id=?", observed)
-        removed += len(stale) + len(observed)
+        removed += len(stale)
         gone = [r for r in db.execute("SELECT segment, offset, idx FROM quarantine") if r not in scan.quarantine_rows]
         db.executemany("DELETE FROM quarantine WHERE segment=? AND offset=? AND idx=?", gone)
         db.executemany("DELETE FROM replayed WHERE segment=? AND offset=? AND idx=?", gone)
