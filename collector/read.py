@@ -27,11 +27,12 @@ import msgspec
 from maidian.collector.errors import CollectorError, NoSuchPerson
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import PersonId
-from maidian.collector.pipeline.dedup import ScopedSeenIds, head_scope, id_ranges, split_event_id
+from maidian.collector.pipeline.dedup import ScopedSeenIds, head_scope
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges, split_event_id
 from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
 from maidian.tracking_plan import Plan, Validator
 
@@ -273,7 +274,7 @@ def _quarantine_records(frame: Frame, lo: int, hi: int) -> Iterator[dict[str, An
     fmt = frame.head.get("fmt", "msgpack")
     for i, raw in enumerate(body.events):
         t = body.times[i] if i < len(body.times) else 0
-        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy.py)
+        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy/operations.py)
             continue
         yield {
             "quarantined": True,
