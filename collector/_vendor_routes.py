@@ -52,6 +52,7 @@ from maidian.tracking_plan.envelope import Limits
 
 from . import _segment as segment
 from . import _sensors as sensors
+from . import _vendor_web as browser
 from ._vendor import (
     Mapped,
     Undecodable,
@@ -76,9 +77,15 @@ VENDOR_ROUTES: Final = (
     *((method, path) for path in SENSORS_PATHS for method in ("GET", "POST", "OPTIONS")),
     ("POST", SEGMENT_PATH),
     ("OPTIONS", SEGMENT_PATH),
+    ("GET", browser.SETTINGS_PATH),
+    ("OPTIONS", browser.SETTINGS_PATH),
+    ("POST", browser.METRICS_PATH),
+    ("OPTIONS", browser.METRICS_PATH),
 )
 # Every concrete path the routes answer, for the request metrics' `path` label (a bounded set).
-VENDOR_PATHS: Final = frozenset((*SENSORS_PATHS, *(f"{segment.PREFIX}/v1/{name}" for name in segment.ENDPOINTS)))
+VENDOR_PATHS: Final = frozenset(
+    (*SENSORS_PATHS, *(f"{segment.PREFIX}/v1/{name}" for name in segment.ENDPOINTS), browser.METRICS_PATH)
+)
 # aiohttp's default request-line limit; Sensors image beacons carry their record in the URL.
 _DEFAULT_LINE_BYTES: Final = 8190
 # Room for the method, path and protocol around a beacon's query string.
@@ -247,6 +254,32 @@ class VendorRoutes:
             answer = segment.error_response(error, headers)
         return self._respond("segment", answer)
 
+    async def segment_settings(self, request: web.Request) -> web.Response:
+        """analytics.js's CDN settings for a configured write key (docs/migration.md)."""
+        headers = request.headers
+        try:
+            write_key = request.match_info["write_key"]
+            self.auth.segment_key(write_key, request.remote)
+            answer = browser.settings_response(
+                write_key, headers, scheme=request.scheme, host=request.host, forwarded=False
+            )
+        except RequestError as error:
+            answer = segment.error_response(error, headers)
+        return self._respond("segment", answer)
+
+    async def segment_metrics(self, request: web.Request) -> web.Response:
+        """analytics.js's usage metrics: read (capped) and discarded."""
+        try:
+            await self.read_body(request, self.limits.max_body_bytes)
+            answer = browser.metrics_response(request.headers)
+        except RequestError as error:
+            answer = segment.error_response(error, request.headers)
+        return self._respond("segment", answer)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        """An unknown path under the Segment prefix: 404 with CORS, so a browser sees the status."""
+        return self._respond("segment", browser.not_found_response(len(request.path), request.headers))
+
     # -- shared -----------------------------------------------------------------------------
 
     async def preflight(self, request: web.Request) -> web.Response:
@@ -320,3 +353,10 @@ def add_vendor_routes(app: web.Application, routes: VendorRoutes) -> None:
     resource = app.router.add_resource(f"{segment.PREFIX}/v1/{{endpoint:(?:{names})}}")
     resource.add_route("POST", routes.segment_request)
     resource.add_route("OPTIONS", routes.preflight)
+    settings = app.router.add_resource(browser.SETTINGS_PATH)
+    settings.add_route("GET", routes.segment_settings)
+    settings.add_route("OPTIONS", routes.preflight)
+    metrics = app.router.add_resource(browser.METRICS_PATH)
+    metrics.add_route("POST", routes.segment_metrics)
+    metrics.add_route("OPTIONS", routes.preflight)
+    app.router.add_route("*", f"{segment.PREFIX}/{{tail:.*}}", routes.not_found)
