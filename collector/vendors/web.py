@@ -1,0 +1,90 @@
+"""What the vendors' browser SDKs need besides ingestion: analytics.js's settings and metrics, and CORS everywhere.
+
+Promises (docs/migration.md, "A web page with analytics.js"):
+
+- `GET /segment/v1/projects/{writeKey}/settings` answers the settings
+  analytics.js (`@segment/analytics-next`) fetches from its CDN before it
+  sends anything, so a page needs only `cdnURL: "https://collector/segment"`.
+  The settings name this collector as the Segment.io destination's `apiHost`
+  (the host and scheme the request came to), enable nothing else, and turn
+  the SDK's usage metrics off (`sampleRate: 0`). Unknown or revoked keys are
+  answered as on the ingestion routes (401, 403), so a wrong key shows at
+  load time.
+- `POST /segment/v1/m` (analytics.js usage metrics, sent when a page passes
+  its own `cdnSettings` with metrics on) is accepted and discarded: 200,
+  counted per request in `maidian_vendor_requests_total`.
+- Every answer under the vendor prefixes, unknown paths included (404),
+  carries the CORS headers, so a browser shows the status instead of a CORS
+  failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from maidian.collector.vendors.common import VendorResponse, cors_headers, header
+
+__all__ = ["metrics_response", "not_found_response", "settings_response"]
+
+SETTINGS_PATH: Final = "/segment/v1/projects/{write_key}/settings"
+METRICS_PATH: Final = "/segment/v1/m"
+
+
+def public_base(headers: Mapping[str, str], scheme: str, host: str, *, forwarded: bool) -> tuple[str, str]:
+    """(scheme, host) the browser used to reach the collector; proxy headers count only when `forwarded`."""
+    if forwarded:
+        scheme = (header(headers, "x-forwarded-proto") or scheme).split(",")[0].strip() or scheme
+        host = (header(headers, "x-forwarded-host") or host).split(",")[0].strip() or host
+    return scheme, host
+
+
+def settings_document(write_key: str, *, scheme: str, host: str) -> dict[str, Any]:
+    """analytics-next's CDN settings with this collector as the only destination."""
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": f"{host}/segment/v1",
+                "protocol": "https" if scheme == "https" else "http",
+                "unbundledIntegrations": [],
+                "addBundledMetadata": False,
+                "maybeBundledConfigIds": {},
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+
+
+def settings_response(
+    write_key: str, request_headers: Mapping[str, str], *, scheme: str, host: str, forwarded: bool
+) -> VendorResponse:
+    """200 with the settings for `write_key` (already checked by the caller)."""
+    scheme, host = public_base(request_headers, scheme, host, forwarded=forwarded)
+    body = json.dumps(settings_document(write_key, scheme=scheme, host=host)).encode()
+    headers = (*cors_headers(request_headers), ("Cache-Control", "no-cache"))
+    return VendorResponse(200, body, "application/json", headers)
+
+
+def metrics_response(request_headers: Mapping[str, str]) -> VendorResponse:
+    """analytics.js's usage metrics: taken and discarded."""
+    return VendorResponse(200, b"", "text/plain", cors_headers(request_headers))
+
+
+def not_found_response(path_length: int, request_headers: Mapping[str, str]) -> VendorResponse:
+    """404 for an unknown path under a vendor prefix, in Segment's error shape and with CORS."""
+    message = f"no such vendor endpoint (a path of {path_length} characters); see docs/migration.md, 'The routes'"
+    body = json.dumps({"success": False, "code": "not_found", "message": message}).encode()
+    return VendorResponse(404, body, "application/json", cors_headers(request_headers))
