@@ -109,12 +109,14 @@ class Watched:
         self.console: list[str] = []
         self.errors: list[str] = []
         self.responses: list[tuple[int, str]] = []
+        self.requests: list[str] = []
         self.dialogs: list[str] = []
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         # Failed requests are logged with the artifacts; the browser reports a real failure as a console error too.
         self.page.on("requestfailed", lambda r: self.console.append(f"requestfailed: {r.url[:80]} {r.failure}"))
         self.page.on("response", lambda r: self.responses.append((r.status, r.url)))
+        self.page.on("request", lambda r: self.requests.append(r.url))
         self.page.on("dialog", self._dialog)
 
     def _console(self, message: Any) -> None:
@@ -289,9 +291,9 @@ def test_analytics_next_delivers_every_event_once(
     assert journey[2]["properties"] == {"risk_level": "C3", "city": "上海市"}
     assert all(e["source"] == "broker-web-segment" for e in journey)
     assert [r for r in of_person(collector.stored(), anonymous) if r.get("quarantined")] == []
-    assert any("/segment/v1/projects/" in url for _s, url in w.responses)  # its settings came from the collector
-    if batch:
-        assert any(url.endswith("/segment/v1/b") for _s, url in w.responses)
+    assert any("/segment/v1/projects/" in url for url in w.requests)  # its settings came from the collector
+    sent = {url.rsplit("/", 1)[1] for url in w.requests if "/segment/v1/" in url} - {"settings"}
+    assert sent == ({"b"} if batch else {"p", "t", "i"})
     assert w.errors == []
 
 
