@@ -65,7 +65,7 @@ from maidian.collector.vendors.common import (
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import Limits
 
-__all__ = ["VENDOR_PATHS", "VENDOR_ROUTES", "VendorRoutes", "add_vendor_routes", "max_line_bytes"]
+__all__ = ["VENDOR_PATHS", "VENDOR_ROUTES", "VendorRoutes", "add_vendor_routes", "ingest_mapped", "max_line_bytes"]
 
 SENSORS_PATHS: Final = ("/sa", "/sa.gif", "/debug")
 SENSORS_DEBUG_PATH: Final = "/debug"
@@ -145,6 +145,32 @@ def _runs(vendor: str, mapped: Mapped) -> list[_Run]:
 
 def _violations(result: dict[str, Any]) -> list[Violation]:
     return [Violation(r["rule"], r["path"], r["message"]) for r in result.get("reasons", ())]
+
+
+async def ingest_mapped(
+    ingest: Ingest,
+    vendor: str,
+    mapped: Mapped,
+    *,
+    principal: Principal,
+    request_id: str,
+    store: bool,
+    metrics: Collector,
+) -> tuple[list[list[Violation]], list[Outcome]]:
+    """Mapped vendor records through the native pipeline, one batch per `sent_at`: the routes and the importer.
+
+    Returns each mapped event's violations in order, and each batch's outcome.
+    """
+    stage = metrics.metrics.bytes
+    verdicts: list[list[Violation]] = []
+    outcomes: list[Outcome] = []
+    for run in _runs(vendor, mapped):
+        batch = decoded_batch(run.events, sent_at=run.sent_at, lib=vendor)
+        stage["decoded"] += sum(map(len, batch.events)) + sum(len(r.raw) for r in run.refused)
+        outcome = await ingest.ingest(batch, principal, request_id, store=store, refused=run.refused)
+        outcomes.append(outcome)
+        verdicts.extend(_violations(r) for r in outcome.results[: len(run.events)])
+    return verdicts, outcomes
 
 
 class VendorRoutes:
@@ -297,21 +323,14 @@ class VendorRoutes:
         store: bool,
     ) -> list[list[Violation]]:
         """Hand the mapped request to the native pipeline; each mapped event's violations, in request order."""
-        runs = _runs(vendor, mapped)
         if store:
             records = len(mapped.records)
             self.auth.take(principal, records, self.collector.clock())
-        stage = self.collector.metrics.bytes
-        stage["wire"] += len(body)
+        self.collector.metrics.bytes["wire"] += len(body)
         request_id = (request.headers.get("X-Request-Id") or self.request_id())[:64]
-        verdicts: list[list[Violation]] = []
-        outcomes: list[Outcome] = []
-        for run in runs:
-            batch = decoded_batch(run.events, sent_at=run.sent_at, lib=vendor)
-            stage["decoded"] += sum(map(len, batch.events)) + sum(len(r.raw) for r in run.refused)
-            outcome = await ingest.ingest(batch, principal, request_id, store=store, refused=run.refused)
-            outcomes.append(outcome)
-            verdicts.extend(_violations(r) for r in outcome.results[: len(run.events)])
+        verdicts, outcomes = await ingest_mapped(
+            ingest, vendor, mapped, principal=principal, request_id=request_id, store=store, metrics=self.collector
+        )
         if store:
             self._count(vendor, outcomes, mapped)
         return verdicts
