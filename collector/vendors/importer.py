@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, TextIO
 
 import msgspec
+
 from maidian.collector.config import Config, with_storage
 from maidian.collector.errors import CollectorError
 from maidian.collector.pipeline.auth import Authenticator
-from maidian.collector.service import Collector, pid_writer_id
+from maidian.collector.service import Collector
+from maidian.collector.store.log import pid_writer_id
 from maidian.collector.vendors.common import VendorRecord
 from maidian.collector.vendors.sensors import SensorsMapper, SensorsRequest
 
