@@ -57,6 +57,7 @@ log = logging.getLogger("maidian.collector")
 
 COLLECTOR: Final = web.AppKey("collector", Collector)
 AUTH: Final = web.AppKey("auth", Authenticator)
+VENDORS: Final = web.AppKey("vendors", VendorRoutes)
 ROUTES: Final = (
     ("POST", BATCH_PATH),
     ("POST", DEBUG_PATH),
@@ -96,7 +97,10 @@ async def _errors(
         return _error_response(error)
     except web.HTTPException as exc:
         status = exc.status
-        raise
+        vendor = request.app[VENDORS].unrouted(request, status) if status in (404, 405) else None
+        if vendor is None:
+            raise
+        return vendor
     except (ConnectionError, asyncio.CancelledError):
         status = _CLIENT_GONE  # the sender went away mid-request; nothing of it was stored
         raise
@@ -233,6 +237,7 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
         return _read_body(request, limit, body_timeout_s)
 
     vendors = VendorRoutes(owned, app[AUTH], read_body=read_body, admit=_admit, request_id=_next_request_id)
+    app[VENDORS] = vendors
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         c = app[COLLECTOR]

@@ -63,6 +63,7 @@ from maidian.collector.vendors.common import (
     header,
     preflight_response,
 )
+from maidian.collector.vendors.derive import Deriver
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import Limits
 
@@ -198,6 +199,8 @@ class VendorRoutes:
         self.limits = vendor_limits(collector.config.limits)
         self.sensors = sensors.SensorsMapper(collector.plan)
         self.segment = segment.SegmentMapper(collector.plan)
+        auth_config = collector.config.auth
+        self.deriver = Deriver(auth_config.trusted_proxies, auth_config.vendor_derive)
         metrics = collector.metrics
         self.requests = metrics.family(
             "maidian_vendor_requests_total", "Vendor SDK requests by vendor and status.", ("vendor", "status")
@@ -228,6 +231,7 @@ class VendorRoutes:
                 )
                 principal = self._sensors_principal(decoded, request.remote)
                 mapped = self.sensors.map_request(decoded)
+                self.deriver.apply(mapped, peer=request.remote, headers=headers, switches=principal.derive)
                 store = not decoded.dry_run
                 verdicts = await self._ingest(
                     ingest, "sensors", mapped, principal=principal, request=request, body=body, store=store
@@ -269,6 +273,7 @@ class VendorRoutes:
                 if principal is None:
                     principal = self.auth.segment_key(decoded.write_key, request.remote)
                 mapped = self.segment.map_request(decoded, now_ms=int(self.collector.clock() * 1000))
+                self.deriver.apply(mapped, peer=request.remote, headers=headers, switches=principal.derive)
                 await self._ingest(
                     ingest, "segment", mapped, principal=principal, request=request, body=body, store=True
                 )
@@ -285,8 +290,9 @@ class VendorRoutes:
         try:
             write_key = request.match_info["write_key"]
             self.auth.segment_key(write_key, request.remote)
+            forwarded = self.deriver.trusts(request.remote)
             answer = browser.settings_response(
-                write_key, headers, scheme=request.scheme, host=request.host, forwarded=False
+                write_key, headers, scheme=request.scheme, host=request.host, forwarded=forwarded
             )
         except RequestError as error:
             answer = segment.error_response(error, headers)
@@ -301,9 +307,16 @@ class VendorRoutes:
             answer = segment.error_response(error, request.headers)
         return self._respond("segment", answer)
 
-    async def not_found(self, request: web.Request) -> web.Response:
-        """An unknown path under the Segment prefix: 404 with CORS, so a browser sees the status."""
-        return self._respond("segment", browser.not_found_response(len(request.path), request.headers))
+    def unrouted(self, request: web.Request, status: int) -> web.Response | None:
+        """The answer to an unknown path (404) or method (405) under a vendor path: with CORS, so a browser
+        sees the status rather than a CORS failure; None for other paths (the native answer stands)."""
+        if request.path.startswith(segment.PREFIX + "/"):
+            vendor = "segment"
+        elif request.path in SENSORS_PATHS:
+            vendor = "sensors"
+        else:
+            return None
+        return self._respond(vendor, browser.unrouted_response(status, len(request.path), request.headers))
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -377,4 +390,3 @@ def add_vendor_routes(app: web.Application, routes: VendorRoutes) -> None:
     metrics = app.router.add_resource(browser.METRICS_PATH)
     metrics.add_route("POST", routes.segment_metrics)
     metrics.add_route("OPTIONS", routes.preflight)
-    app.router.add_route("*", f"{segment.PREFIX}/{{tail:.*}}", routes.not_found)

@@ -70,6 +70,8 @@ class Principal:
     kind: str  # "key" or "source"; "sensors" or "segment" for vendor traffic
     trusted: bool
     key: WriteKey | None = None
+    # Vendor traffic: what the collector derives for this sender (its binding's `derive`; None: the default).
+    derive: tuple[str, ...] | None = None
 
 
 class NonceCache:
@@ -237,7 +239,7 @@ class Authenticator:
         if key is None:
             raise Forbidden("the write key this Sensors project is bound to has been revoked")
         _check_peer(binding, peer)
-        return Principal(key.name, "sensors", trusted=binding.trusted, key=key)
+        return Principal(key.name, "sensors", trusted=binding.trusted, key=key, derive=binding.derive)
 
     def segment_key(self, presented: str, peer: str | None) -> Principal:
         """The sender of a Segment request with this write key, from `peer`; 401 unknown, 403 revoked or refused."""
@@ -245,7 +247,9 @@ class Authenticator:
         binding = self._segment.get(by_key.name)
         if binding is not None:
             _check_peer(binding, peer)
-        return Principal(by_key.name, "segment", trusted=binding is not None and binding.trusted, key=by_key.key)
+        trusted = binding is not None and binding.trusted
+        derive = binding.derive if binding is not None else None
+        return Principal(by_key.name, "segment", trusted=trusted, key=by_key.key, derive=derive)
 
     def take(self, principal: Principal, events: int, now_s: float) -> None:
         """Charge `events` to the principal's rate limit (429 when over)."""

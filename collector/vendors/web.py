@@ -13,9 +13,9 @@ Promises (docs/migration.md, "A web page with analytics.js"):
 - `POST /segment/v1/m` (analytics.js usage metrics, sent when a page passes
   its own `cdnSettings` with metrics on) is accepted and discarded: 200,
   counted per request in `maidian_vendor_requests_total`.
-- Every answer under the vendor prefixes, unknown paths included (404),
-  carries the CORS headers, so a browser shows the status instead of a CORS
-  failure.
+- Every answer on the vendor paths, unknown paths under `/segment` (404)
+  and unknown methods (405) included, carries the CORS headers, so a
+  browser shows the status instead of a CORS failure.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from maidian.collector.vendors.common import VendorResponse, cors_headers, header
 
-__all__ = ["metrics_response", "not_found_response", "settings_response"]
+__all__ = ["metrics_response", "settings_response", "unrouted_response"]
 
 SETTINGS_PATH: Final = "/segment/v1/projects/{write_key}/settings"
 METRICS_PATH: Final = "/segment/v1/m"
@@ -83,8 +83,10 @@ def metrics_response(request_headers: Mapping[str, str]) -> VendorResponse:
     return VendorResponse(200, b"", "text/plain", cors_headers(request_headers))
 
 
-def not_found_response(path_length: int, request_headers: Mapping[str, str]) -> VendorResponse:
-    """404 for an unknown path under a vendor prefix, in Segment's error shape and with CORS."""
-    message = f"no such vendor endpoint (a path of {path_length} characters); see docs/migration.md, 'The routes'"
-    body = json.dumps({"success": False, "code": "not_found", "message": message}).encode()
-    return VendorResponse(404, body, "application/json", cors_headers(request_headers))
+def unrouted_response(status: int, path_length: int, request_headers: Mapping[str, str]) -> VendorResponse:
+    """404 (no such path) or 405 (no such method) under a vendor path, in Segment's error shape, with CORS."""
+    what = "path" if status == 404 else "method for this path"
+    message = f"no such vendor {what} (a path of {path_length} characters); see docs/migration.md, 'The routes'"
+    code = "not_found" if status == 404 else "method_not_allowed"
+    body = json.dumps({"success": False, "code": code, "message": message}).encode()
+    return VendorResponse(status, body, "application/json", cors_headers(request_headers))
