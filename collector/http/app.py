@@ -35,6 +35,7 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from maidian.collector.config import Config
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout, Unavailable
@@ -218,8 +219,27 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Format": "0.0.4"})
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a line over the limit) as an ERROR with a traceback:
+    a sender's doing, not the collector's. One WARNING line instead, without the request's text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg, record.args = "refused a malformed request: %s (HTTP %d)", (type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED: Final = _MalformedRequests()
+
+
 def make_app(config: Config, collector: Collector | None = None) -> web.Application:
     """The aiohttp application; the collector opens on startup and closes (draining, syncing) on cleanup."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server_log.filters:
+        server_log.addFilter(_MALFORMED)
     # Sensors image beacons put their record in the URL: longer request lines only when Sensors is served.
     line_bytes = max_line_bytes(bool(config.auth.sensors_projects))
     app = web.Application(

@@ -88,6 +88,8 @@ VENDOR_PATHS: Final = frozenset(
 )
 # aiohttp's default request-line limit; Sensors image beacons carry their record in the URL.
 _DEFAULT_LINE_BYTES: Final = 8190
+# The longest URL Chromium sends (its kMaxURLChars); Sensors image beacons carry their record in it.
+_BROWSER_URL_BYTES: Final = 2 << 20
 # Room for the method, path and protocol around a beacon's query string.
 _REQUEST_LINE_SLACK: Final = 1024
 # Distinct dropped-field names counted per vendor before the rest are counted as "other":
@@ -110,14 +112,17 @@ def vendor_limits(limits: Limits) -> VendorLimits:
 
 
 def max_line_bytes(serves_sensors: bool) -> int:
-    """aiohttp's request-line limit: long enough for a Sensors beacon only when Sensors projects are served.
+    """aiohttp's request-line limit: long enough for any browser's URL only when Sensors projects are served.
 
     Native routes take nothing in the URL, so without Sensors the limit stays
-    aiohttp's default and a slow sender cannot hold more per connection.
+    aiohttp's default and a slow sender cannot hold more per connection. With
+    Sensors, a beacon URL up to the longest a browser sends (Chromium's 2 MiB)
+    reaches the route, which answers one over the query-string limit 413 and
+    counts it, instead of the HTTP parser's plain 400.
     """
     if not serves_sensors:
         return _DEFAULT_LINE_BYTES
-    return max(_DEFAULT_LINE_BYTES, VendorLimits().max_query_bytes + _REQUEST_LINE_SLACK)
+    return max(_DEFAULT_LINE_BYTES, VendorLimits().max_query_bytes, _BROWSER_URL_BYTES) + _REQUEST_LINE_SLACK
 
 
 @dataclass(frozen=True, slots=True)

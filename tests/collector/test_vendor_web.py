@@ -219,3 +219,16 @@ def test_client_ip_never_believes_a_header_from_an_untrusted_peer(hops: list[str
         if untrusted:
             assert found == untrusted[-1] or found in hops[hops.index(untrusted[-1]) :]
     assert client_ip(peer, header, ()) == peer
+
+
+async def test_an_oversized_beacon_is_413_counted_and_logged_without_a_traceback(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    resp = await client.get("/sa.gif?project=broker&data=" + "A" * 300_000, headers=ORIGIN)
+    assert resp.status == 413
+    assert cors_of(resp.headers) == ORIGIN["Origin"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'maidian_vendor_requests_total{vendor="sensors",status="413"} 1' in metrics
+    beyond = await client.get("/sa.gif?data=" + "A" * (3 << 20))  # longer than any browser sends
+    assert beyond.status == 400
+    assert [r for r in caplog.records if r.levelno >= 40 or r.exc_info] == []

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -230,6 +231,15 @@ class Collector:
     def events(self, person: str) -> list[dict[str, Any]]:
         """The person's events, or none yet (the command fails while no stored event names them)."""
         return self.cli("events", "--person", person, "--plan", str(self.plan), check=False)
+
+    def requests_by_path(self) -> dict[str, int]:
+        """`maidian_requests_total` summed per path, from the running collector's /metrics."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, int] = {}
+        for m in re.finditer(r'^maidian_requests_total\{[^}]*path="([^"]+)"[^}]*\} (\d+)', text, re.MULTILINE):
+            out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+        return out
 
     def errors(self) -> list[str]:
         return [line for line in self.log if "bug:" in line or "Traceback" in line]

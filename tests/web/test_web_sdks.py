@@ -220,6 +220,8 @@ def test_sensors_web_sdk_delivers_every_event_once(
     assert journey[1]["properties"]["stock_name"] == "贵州茅台"
     assert journey[0]["properties"]["$title"] == "行情 · 贵州茅台"
     assert journey[3]["properties"]["$lib"] == "sensors-js"
+    derived = journey[3]["properties"]  # from the connection and the User-Agent
+    assert (derived["$ip"], derived["$os"], derived["$runtime"]) == ("127.0.0.1", "Linux", "HeadlessChrome")
     # The first visit's profile_set_once carries only `$first_*` presets the plan does not map: counted, not kept.
     assert [r for r in of_person(collector.stored(), anonymous) if r.get("quarantined")] == []
     assert collector.events(anonymous) == journey
@@ -279,6 +281,7 @@ def test_analytics_next_delivers_every_event_once(
     pages: PageServer, collector: Collector, watch: Callable[[str], Watched], batch: bool
 ) -> None:
     w = watch("")
+    before = collector.requests_by_path()
     w.page.goto(segment_url(pages, collector, batch=batch))
     login = f"u_{uuid.uuid4().hex[:12]}"
     anonymous = segment_session(w.page, login)
@@ -290,9 +293,13 @@ def test_analytics_next_delivers_every_event_once(
     assert journey[1]["properties"]["stock_name"] == "贵州茅台"
     assert journey[2]["properties"] == {"risk_level": "C3", "city": "上海市"}
     assert all(e["source"] == "broker-web-segment" for e in journey)
+    assert journey[1]["properties"]["$ip"] == "127.0.0.1"
     assert [r for r in of_person(collector.stored(), anonymous) if r.get("quarantined")] == []
     assert any("/segment/v1/projects/" in url for url in w.requests)  # its settings came from the collector
-    sent = {url.rsplit("/", 1)[1] for url in w.requests if "/segment/v1/" in url} - {"settings"}
+    after = collector.requests_by_path()
+    sent = {
+        path.rsplit("/", 1)[1] for path in after if path.startswith("/segment/") and after[path] > before.get(path, 0)
+    }
     assert sent == ({"b"} if batch else {"p", "t", "i"})
     assert w.errors == []
 
