@@ -1,6 +1,6 @@
 """The import commands of `maidian`: `import sensors-log` (a Sensors backend's LoggingConsumer files).
 
-A thin handler over `vendors.importer`; like the other commands it imports
+A thin handler over `run.sensors_import`; like the other commands it imports
 what it needs when it runs and returns an exit code: 0 done, 2 unusable input.
 """
 
@@ -13,16 +13,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _reporting, _time_ms
+from maidian.collector.cli.commands import _time_ms
+from maidian.collector.cli.output import reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
 __all__ = ["add_import_commands"]
 
 
-@_reporting
+@reporting
 def _sensors_log(args: argparse.Namespace) -> int:
     from maidian.collector.config import ConfigSource
-    from maidian.collector.vendors.importer import ImportOptions, import_sensors_logs
+    from maidian.collector.run.sensors_import import ImportOptions, import_sensors_logs
 
     if not args.files and not args.follow:
         raise argparse.ArgumentTypeError("give the log FILES to import, or --follow DIR")

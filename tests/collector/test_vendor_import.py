@@ -18,7 +18,7 @@ import pytest
 
 from maidian.collector.cli import main
 from maidian.collector.config import resolve_config
-from maidian.collector.vendors.importer import ImportOptions, import_sensors_logs
+from maidian.collector.run.sensors_import import ImportOptions, import_sensors_logs
 from tests.collector.sensors_logs import import_config, record, write_rotated
 
 RECORDS = 3_000

@@ -44,6 +44,7 @@ import msgspec
 
 from maidian.collector.config import Config, with_storage
 from maidian.collector.errors import CollectorError
+from maidian.collector.http.vendor_routes import ingest_mapped
 from maidian.collector.pipeline.auth import Authenticator
 from maidian.collector.service import Collector
 from maidian.collector.store.log import pid_writer_id
@@ -151,9 +152,6 @@ def _record(index: int, line: bytes) -> VendorRecord:
 
 class _Importer:
     def __init__(self, collector: Collector, options: ImportOptions, out: TextIO) -> None:
-        from maidian.collector.http.vendor_routes import ingest_mapped
-
-        self._ingest_mapped = ingest_mapped
         self.collector = collector
         self.options = options
         self.out = out
@@ -201,7 +199,7 @@ class _Importer:
             raise LogImportError(f"{path}: records of projects bound to different write keys in one file")
         mapped = self.mapper.map_request(request)
         assert self.collector.ingest is not None
-        _verdicts, outcomes = await self._ingest_mapped(
+        _verdicts, outcomes = await ingest_mapped(
             self.collector.ingest,
             "sensors",
             mapped,
