@@ -6,7 +6,7 @@ duplicate), and reports records per second and the peak resident memory of
 each pass (`ru_maxrss` of the child), with the durability given. Then checks
 with `maidian export` that every record is stored once.
 
-    .venv/bin/python benchmarks/sensors_import.py [--records N] [--durability fsync|batch|none] [--json]
+    .venv/bin/python benchmarks/sensors_import.py [--records N] [--durability fsync|write] [--json]
 """
 
 from __future__ import annotations

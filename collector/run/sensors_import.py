@@ -48,7 +48,7 @@ from maidian.collector.http.vendor_routes import ingest_mapped
 from maidian.collector.pipeline.auth import Authenticator
 from maidian.collector.service import Collector
 from maidian.collector.store.log import pid_writer_id
-from maidian.collector.vendors.common import VendorRecord
+from maidian.collector.vendors.common import Mapped, MappedRecord, VendorRecord
 from maidian.collector.vendors.sensors import SensorsMapper, SensorsRequest
 
 __all__ = ["ImportOptions", "ImportSummary", "import_sensors_logs"]
@@ -161,6 +161,7 @@ class _Importer:
         self.checkpoint = Checkpoint(options.checkpoint)
         self.started = time.perf_counter()
         self.reported = self.started
+        self.pending: tuple[asyncio.Future[Any], Mapped, Path, int] | None = None
 
     async def file(self, path: Path, *, complete_only: bool) -> int:
         """Import `path` from its checkpoint; the records read."""
@@ -185,21 +186,29 @@ class _Importer:
             if chunk:
                 await self.chunk(chunk, path, end)
                 read += len(chunk)
-            elif end != self.checkpoint.get(path):
+            await self.drain()
+            if end != self.checkpoint.get(path):
                 self.checkpoint.set(path, end)
         key = str(path)
         self.summary.by_file[key] = self.summary.by_file.get(key, 0) + read
         return read
 
     async def chunk(self, records: Sequence[VendorRecord], path: Path, end: int) -> None:
+        """Map a chunk, then hand it to the pipeline once the previous one is durable.
+
+        At most one chunk is in the pipeline: its write (and fsync, in the
+        writer's thread) overlaps the mapping of the next, while batches still
+        enter deduplication in file order.
+        """
         request = SensorsRequest(tuple(records), project=self.options.project, field="log")
         projects = request.projects or {self.options.project}
         principals = {self.auth.sensors_project(p, IMPORT_PEER) for p in sorted(projects)}
         if len(principals) > 1:
             raise LogImportError(f"{path}: records of projects bound to different write keys in one file")
         mapped = self.mapper.map_request(request)
+        await self.drain()
         assert self.collector.ingest is not None
-        _verdicts, outcomes = await ingest_mapped(
+        stored = ingest_mapped(
             self.collector.ingest,
             "sensors",
             mapped,
@@ -208,9 +217,19 @@ class _Importer:
             store=True,
             metrics=self.collector,
         )
+        self.pending = (asyncio.ensure_future(stored), mapped, path, end)
+        await asyncio.sleep(0)  # let it run up to its wait for the disk before mapping the next chunk
+
+    async def drain(self) -> None:
+        """Wait for the chunk in the pipeline; count it and move its file's checkpoint."""
+        if self.pending is None:
+            return
+        task, mapped, path, end = self.pending
+        self.pending = None
+        _verdicts, outcomes = await task
         s = self.summary
-        s.lines += len(records)
-        s.presets_only += sum(1 for r in mapped.records if not getattr(r, "events", True))
+        s.lines += len(mapped.records)
+        s.presets_only += sum(1 for r in mapped.records if isinstance(r, MappedRecord) and not r.events)
         for outcome in outcomes:
             s.accepted += outcome.accepted
             s.duplicate += outcome.duplicate
@@ -246,8 +265,11 @@ async def _run(config: Config, options: ImportOptions, out: TextIO, stop: Callab
                 importer.summary.files = len(seen)
                 await asyncio.sleep(options.poll_s)
     finally:
-        importer.summary.elapsed_s = time.perf_counter() - importer.started
-        await collector.close()
+        try:
+            await importer.drain()  # a chunk already handed over is finished (and checkpointed) before closing
+        finally:
+            importer.summary.elapsed_s = time.perf_counter() - importer.started
+            await collector.close()
     return importer.summary
 
 
