@@ -1,6 +1,7 @@
-"""The import commands of `maidian`: `import sensors-log` (a Sensors backend's LoggingConsumer files).
+"""The import commands of `maidian`: `import sensors-log` (a Sensors backend's LoggingConsumer files) and
+`import segment-archive` (Segment's archived API calls, JSON lines).
 
-A thin handler over `run.sensors_import`; like the other commands it imports
+A thin handler over `run.vendor_import`; like the other commands it imports
 what it needs when it runs and returns an exit code: 0 done, 2 unusable input.
 """
 
@@ -21,17 +22,20 @@ __all__ = ["add_import_commands"]
 
 
 @reporting
-def _sensors_log(args: argparse.Namespace) -> int:
+def _import(args: argparse.Namespace) -> int:
     from maidian.collector.config import ConfigSource
-    from maidian.collector.run.sensors_import import ImportOptions, import_sensors_logs
+    from maidian.collector.run.vendor_import import ImportOptions, import_vendor_files
 
     if not args.files and not args.follow:
-        raise argparse.ArgumentTypeError("give the log FILES to import, or --follow DIR")
+        raise argparse.ArgumentTypeError("give the FILES to import, or --follow DIR")
+    vendor = "segment" if args.format == "segment-archive" else "sensors"
     config = ConfigSource(args.config, (("plan", args.plan), ("data", args.data)), ()).resolve()
     options = ImportOptions(
         files=tuple(Path(f) for f in args.files),
         follow_dir=Path(args.follow) if args.follow else None,
-        project=args.project,
+        vendor=vendor,
+        project=getattr(args, "project", "default"),
+        write_key_name=getattr(args, "write_key_name", None),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         backfill_since_ms=_time_ms(args.backfill_since),
     )
@@ -39,7 +43,7 @@ def _sensors_log(args: argparse.Namespace) -> int:
     if args.follow:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda n, _f: stopping.append(n))
-    summary = import_sensors_logs(config, options, stop=lambda: bool(stopping) or not args.follow)
+    summary = import_vendor_files(config, options, stop=lambda: bool(stopping) or not args.follow)
     print(json.dumps(summary.to_dict()), file=sys.stdout)
     return EXIT_OK
 
@@ -69,13 +73,32 @@ def add_import_commands(sub: Any) -> None:
             "window are quarantined too_old unless --backfill-since reaches back to them."
         ),
         example="maidian import sensors-log --config maidian.toml --project orders /var/log/sa/service.log.*",
-        handler=_sensors_log,
+        handler=_import,
     )
-    s.add_argument("files", nargs="*", help="log files, imported in the order given")
+    s.add_argument("--project", default="default", help="the Sensors project of records that name none")
+    _common_arguments(s)
+    a = add_command(
+        formats,
+        "segment-archive",
+        help="Segment's archived API calls (JSON lines, one message per line, .gz too)",
+        description=(
+            "Read files of Segment messages, one JSON object per line with its type (track, identify, page,\n"
+            "screen, group, alias), as Segment's archives and warehouse exports hold them, map them with the\n"
+            "plan's mappings.segment, and store them as /segment/v1/b would, as the write key --write-key-name\n"
+            "names. messageId deduplicates: importing twice stores once. Options as for sensors-log."
+        ),
+        example="maidian import segment-archive --config maidian.toml --write-key-name web-app archive/*.json.gz",
+        handler=_import,
+    )
+    a.add_argument("--write-key-name", required=True, help="the [[write_keys]] entry the messages are stored as")
+    _common_arguments(a)
+
+
+def _common_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("files", nargs="*", help="files, imported in the order given")
     s.add_argument("--config", help="the collector's TOML configuration (or MAIDIAN_CONFIG): plan, data, projects")
     s.add_argument("--plan", help="the tracking plan (overrides the configuration)")
     s.add_argument("--data", help="the data directory (overrides the configuration)")
-    s.add_argument("--project", default="default", help="the Sensors project of records that name none")
     s.add_argument("--follow", metavar="DIR", help="keep importing the files of DIR as they grow, until stopped")
     s.add_argument("--checkpoint", help="a file recording how far each log file was imported (resumable)")
     s.add_argument(

@@ -251,6 +251,17 @@ class Authenticator:
         derive = binding.derive if binding is not None else None
         return Principal(by_key.name, "segment", trusted=trusted, key=by_key.key, derive=derive)
 
+    def segment_source(self, key_name: str) -> Principal:
+        """The sender of imported Segment messages: the `[[write_keys]]` entry named `key_name` (403 when
+        unknown or revoked), trusted when its Segment binding is; the importer runs on the collector's host."""
+        key = next((k for k in self._named.get(key_name, ()) if not k.revoked), None)
+        if key is None:
+            raise Forbidden(f"no active write key is named {key_name!r} in [[write_keys]]")
+        binding = self._segment.get(key.name)
+        trusted = binding is not None and binding.trusted
+        derive = binding.derive if binding is not None else None
+        return Principal(key.name, "segment", trusted=trusted, key=key, derive=derive)
+
     def take(self, principal: Principal, events: int, now_s: float) -> None:
         """Charge `events` to the principal's rate limit (429 when over)."""
         if principal.key is not None:

@@ -1,4 +1,4 @@
-"""Sensors LoggingConsumer files, generated: what a Python backend writes, one JSON record per line, rotated daily."""
+"""Vendor files, generated: Sensors LoggingConsumer files (JSON lines, rotated daily) and Segment archives."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from maidian.collector.config import hash_key
 from tests.collector.vendor_helpers import securities_vendor_plan
 
 ORDERS_KEY = "mk_orders_backend_import"
+SEGMENT_KEY = "wk_web_app_import"
 
 CONFIG = """
 plan = "{plan}"
@@ -22,6 +23,10 @@ durability = "{durability}"
 [[write_keys]]
 name = "orders-backend"
 sha256 = "{orders}"
+
+[[write_keys]]
+name = "web-app"
+sha256 = "{segment}"
 
 [[vendors.sensors.projects]]
 name = "orders"
@@ -35,7 +40,13 @@ def import_config(root: Path, *, durability: str = "fsync") -> Path:
     """A collector configuration serving the Sensors project `orders`, with the securities plan's mappings."""
     plan = securities_vendor_plan(root)
     path = root / "maidian.toml"
-    text = CONFIG.format(plan=plan, data=root / "data", durability=durability, orders=hash_key(ORDERS_KEY))
+    text = CONFIG.format(
+        plan=plan,
+        data=root / "data",
+        durability=durability,
+        orders=hash_key(ORDERS_KEY),
+        segment=hash_key(SEGMENT_KEY),
+    )
     path.write_text(text, "utf-8")
     return path
 
@@ -80,3 +91,28 @@ def write_rotated(directory: Path, count: int, *, days: int, start_ms: int, pref
                 out.write(encoder.encode(record(n, start_ms + n * 10)) + "\n")
         files.append(path)
     return files
+
+
+def segment_message(n: int, timestamp: str) -> dict[str, Any]:
+    """The n-th `Order Submitted` as Segment archives a track call."""
+    return {
+        "type": "track",
+        "event": "Order Submitted",
+        "messageId": f"ajs-next-{uuid.UUID(int=n)}",
+        "anonymousId": f"anon-{n % 100}",
+        "userId": f"u{n % 100:03d}",
+        "timestamp": timestamp,
+        "sentAt": timestamp,
+        "properties": {
+            "requestId": str(uuid.UUID(int=n)),
+            "symbol": "600519",
+            "symbolName": "贵州茅台",
+            "market": "SH",
+            "side": "buy",
+            "orderType": "limit",
+            "price": 1688.5,
+            "quantity": 100,
+            "accountKind": "cash",
+        },
+        "context": {"library": {"name": "analytics.js", "version": "next-1.84.3"}},
+    }

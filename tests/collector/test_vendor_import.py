@@ -9,6 +9,7 @@ from its checkpoint without losing or repeating a line.
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -18,8 +19,8 @@ import pytest
 
 from maidian.collector.cli import main
 from maidian.collector.config import resolve_config
-from maidian.collector.run.sensors_import import ImportOptions, import_sensors_logs
-from tests.collector.sensors_logs import import_config, record, write_rotated
+from maidian.collector.run.vendor_import import ImportOptions, import_vendor_files
+from tests.collector.sensors_logs import import_config, record, segment_message, write_rotated
 
 RECORDS = 3_000
 DAY_MS = 86_400_000
@@ -109,12 +110,35 @@ def test_following_a_directory_resumes_from_its_checkpoint(tmp_path: Path) -> No
         return lambda: next(calls) >= n
 
     options = ImportOptions(follow_dir=logs, project="orders", checkpoint=checkpoint, poll_s=0.01)
-    first = import_sensors_logs(config, options, stop=passes(1))
+    first = import_vendor_files(config, options, stop=passes(1))
     assert (first.lines, first.accepted) == (5, 5)  # the unfinished line waits
 
     with today.open("a", encoding="utf-8") as out:  # the line is finished, the day rotates
         out.write(lines[5][20:] + "\n" + "\n".join(lines[6:8]) + "\n")
     (logs / "service.log.2026-11-02").write_text("\n".join(lines[8:]) + "\n", "utf-8")
-    second = import_sensors_logs(config, options, stop=passes(2))
+    second = import_vendor_files(config, options, stop=passes(2))
     assert (second.lines, second.accepted, second.duplicate) == (5, 5, 0)
     assert second.files == 2
+
+
+def test_a_segment_archive_imported_twice_is_stored_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = import_config(tmp_path)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 3600))
+    archive = tmp_path / "segment-2026-12-07.json.gz"
+    with gzip.open(archive, "wt", encoding="utf-8") as out:
+        for n in range(250):
+            out.write(json.dumps(segment_message(n, stamp), ensure_ascii=False) + "\n")
+    argv = ["import", "segment-archive", "--config", str(config), "--write-key-name", "web-app", str(archive)]
+    for expected in ({"accepted": 250, "duplicate": 0}, {"accepted": 0, "duplicate": 250}):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        summary = json.loads(out)
+        assert {k: summary[k] for k in expected} == expected
+    stored = exported(capsys, config)
+    assert len(stored) == len({e["event_id"] for e in stored}) == 250
+    assert {e["source"] for e in stored} == {"web-app"}
+    assert stored[0]["properties"]["stock_name"] == "贵州茅台"
+    code, _out, err = run(
+        capsys, "import", "segment-archive", "--config", str(config), "--write-key-name", "nobody", str(archive)
+    )
+    assert code == 2

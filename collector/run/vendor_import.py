@@ -1,6 +1,6 @@
-"""Importing a Sensors backend's log files: the LoggingConsumer's JSON lines through the live pipeline.
+"""Importing vendor event files through the live pipeline: Sensors log files and Segment archives.
 
-Promises (docs/migration.md, "Moving a Sensors backend's log files"):
+Promises (docs/migration.md, "Moving a Sensors backend's log files", "Segment archives"):
 
 - Each line of a LoggingConsumer / ConcurrentLoggingConsumer file is one
   Sensors record. Records are read in chunks, mapped with the plan's
@@ -25,12 +25,17 @@ Promises (docs/migration.md, "Moving a Sensors backend's log files"):
   moment, and deduplication knows every id stored since (read from the raw
   log's frame heads at start), so history is imported once.
 - Memory is bounded by the chunk and the deduplication state, not by the
-  file's size: files are streamed line by line.
+  file's size: files are streamed line by line (gzip files, `.gz`, too).
+- Segment archives (`vendor="segment"`) are JSON lines of API calls, one
+  message per line with its `type`: mapped by `mappings.segment` as `/b`
+  would, sent as the `[[write_keys]]` entry `--write-key-name` names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import json
 import os
 import sys
@@ -38,20 +43,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Final, TextIO
+from typing import Any, Final, TextIO
 
 import msgspec
 
 from maidian.collector.config import Config, with_storage
 from maidian.collector.errors import CollectorError
 from maidian.collector.http.vendor_routes import ingest_mapped
-from maidian.collector.pipeline.auth import Authenticator
+from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.service import Collector
 from maidian.collector.store.log import pid_writer_id
 from maidian.collector.vendors.common import Mapped, MappedRecord, VendorRecord
+from maidian.collector.vendors.segment import SegmentMapper, SegmentRequest
 from maidian.collector.vendors.sensors import SensorsMapper, SensorsRequest
 
-__all__ = ["ImportOptions", "ImportSummary", "import_sensors_logs"]
+__all__ = ["ImportOptions", "ImportSummary", "import_vendor_files"]
 
 # Records per batch through the pipeline: one durable write each, and well under `limits.max_events`.
 CHUNK_RECORDS: Final = 1000
@@ -71,7 +77,10 @@ class ImportOptions:
 
     files: tuple[Path, ...] = ()
     follow_dir: Path | None = None
+    vendor: str = "sensors"
     project: str = "default"
+    # Segment: the [[write_keys]] entry the messages are stored as.
+    write_key_name: str | None = None
     checkpoint: Path | None = None
     backfill_since_ms: int | None = None
     poll_s: float = 1.0
@@ -129,7 +138,7 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
-def _lines(handle: BinaryIO, *, complete_only: bool) -> Iterator[tuple[bytes, int]]:
+def _lines(handle: io.BufferedIOBase, *, complete_only: bool) -> Iterator[tuple[bytes, int]]:
     """(line, offset after it) from the handle's position; a last line without newline only when not following."""
     offset = handle.tell()
     for line in handle:
@@ -137,6 +146,13 @@ def _lines(handle: BinaryIO, *, complete_only: bool) -> Iterator[tuple[bytes, in
             return
         offset += len(line)
         yield line, offset
+
+
+def _open(path: Path) -> io.BufferedIOBase:
+    """The file's bytes, gunzipped when it ends in `.gz` (offsets are then in the uncompressed stream)."""
+    if path.suffix == ".gz":
+        return gzip.GzipFile(path, "rb")
+    return path.open("rb")
 
 
 def _record(index: int, line: bytes) -> VendorRecord:
@@ -155,8 +171,14 @@ class _Importer:
         self.collector = collector
         self.options = options
         self.out = out
-        self.mapper = SensorsMapper(collector.plan)
         self.auth = Authenticator(collector.config.auth)
+        self.sensors = SensorsMapper(collector.plan)
+        self.segment = SegmentMapper(collector.plan)
+        self.segment_sender: Principal | None = None
+        if options.vendor == "segment":
+            if not options.write_key_name:
+                raise LogImportError("a Segment archive needs the write key it is stored as (--write-key-name)")
+            self.segment_sender = self.auth.segment_source(options.write_key_name)
         self.summary = ImportSummary()
         self.checkpoint = Checkpoint(options.checkpoint)
         self.started = time.perf_counter()
@@ -167,7 +189,7 @@ class _Importer:
         """Import `path` from its checkpoint; the records read."""
         read = 0
         try:
-            handle = path.open("rb")
+            handle = _open(path)
         except OSError as exc:
             raise LogImportError(f"{path}: cannot read: {exc.strerror}") from None
         with handle:
@@ -200,25 +222,33 @@ class _Importer:
         writer's thread) overlaps the mapping of the next, while batches still
         enter deduplication in file order.
         """
-        request = SensorsRequest(tuple(records), project=self.options.project, field="log")
-        projects = request.projects or {self.options.project}
-        principals = {self.auth.sensors_project(p, IMPORT_PEER) for p in sorted(projects)}
-        if len(principals) > 1:
-            raise LogImportError(f"{path}: records of projects bound to different write keys in one file")
-        mapped = self.mapper.map_request(request)
+        vendor, principal, mapped = self.mapped(records, path)
         await self.drain()
         assert self.collector.ingest is not None
         stored = ingest_mapped(
             self.collector.ingest,
-            "sensors",
+            vendor,
             mapped,
-            principal=principals.pop(),
+            principal=principal,
             request_id=f"import-{path.name}"[:64],
             store=True,
             metrics=self.collector,
         )
         self.pending = (asyncio.ensure_future(stored), mapped, path, end)
         await asyncio.sleep(0)  # let it run up to its wait for the disk before mapping the next chunk
+
+    def mapped(self, records: Sequence[VendorRecord], path: Path) -> tuple[str, Principal, Mapped]:
+        """The chunk's vendor, sender and mapped records."""
+        if self.segment_sender is not None:
+            request = SegmentRequest("batch", "", tuple(records))
+            now_ms = int(self.collector.clock() * 1000)
+            return "segment", self.segment_sender, self.segment.map_request(request, now_ms=now_ms)
+        sensors = SensorsRequest(tuple(records), project=self.options.project, field="log")
+        projects = sensors.projects or {self.options.project}
+        principals = {self.auth.sensors_project(p, IMPORT_PEER) for p in sorted(projects)}
+        if len(principals) > 1:
+            raise LogImportError(f"{path}: records of projects bound to different write keys in one file")
+        return "sensors", principals.pop(), self.sensors.map_request(sensors)
 
     async def drain(self) -> None:
         """Wait for the chunk in the pipeline; count it and move its file's checkpoint."""
@@ -282,11 +312,11 @@ def import_config(config: Config, options: ImportOptions, now_ms: int) -> Config
     return config
 
 
-def import_sensors_logs(
+def import_vendor_files(
     config: Config, options: ImportOptions, *, out: TextIO = sys.stderr, stop: Callable[[], bool] = lambda: True
 ) -> ImportSummary:
     """Import the files (and follow the directory until `stop()`); the summary. Progress goes to `out`."""
-    if not config.auth.sensors_projects:
+    if options.vendor == "sensors" and not config.auth.sensors_projects:
         raise LogImportError("no Sensors project is served: add [[vendors.sensors.projects]] to the configuration")
     config = import_config(config, options, int(time.time() * 1000))
     return asyncio.run(_run(config, options, out, stop))
