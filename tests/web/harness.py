@@ -36,19 +36,8 @@ from maidian.collector.config import hash_key
 from tests.collector.vendor_helpers import securities_vendor_plan
 from tests.conftest import ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "web"
 PAGES = Path(__file__).resolve().parent / "pages"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BROKER_KEY = "mk_broker_web_0001"  # the maidian write key the Sensors project "broker" is bound to
 SEGMENT_KEY = "wk_broker_web_0001"  # the page's Segment write key
 

@@ -14,7 +14,6 @@ the SDKs, which the fixture runs when they are missing).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 import uuid
@@ -24,10 +23,9 @@ from typing import Any
 
 import pytest
 
+from tests.browser import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS
 from tests.web.harness import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     SEGMENT_KEY,
     Collector,
     PageServer,
@@ -35,17 +33,7 @@ from tests.web.harness import (
     sdks,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("playwright") is None,
-        reason="browser tests need the playwright package: pip install -e '.[dev]'",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 DEADLINE_S = 20.0
 # The watch: a page left open this long logs nothing (analytics.js sends its metrics every 30 s).
