@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from maidian.collector.cli import main
 from maidian.collector.config import resolve_config
 from maidian.collector.run.vendor_import import ImportOptions, import_vendor_files
 from tests.collector.sensors_logs import import_config, record, segment_message, write_rotated
+from tests.conftest import ROOT
 
 RECORDS = 3_000
 DAY_MS = 86_400_000
@@ -142,3 +146,55 @@ def test_a_segment_archive_imported_twice_is_stored_once(tmp_path: Path, capsys:
         capsys, "import", "segment-archive", "--config", str(config), "--write-key-name", "nobody", str(archive)
     )
     assert code == 2
+
+
+def test_the_follow_process_survives_sigkill_and_stops_on_sigterm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--follow` as a process, the LogAgent role: killed mid-way and restarted, every line is stored once."""
+    config = import_config(tmp_path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    now = int(time.time() * 1000)
+    today = logs / "service.log.2026-12-07"
+    cmd = [sys.executable, "-m", "maidian.collector.cli", "import", "sensors-log", "--config", str(config)]
+    cmd += ["--follow", str(logs), "--checkpoint", str(tmp_path / "sa.checkpoint")]
+
+    def append(first: int, count: int) -> None:
+        with today.open("a", encoding="utf-8") as out:
+            out.writelines(json.dumps(record(n, now + n)) + "\n" for n in range(first, first + count))
+
+    def stored_count(expected: int) -> int:
+        deadline = time.monotonic() + 60
+        while True:
+            capsys.readouterr()
+            code = main(["export", "--data", str(tmp_path / "data")])
+            n = len(capsys.readouterr().out.splitlines()) if code == 0 else 0
+            if n >= expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.2)
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{name}.out").open("wb") as out, (tmp_path / f"{name}.err").open("wb") as err:
+            return subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
+
+    append(0, 2500)
+    follower = start("first")
+    try:
+        assert stored_count(2500) == 2500
+        follower.kill()  # a crash: the checkpoint may lag what is stored
+        follower.wait(30)
+        append(2500, 1500)
+        follower = start("second")
+        assert stored_count(4000) == 4000
+        follower.send_signal(signal.SIGTERM)
+        follower.wait(60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(30)
+    assert follower.returncode == 0, (tmp_path / "second.err").read_text()
+    summary = json.loads((tmp_path / "second.out").read_text())
+    assert summary["records"] < 4000  # resumed from the checkpoint, not from the start
+    stored = exported(capsys, config)
+    assert len(stored) == len({e["event_id"] for e in stored}) == 4000
