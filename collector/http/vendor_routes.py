@@ -237,14 +237,14 @@ class VendorRoutes:
                 principal = self._sensors_principal(decoded, request.remote)
                 mapped = self.sensors.map_request(decoded)
                 self.deriver.apply(mapped, peer=request.remote, headers=headers, switches=principal.derive)
-                store = not decoded.dry_run
+                dry_run = browser.debug_dry_run(decoded.dry_run, headers) if debug else decoded.dry_run
                 verdicts = await self._ingest(
-                    ingest, "sensors", mapped, principal=principal, request=request, body=body, store=store
+                    ingest, "sensors", mapped, principal=principal, request=request, body=body, store=not dry_run
                 )
             finally:
                 self.collector.leave()
-            if debug or decoded.dry_run:
-                answer = sensors.debug_response(mapped, verdicts, dry_run=decoded.dry_run, headers=headers)
+            if debug or dry_run:
+                answer = sensors.debug_response(mapped, verdicts, dry_run=dry_run, headers=headers)
             else:
                 answer = sensors.success_response(request.method, request.path, headers)
         except RequestError as error:

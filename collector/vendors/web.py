@@ -13,6 +13,9 @@ Promises (docs/migration.md, "A web page with analytics.js"):
 - `POST /segment/v1/m` (analytics.js usage metrics, sent when a page passes
   its own `cdnSettings` with metrics on) is accepted and discarded: 200,
   counted per request in `maidian_vendor_requests_total`.
+- On `/debug`, a browser's `Dry-Run` header is the web SDK's
+  `debug_mode_upload` (`true`: store too), the opposite of the app SDKs'
+  meaning (`true`: check only); see `debug_dry_run`.
 - Every answer on the vendor paths, unknown paths under `/segment` (404)
   and unknown methods (405) included, carries the CORS headers, so a
   browser shows the status instead of a CORS failure.
@@ -26,10 +29,23 @@ from typing import Any, Final
 
 from maidian.collector.vendors.common import VendorResponse, cors_headers, header
 
-__all__ = ["metrics_response", "settings_response", "unrouted_response"]
+__all__ = ["debug_dry_run", "metrics_response", "settings_response", "unrouted_response"]
 
 SETTINGS_PATH: Final = "/segment/v1/projects/{write_key}/settings"
 METRICS_PATH: Final = "/segment/v1/m"
+
+
+def debug_dry_run(dry_run_header: bool, request_headers: Mapping[str, str]) -> bool:
+    """Whether a `/debug` request only asks for the verdict (stores nothing).
+
+    The Android and Python SDKs send `Dry-Run: true` to mean "check, do not
+    import". The web SDK sends its `debug_mode_upload` option as `Dry-Run`
+    instead: `true` means "import too", and its default `false` "check
+    only". A browser's request (it has an `Origin`) is read the web SDK's way.
+    """
+    if header(request_headers, "origin"):
+        return not dry_run_header
+    return dry_run_header
 
 
 def public_base(headers: Mapping[str, str], scheme: str, host: str, *, forwarded: bool) -> tuple[str, str]:

@@ -164,7 +164,7 @@ async def test_the_first_visit_presets_are_counted_not_quarantined(client: TestC
 async def test_the_debug_answer_to_a_browser_is_the_web_sdk_form(client: TestClient[Any, Any]) -> None:
     good = sensors_form([quote_view()], field="data")
     bad = sensors_form([quote_view(market="MARS")], field="data")
-    headers = {**FORM, **ORIGIN, "Dry-Run": "true"}
+    headers = {**FORM, **ORIGIN, "Dry-Run": "false"}  # the web SDK's default: debug_mode_upload false
     ok = await client.post("/debug", data=good, headers=headers)
     assert (ok.status, await ok.json()) == (200, {})
     failed = await client.post("/debug", data=bad, headers=headers)
@@ -172,6 +172,10 @@ async def test_the_debug_answer_to_a_browser_is_the_web_sdk_form(client: TestCli
     assert (await failed.json())["valid"] is False
     python_sdk = await client.post("/debug", data=bad, headers={**FORM, "Dry-Run": "true"})
     assert python_sdk.status == 400  # the Python DebugConsumer still gets its verdict
+    assert stored(client, quarantined=True) == []  # all three only checked
+    upload = await client.post("/debug", data=good, headers={**FORM, **ORIGIN, "Dry-Run": "true"})
+    assert (upload.status, await upload.json()) == (200, {})
+    assert len(stored(client)) == 1  # debug_mode_upload: true also stores
 
 
 # -- what the collector derives ------------------------------------------------------------------------

@@ -230,6 +230,8 @@ def test_sensors_debug_mode_alerts_success_and_the_reasons(
     failed = [d for d in w.dialogs if d.startswith("debug失败")]
     assert (len(ok), len(failed)) == (3, 1), w.dialogs
     assert [d for d in ok if '"ViewQuote"' in d and '"SH"' in d]
+    anonymous = w.page.evaluate("() => sensors.quick('getAnonymousID')")
+    assert of_person(collector.stored(), anonymous) == []  # debug_mode_upload false: checked, not stored
     assert "/properties/market" in failed[0]
     assert w.errors == []
 
