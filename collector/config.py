@@ -128,6 +128,8 @@ class VendorSource:
     write_key: str
     trusted: bool = False
     allow_from: tuple[Network, ...] = ()
+    # What the collector derives for this sender ("ip", "user_agent"); None: `[vendors] derive`.
+    derive: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,10 @@ class AuthConfig:
     # docs/migration.md: the Sensors projects served, and Segment write keys with a binding.
     sensors_projects: tuple[VendorSource, ...] = ()
     segment_sources: tuple[VendorSource, ...] = ()
+    # `[vendors] derive`: what the collector derives for vendor traffic unless a binding says otherwise.
+    vendor_derive: tuple[str, ...] = ("ip", "user_agent")
+    # `[vendors] trusted_proxies`: peers whose X-Forwarded-For is believed for `$ip`.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,13 +330,38 @@ def _source(entry: Mapping[str, Any], i: int, env: Mapping[str, str]) -> ServerS
 
 
 _VENDOR_TABLES: Final = {"sensors": "projects", "segment": "sources"}
+_VENDOR_SETTINGS: Final = ("derive", "trusted_proxies")
+_DERIVATIONS: Final = ("ip", "user_agent")
+
+
+def _derive(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, str) and d in _DERIVATIONS for d in raw):
+        raise ConfigError(f"{where}: 'derive' must be a list of {', '.join(repr(d) for d in _DERIVATIONS)}")
+    return tuple(dict.fromkeys(raw))
+
+
+def _networks(raw: Any, where: str, name: str) -> tuple[Network, ...]:
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError(f"{where}: '{name}' must be a list of addresses or networks (\"10.20.0.0/16\")")
+    try:
+        return tuple(ipaddress.ip_network(a, strict=False) for a in raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+
+
+def vendor_settings(doc: Any) -> tuple[tuple[str, ...], tuple[Network, ...]]:
+    """`[vendors] derive` and `trusted_proxies` (docs/migration.md, "What maidian derives")."""
+    if not isinstance(doc, dict):
+        return _DERIVATIONS, ()
+    derive = _derive(doc["derive"], "vendors") if "derive" in doc else _DERIVATIONS
+    return derive, _networks(doc.get("trusted_proxies", []), "vendors", "trusted_proxies")
 
 
 def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSource, ...]]:
     """`[vendors]`: per vendor, its bindings, each checked against the write keys."""
     if not isinstance(doc, dict):
         raise ConfigError("vendors: expected a table ([vendors.sensors], [vendors.segment])")
-    unknown = sorted(set(doc) - set(_VENDOR_TABLES))
+    unknown = sorted(set(doc) - set(_VENDOR_TABLES) - set(_VENDOR_SETTINGS))
     if unknown:
         raise ConfigError(f"vendors: unknown vendor {unknown[0]!r}; known: {', '.join(_VENDOR_TABLES)}")
     names = {k.name for k in keys}
@@ -357,7 +388,7 @@ def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSou
 def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> VendorSource:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a table")
-    known = {"write_key", "trusted", "allow_from"} | ({"name"} if vendor == "sensors" else set())
+    known = {"write_key", "trusted", "allow_from", "derive"} | ({"name"} if vendor == "sensors" else set())
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -370,16 +401,11 @@ def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> 
     trusted = entry.get("trusted", False)
     if not isinstance(trusted, bool):
         raise ConfigError(f"{where}: 'trusted' must be true or false")
-    raw = entry.get("allow_from", [])
-    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-        raise ConfigError(f"{where}: 'allow_from' must be a list of addresses or networks (\"10.20.0.0/16\")")
-    try:
-        networks = tuple(ipaddress.ip_network(a, strict=False) for a in raw)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: allow_from: {exc}") from None
+    networks = _networks(entry.get("allow_from", []), where, "allow_from")
+    derive = _derive(entry["derive"], where) if "derive" in entry else None
     if trusted and not networks:
         raise ConfigError(f"{where}: a trusted source must list the addresses it may send from ('allow_from')")
-    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks)
+    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks, derive=derive)
 
 
 def resolve_config(
@@ -426,6 +452,7 @@ def resolve_config(
     keys += [WriteKey(name=f"key{len(keys) + i}", sha256=hash_key(k.strip())) for i, k in enumerate(plain)]
     sources = tuple(_source(e, i, env) for i, e in enumerate(doc.get("sources", [])))
     vendors = _vendor_sources(doc.get("vendors", {}), keys)
+    derive, proxies = vendor_settings(doc.get("vendors", {}))
     config = Config(
         plan=Path(top["plan"]),
         server=_group("server", ServerConfig, tables["server"]),
@@ -439,6 +466,8 @@ def resolve_config(
             sources=sources,
             sensors_projects=vendors["sensors"],
             segment_sources=vendors["segment"],
+            vendor_derive=derive,
+            trusted_proxies=proxies,
         ),
     )
     return check_config(config)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from maidian.collector.cli.commands import add_collector_commands
+from maidian.collector.cli.imports import add_import_commands
 from maidian.collector.cli.privacy import add_privacy_commands
 from maidian.collector.cli.qa import add_qa_commands
 from maidian.tracking_plan import __version__
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_collector_commands(sub)
     add_qa_commands(sub)
     add_privacy_commands(sub)
+    add_import_commands(sub)
     return parser
 
 
