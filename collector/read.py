@@ -38,6 +38,7 @@ __all__ = [
     "NoSuchPerson",
     "ReplayReport",
     "export_events",
+    "frame_records",
     "person_events",
     "quarantine_records",
     "rebuild",
@@ -361,3 +362,8 @@ def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     finally:
         catalog.close()
         feed.close()
+
+
+def frame_records(frame: Frame) -> Iterator[dict[str, Any]]:
+    """The events of one raw-log frame as readers print them (see the module docstring)."""
+    return _records(frame)

@@ -44,7 +44,7 @@ from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
 if TYPE_CHECKING:
     from maidian.collector.service import Collector
 
-__all__ = ["LIVE", "LIVE_ROUTES", "mount_live"]
+__all__ = ["HEARTBEAT_S", "LIVE", "LIVE_ROUTES", "SECURITY_HEADERS", "json_response", "mount_live"]
 
 LIVE: Final = web.AppKey("live", LiveHub)
 LIVE_ROUTES: Final = (
@@ -64,8 +64,8 @@ _COOKIE: Final = "maidian_live"
 # A tester's working day; the page asks for the token again after it.
 _SESSION_S: Final = 12 * 3600
 # Proxies and browsers drop idle streams after about a minute; a comment line every 15 s keeps them.
-_HEARTBEAT_S: Final = 15.0
-_SECURITY_HEADERS: Final = {
+HEARTBEAT_S: Final = 15.0
+SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -136,7 +136,7 @@ def _asset(name: str) -> bytes:
     return resources.files("maidian.collector.qa").joinpath("assets", name).read_bytes()
 
 
-def _json_response(data: object, status: int = 200) -> web.Response:
+def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(data), status=status, content_type="application/json", charset="utf-8")
 
 
@@ -146,7 +146,7 @@ def _guarded(
     async def run(request: web.Request) -> web.StreamResponse:
         if not request.app[_ACCESS].allows(request):
             message = "the live view needs its token: open /live and enter it"
-            return _json_response({"error": {"code": "unauthenticated", "message": message}}, status=401)
+            return json_response({"error": {"code": "unauthenticated", "message": message}}, status=401)
         return await handler(request)
 
     return run
@@ -158,7 +158,7 @@ async def _security_headers(
 ) -> web.StreamResponse:
     response = await handler(request)
     if request.path == "/live" or request.path.startswith("/live/"):
-        for name, value in _SECURITY_HEADERS.items():
+        for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
     return response
 
@@ -176,7 +176,7 @@ async def _assets(request: web.Request) -> web.Response:
 
 
 async def _info(request: web.Request) -> web.Response:
-    return _json_response(request.app[LIVE].info())
+    return json_response(request.app[LIVE].info())
 
 
 async def _coverage(request: web.Request) -> web.Response:
@@ -184,21 +184,21 @@ async def _coverage(request: web.Request) -> web.Response:
 
     report = request.app[LIVE].coverage(request.query.get("tag", "").strip() or None)
     if request.query.get("format") == "json":
-        return _json_response(report.to_dict())
+        return json_response(report.to_dict())
     return web.Response(text=render_html_fragment(report), content_type="text/html", charset="utf-8")
 
 
 async def _session(request: web.Request) -> web.Response:
     if request.content_type != "application/json":  # a cross-site form cannot send JSON without asking first
-        return _json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 415)
+        return json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 415)
     try:
         body = msgspec.json.decode(await request.read(), type=dict[str, str])
     except msgspec.DecodeError:
-        return _json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 400)
+        return json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 400)
     session = request.app[_ACCESS].login(body.get("token", ""))
     if session is None:
-        return _json_response({"error": {"code": "unauthenticated", "message": "that is not the live token"}}, 401)
-    response = _json_response({"ok": True})
+        return json_response({"error": {"code": "unauthenticated", "message": "that is not the live token"}}, 401)
+    response = json_response({"ok": True})
     response.set_cookie(
         _COOKIE, session, max_age=_SESSION_S, path="/live", httponly=True, samesite="Strict", secure=request.secure
     )
@@ -223,7 +223,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
     )
-    for name, value in _SECURITY_HEADERS.items():
+    for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
     await response.prepare(request)
     ready = asyncio.Event()
@@ -233,7 +233,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 1000\nevent: hello\ndata: %s\n\n" % hello)
         while not hub.closed:
             try:
-                await asyncio.wait_for(ready.wait(), _HEARTBEAT_S)
+                await asyncio.wait_for(ready.wait(), HEARTBEAT_S)
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
