@@ -151,14 +151,18 @@ def _peer(request: web.Request, settings: SupportConfig) -> str:
     return peer
 
 
-def _session(request: web.Request) -> Session | None:
+def _session(request: web.Request) -> tuple[Session | None, bool]:
+    """The request's session, and whether single sign-on opened it just now (the answer then sets its cookie)."""
     state = request.app[_STATE]
     session = state.access.session(request.cookies.get(_COOKIE, ""))
-    if session is None and state.settings.sso_header:
-        session = state.access.sso(request.headers.get(state.settings.sso_header, ""), request.remote)
-        if session is not None:
-            request["support_new_session"] = session
-    return session
+    header = state.settings.sso_header
+    if header and (session is None or session.via == "sso"):
+        user = request.headers.get(header, "").strip()
+        if session is not None and user == session.account:
+            return session, False
+        fresh = state.access.sso(user, request.remote)
+        return fresh, fresh is not None
+    return session, False
 
 
 Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
@@ -166,7 +170,7 @@ Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 def _guarded(handler: Handler, *, post: bool = False, officer: bool = False) -> Callable[..., Any]:
     async def run(request: web.Request) -> web.StreamResponse:
-        session = _session(request)
+        session, fresh = _session(request)
         if session is None:
             return _error(401, "unauthenticated", "sign in to the support view first")
         if post:
@@ -178,9 +182,8 @@ def _guarded(handler: Handler, *, post: bool = False, officer: bool = False) -> 
         if officer and session.role != "officer":
             return _error(403, "forbidden", "only an officer may do this")
         response = await handler(request, session)
-        fresh = request.get("support_new_session")
-        if fresh is not None:
-            _set_cookie(response, request, fresh)
+        if fresh and not response.prepared:
+            _set_cookie(response, request, session)
         return response
 
     return run
