@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -224,22 +226,25 @@ async def test_pages_cover_every_event_once_newest_first(support: Client) -> Non
     assert keys == sorted(keys, reverse=True)
     assert len(set(keys)) == len(keys) == 26  # 23 examples of A (profiles included), 2 on the pad, none twice
     assert {e["line"] for e in events} >= {"account", "bank", "user", "app"}
-    day = events[0]["day"]
-    assert len(day) == 10 and events[0]["clock"].count(":") == 2
+    at = datetime.fromtimestamp(events[0]["time"] / 1000, ZoneInfo("Asia/Shanghai"))  # the bank's time zone
+    assert events[0]["day"] == at.strftime("%Y-%m-%d")
+    assert events[0]["clock"].startswith(at.strftime("%H:%M:%S."))
 
 
 async def test_filters_by_line_event_and_time(support: Client) -> None:
     csrf = await login(support, sd.AGENT, sd.AGENT_PASSWORD)
     await search(support, csrf, sd.A_LOGIN)
     bank = await all_events(support, csrf, lines=["bank"])
-    assert bank and all(e["line"] == "bank" for e in bank)
+    assert bank
+    assert all(e["line"] == "bank" for e in bank)
     one = await all_events(support, csrf, events=["account_activated"])
     assert [e["event"] for e in one] == ["account_activated"]
     everything = await all_events(support, csrf)
     middle = everything[len(everything) // 2]
     zone_text = middle["day"] + "T" + middle["clock"][:8]
     later = await all_events(support, csrf, since=zone_text)
-    assert later and all(e["time"] >= middle["time"] - 1000 for e in later)
+    assert later
+    assert all(e["time"] >= middle["time"] - 1000 for e in later)
     assert len(later) < len(everything)
 
 
