@@ -34,7 +34,7 @@ from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import PersonId
 from maidian.collector.read import export_events, frame_records
 from maidian.collector.store.catalog import Catalog
-from maidian.collector.store.frames import read_frame_at
+from maidian.collector.store.frames import read_frame_at, read_heads_at
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 from maidian.tracking_plan.pii import hash_value
@@ -249,13 +249,13 @@ class Timeline:
         fresh = [f for f in catalog.frames_of(set(found.members)) if f not in memory.known]
         if not fresh:
             return
+        by_segment: dict[str, list[int]] = {}
         for segment, offset in fresh:
-            frame = read_frame_at(self.data.raw / segment, offset)
+            by_segment.setdefault(segment, []).append(offset)
             memory.known.add((segment, offset))
-            if frame is None:
-                continue
-            head = frame.head
-            memory.frames.append((int(head.get("tmax", _FAR)), int(head.get("tmin", -_FAR)), segment, offset))
+        for segment, offsets in by_segment.items():
+            for offset, head in read_heads_at(self.data.raw / segment, offsets):
+                memory.frames.append((int(head.get("tmax", _FAR)), int(head.get("tmin", -_FAR)), segment, offset))
         memory.frames.sort(reverse=True)
 
     @staticmethod
