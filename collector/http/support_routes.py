@@ -467,7 +467,7 @@ async def _stream(request: web.Request, session: Session) -> web.StreamResponse:
 
     try:
         await response.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
-        while not hub.closed and session.view is view:
+        while not hub.closed and session.view is view and state.access.sessions.get(session.sid) is session:
             try:
                 await asyncio.wait_for(ready.wait(), HEARTBEAT_S)
             except TimeoutError:

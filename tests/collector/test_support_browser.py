@@ -175,7 +175,10 @@ def test_an_officer_exports_and_reads_the_audit_log(server: sd.SupportServer, br
 
     page.click("#tab-audit")
     rows = page.locator("#audit tbody tr")
-    expect(rows.first).to_contain_text("export")
+    expect(rows.first).to_contain_text("导出")
+    actions = page.eval_on_selector_all("#audit td[data-action]", "tds => tds.map(td => td.dataset.action)")
+    assert actions[:3] == ["export", "view", "lookup"]
+    assert actions.count("lookup") == 7  # the agent's six searches and this one
     text = page.inner_text("#audit")
     assert "工单 SR-20261207-0042 合规调阅" in text
     assert "来电 95521-0001 入金失败" in text  # the agent's lookups, with the reason the agent typed

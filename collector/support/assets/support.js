@@ -14,6 +14,7 @@ const T = {
     not_found: "没有找到拥有该标识的客户", reason_required: "请填写查询原因（至少4个字）", session_ended: "会话已过期，请重新登录",
     forbidden: "无权执行此操作", exported: "已导出 {n} 条事件", no_events: "没有符合条件的事件", session: "会话",
     role_agent: "坐席", role_officer: "合规专员", error: "出错了",
+    act_lookup: "查询", act_lookup_miss: "查询未命中", act_view: "查看序列", act_export: "导出",
   },
   en: {
     title: "Customer behaviour sequence", tab_timeline: "Timeline", tab_audit: "Audit log", lang: "中文", logout: "Sign out",
@@ -28,6 +29,7 @@ const T = {
     reason_required: "Say why you look this customer up (4 characters at least)", session_ended: "Session ended: sign in again",
     forbidden: "Not allowed", exported: "Exported {n} events", no_events: "No events match", session: "Session",
     role_agent: "agent", role_officer: "officer", error: "Something went wrong",
+    act_lookup: "lookup", act_lookup_miss: "lookup, not found", act_view: "timeline viewed", act_export: "export",
   },
 };
 
@@ -251,7 +253,9 @@ async function loadAudit() {
   const data = await response.json();
   $("audit").tBodies[0].replaceChildren(...data.records.map((r) => {
     const tr = el("tr");
-    tr.append(el("td", "", r.local), el("td", "", r.actor), el("td", "", r.role), el("td", "", r.action), el("td", "", r.person), el("td", "", r.reason));
+    const action = el("td", "", t("act_" + r.action));
+    action.dataset.action = r.action;
+    tr.append(el("td", "", r.local), el("td", "", r.actor), el("td", "", t("role_" + r.role)), action, el("td", "", r.person), el("td", "", r.reason));
     return tr;
   }));
 }
@@ -264,7 +268,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("export").addEventListener("click", exportPerson);
   $("tab-timeline").addEventListener("click", () => showTab("timeline"));
   $("tab-audit").addEventListener("click", () => showTab("audit"));
-  $("lang").addEventListener("click", () => { state.lang = state.lang === "zh" ? "en" : "zh"; localStorage.setItem("support-lang", state.lang); translate(); });
+  $("lang").addEventListener("click", () => {
+    state.lang = state.lang === "zh" ? "en" : "zh";
+    localStorage.setItem("support-lang", state.lang);
+    translate();
+    if (!$("audit-pane").hidden) loadAudit();
+  });
   $("logout").addEventListener("click", async () => { await api("POST", "/support/api/logout", {}); showLogin(""); });
   translate();
   start();
