@@ -32,19 +32,19 @@ import ipaddress
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib import resources
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 from aiohttp import web
 
 from maidian.collector.config import LiveConfig, hash_key
+from maidian.collector.http.pages import HEARTBEAT_S, json_response, open_event_stream, serve_page
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
 
 if TYPE_CHECKING:
     from maidian.collector.service import Collector
 
-__all__ = ["HEARTBEAT_S", "LIVE", "LIVE_ROUTES", "SECURITY_HEADERS", "json_response", "mount_live"]
+__all__ = ["LIVE", "LIVE_ROUTES", "mount_live"]
 
 LIVE: Final = web.AppKey("live", LiveHub)
 LIVE_ROUTES: Final = (
@@ -63,17 +63,6 @@ _ASSETS: Final = {
 _COOKIE: Final = "maidian_live"
 # A tester's working day; the page asks for the token again after it.
 _SESSION_S: Final = 12 * 3600
-# Proxies and browsers drop idle streams after about a minute; a comment line every 15 s keeps them.
-HEARTBEAT_S: Final = 15.0
-SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _json = msgspec.json.Encoder()
 
@@ -132,14 +121,6 @@ def _is_loopback_name(host: str) -> bool:
 _ACCESS: Final = web.AppKey("live_access", _Access)
 
 
-def _asset(name: str) -> bytes:
-    return resources.files("maidian.collector.qa").joinpath("assets", name).read_bytes()
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=_json.encode(data), status=status, content_type="application/json", charset="utf-8")
-
-
 def _guarded(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -150,29 +131,6 @@ def _guarded(
         return await handler(request)
 
     return run
-
-
-@web.middleware
-async def _security_headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    response = await handler(request)
-    if request.path == "/live" or request.path.startswith("/live/"):
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-    return response
-
-
-async def _page(request: web.Request) -> web.Response:
-    return web.Response(body=_asset("live.html"), content_type="text/html", charset="utf-8")
-
-
-async def _assets(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    kind = _ASSETS.get(name)
-    if kind is None:
-        raise web.HTTPNotFound()
-    return web.Response(body=_asset(name), content_type=kind, charset="utf-8")
 
 
 async def _info(request: web.Request) -> web.Response:
@@ -220,12 +178,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     # A reconnecting EventSource says what it has seen (Last-Event-ID); a new one says where the page was cleared.
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
     after_seq = int(after) if after.isdigit() else 0
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
-    )
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
-    await response.prepare(request)
+    response = await open_event_stream(request)
     ready = asyncio.Event()
     sub = hub.subscribe(flt, ready.set, after_seq=after_seq)
     try:
@@ -259,7 +212,7 @@ def mount_live(app: web.Application, collector: Collector) -> LiveHub:
     )
     app[LIVE] = hub
     app[_ACCESS] = _Access(settings)
-    app.middlewares.append(_security_headers)
+    serve_page(app, "/live", "maidian.collector.qa", "live.html", _ASSETS)
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
         if collector.ingest is not None:
@@ -272,8 +225,6 @@ def mount_live(app: web.Application, collector: Collector) -> LiveHub:
 
     app.cleanup_ctx.append(follow)
     app.on_shutdown.append(stop_streams)
-    app.router.add_get("/live", _page)
-    app.router.add_get("/live/assets/{name}", _assets)
     app.router.add_get("/live/info", _guarded(_info))
     app.router.add_get("/live/stream", _guarded(_stream))
     app.router.add_get("/live/coverage", _guarded(_coverage))

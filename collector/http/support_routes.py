@@ -37,14 +37,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from aiohttp import web
 
 from maidian.collector.config import SupportConfig
-from maidian.collector.http.live_routes import HEARTBEAT_S, LIVE, SECURITY_HEADERS, json_response
+from maidian.collector.http.live_routes import LIVE
+from maidian.collector.http.pages import HEARTBEAT_S, json_response, open_event_stream, serve_page
 from maidian.collector.qa.live import LiveFilter, LiveHub
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.support.access import Access, LockedOut, Session
@@ -134,10 +134,6 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status)
 
 
-def _asset(name: str) -> bytes:
-    return resources.files("maidian.collector.support").joinpath("assets", name).read_bytes()
-
-
 def _peer(request: web.Request, settings: SupportConfig) -> str:
     """The client's address: the peer's, or the last X-Forwarded-For hop when the peer is a trusted proxy."""
     peer = request.remote or ""
@@ -222,29 +218,6 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="expected a JSON object")
     return body
-
-
-@web.middleware
-async def _security_headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    response = await handler(request)
-    if request.path == "/support" or request.path.startswith("/support/"):
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-    return response
-
-
-async def _page(request: web.Request) -> web.Response:
-    return web.Response(body=_asset("support.html"), content_type="text/html", charset="utf-8")
-
-
-async def _assets(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    kind = _ASSETS.get(name)
-    if kind is None:
-        raise web.HTTPNotFound()
-    return web.Response(body=_asset(name), content_type=kind, charset="utf-8")
 
 
 async def _login(request: web.Request) -> web.StreamResponse:
@@ -356,11 +329,20 @@ def _filter(state: _Support, body: dict[str, Any]) -> TimelineFilter:
     )
 
 
-async def _timeline(request: web.Request, session: Session) -> web.StreamResponse:
+def _with_view(handler: Callable[[web.Request, Session, _View], Awaitable[web.StreamResponse]]) -> Handler:
+    """A handler for the person the session has open: 409 until a search opened one."""
+
+    async def run(request: web.Request, session: Session) -> web.StreamResponse:
+        view = session.view
+        if not isinstance(view, _View):
+            return _error(409, "no_person", "search for a person first")
+        return await handler(request, session, view)
+
+    return run
+
+
+async def _timeline(request: web.Request, session: Session, view: _View) -> web.StreamResponse:
     state = request.app[_STATE]
-    view = session.view
-    if not isinstance(view, _View):
-        return _error(409, "no_person", "search for a person first")
     body = await _body(request)
     flt = _filter(state, body)
     cursor = body.get("cursor") if isinstance(body.get("cursor"), str) else None
@@ -383,11 +365,8 @@ async def _timeline(request: web.Request, session: Session) -> web.StreamRespons
     return json_response(out)
 
 
-async def _export(request: web.Request, session: Session) -> web.StreamResponse:
+async def _export(request: web.Request, session: Session, view: _View) -> web.StreamResponse:
     state = request.app[_STATE]
-    view = session.view
-    if not isinstance(view, _View):
-        return _error(409, "no_person", "search for a person first")
     body = await _body(request)
     reason = str(body.get("reason", "")).strip() or view.reason
     await state.run(state.audit.append, session.account, session.role, "export", view.found.person, reason)
@@ -432,20 +411,14 @@ async def _audit(request: web.Request, session: Session) -> web.StreamResponse:
     )
 
 
-async def _stream(request: web.Request, session: Session) -> web.StreamResponse:
+async def _stream(request: web.Request, session: Session, view: _View) -> web.StreamResponse:
     """The view's new events, as the collector judges them: accepted ones attributed to the person, and quarantined."""
     state = request.app[_STATE]
     hub = state.hub
-    view = session.view
-    if hub is None or not isinstance(view, _View):
-        return _error(409, "no_person", "search for a person first")
+    if hub is None:
+        return _error(503, "not_ready", "the collector is not following its pipeline yet")
     values = {v for _t, v in view.found.members}
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
-    )
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
-    await response.prepare(request)
+    response = await open_event_stream(request)
     ready = asyncio.Event()
     sub = hub.subscribe(LiveFilter(), ready.set, after_seq=hub.history[-1].seq if hub.history else 0)
 
@@ -498,7 +471,7 @@ def mount_support(app: web.Application, collector: Collector) -> None:
     """Serve the support view of `collector` on `app` (settings from `[support]`)."""
     state = _Support(collector, collector.config.support)
     app[_STATE] = state
-    app.middlewares.append(_security_headers)
+    serve_page(app, "/support", "maidian.collector.support", "support.html", _ASSETS)
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
         if LIVE in app:
@@ -521,13 +494,11 @@ def mount_support(app: web.Application, collector: Collector) -> None:
 
     app.cleanup_ctx.append(follow)
     app.on_shutdown.append(stop_streams)
-    app.router.add_get("/support", _page)
-    app.router.add_get("/support/assets/{name}", _assets)
     app.router.add_post("/support/api/login", _login)
     app.router.add_post("/support/api/logout", _guarded(_logout, post=True))
     app.router.add_get("/support/api/me", _guarded(_me))
     app.router.add_post("/support/api/search", _guarded(_search, post=True))
-    app.router.add_post("/support/api/timeline", _guarded(_timeline, post=True))
-    app.router.add_get("/support/api/stream", _guarded(_stream))
-    app.router.add_post("/support/api/export", _guarded(_export, post=True, officer=True))
+    app.router.add_post("/support/api/timeline", _guarded(_with_view(_timeline), post=True))
+    app.router.add_get("/support/api/stream", _guarded(_with_view(_stream)))
+    app.router.add_post("/support/api/export", _guarded(_with_view(_export), post=True, officer=True))
     app.router.add_get("/support/api/audit", _guarded(_audit, officer=True))

@@ -1,10 +1,9 @@
 """The support view in headless Chromium against a real `maidian serve`: what an agent and an officer do.
 
-Needs Debian's `chromium` and the `playwright` package, like the live page's
-browser tests (tests/collector/test_live_browser.py), which also hold the
-launch settings. Screenshots (1366x768, Chinese and English) go to test-artifacts/.
-The tests run in file order on one server: the lock-out test, which locks
-this machine's address out, comes last.
+Needs Debian's Chromium and playwright (tests/collector/browser.py).
+Screenshots (1366x768, Chinese and English) go to test-artifacts/. The tests
+run in file order on one server: the lock-out test, which locks this
+machine's address out, comes last.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ import pytest
 
 from maidian.tracking_plan.pii import hash_value
 from tests.collector import support_data as sd
+from tests.collector.browser import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
 from tests.collector.helpers import now_ms
-from tests.collector.test_live_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, pytestmark
 
-__all__ = ["pytestmark"]
+pytestmark = BROWSER_MARKS
 
 VIEWPORT = {"width": 1366, "height": 768}
 SECRETS = (sd.MOBILE, hash_value(sd.MOBILE, sd.PII_KEY))
@@ -38,16 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sd.SupportServe
     log = running.log.read_text("utf-8", "replace")
     for secret in SECRETS:
         assert secret not in log  # a mobile number, clear or hashed, never reaches the log
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class Desk:
