@@ -38,7 +38,7 @@ import msgspec
 from aiohttp import web
 
 from maidian.collector.config import LiveConfig, hash_key
-from maidian.collector.http.pages import HEARTBEAT_S, json_response, open_event_stream, serve_page
+from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
 
 if TYPE_CHECKING:
@@ -185,12 +185,8 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         hello = _json.encode({"last_seq": hub.history[-1].seq if hub.history else 0})
         await response.write(b"retry: 1000\nevent: hello\ndata: %s\n\n" % hello)
         while not hub.closed:
-            try:
-                await asyncio.wait_for(ready.wait(), HEARTBEAT_S)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+            if not await woken(response, ready):
                 continue
-            ready.clear()
             records, skipped = sub.take()
             if records or skipped:
                 await response.write(_sse(records, skipped))  # waits while the page is slow; its queue drops

@@ -9,6 +9,7 @@ run only its own files, so an event value can never run as script there.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Final
@@ -16,7 +17,7 @@ from typing import Final
 import msgspec
 from aiohttp import web
 
-__all__ = ["HEARTBEAT_S", "SECURITY_HEADERS", "json_response", "open_event_stream", "serve_page"]
+__all__ = ["HEARTBEAT_S", "SECURITY_HEADERS", "json_response", "open_event_stream", "serve_page", "woken"]
 
 # Proxies and browsers drop idle streams after about a minute; a comment line every 15 s keeps them.
 HEARTBEAT_S: Final = 15.0
@@ -74,3 +75,14 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
         response.headers[name] = value
     await response.prepare(request)
     return response
+
+
+async def woken(response: web.StreamResponse, ready: asyncio.Event) -> bool:
+    """Wait for `ready` (then clear it: True), or write a keep-alive comment after `HEARTBEAT_S` (False)."""
+    try:
+        await asyncio.wait_for(ready.wait(), HEARTBEAT_S)
+    except TimeoutError:
+        await response.write(b": keep-alive\n\n")
+        return False
+    ready.clear()
+    return True

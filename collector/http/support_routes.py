@@ -44,7 +44,7 @@ from aiohttp import web
 
 from maidian.collector.config import SupportConfig
 from maidian.collector.http.live_routes import LIVE
-from maidian.collector.http.pages import HEARTBEAT_S, json_response, open_event_stream, serve_page
+from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
 from maidian.collector.qa.live import LiveFilter, LiveHub
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.support.access import Access, LockedOut, Session
@@ -441,12 +441,8 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
     try:
         await response.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
         while not hub.closed and session.view is view and state.access.sessions.get(session.sid) is session:
-            try:
-                await asyncio.wait_for(ready.wait(), HEARTBEAT_S)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+            if not await woken(response, ready):
                 continue
-            ready.clear()
             records, _skipped = sub.take()
             docs = [
                 json.loads(r.data)
