@@ -41,6 +41,8 @@ __all__ = [
     "ServerConfig",
     "ServerSource",
     "StorageConfig",
+    "SupportAccount",
+    "SupportConfig",
     "TimeConfig",
     "VendorSource",
     "WriteKey",
@@ -216,6 +218,48 @@ class LiveConfig:
     queue_events: int = DEFAULT_LIVE_QUEUE_EVENTS
 
 
+# The support view (docs/guide-support.md). OWASP's session guidance: an idle timeout of 15-30 minutes
+# for sensitive applications, and an absolute one of a working shift.
+DEFAULT_SUPPORT_IDLE_S: Final = 15 * 60
+DEFAULT_SUPPORT_SESSION_S: Final = 8 * 3600
+# Failed logins before an account, or a client address, is locked out for `lockout_s`.
+DEFAULT_SUPPORT_MAX_FAILURES: Final = 5
+DEFAULT_SUPPORT_LOCKOUT_S: Final = 15 * 60
+SUPPORT_ROLES: Final = ("agent", "officer")
+
+
+@dataclass(frozen=True, slots=True)
+class SupportAccount:
+    """One member of staff: a name, a role, and a password hash (`scrypt$...`) and/or a token's SHA-256."""
+
+    name: str
+    role: str
+    password_scrypt: str = field(default="", repr=False)
+    token_sha256: str = field(default="", repr=False)
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SupportConfig:
+    """The support agents' view at /support: off unless enabled, and then only for the accounts listed."""
+
+    enabled: bool = False
+    accounts: tuple[SupportAccount, ...] = ()
+    # The bank's time zone, for every time the page shows (an IANA name: zoneinfo).
+    time_zone: str = "Asia/Shanghai"
+    idle_timeout_s: float = DEFAULT_SUPPORT_IDLE_S
+    session_max_s: float = DEFAULT_SUPPORT_SESSION_S
+    max_failures: int = DEFAULT_SUPPORT_MAX_FAILURES
+    lockout_s: float = DEFAULT_SUPPORT_LOCKOUT_S
+    # The environment variable holding the key hashed identities (x-pii: hash) were hashed with.
+    pii_key_env: str = "MAIDIAN_PII_KEY"
+    # Single sign-on through a reverse proxy: the header naming the verified user, honoured only from these peers.
+    sso_header: str = ""
+    sso_proxies: tuple[Network, ...] = ()
+    # Events per timeline page.
+    page_events: int = 200
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     plan: Path
@@ -226,6 +270,7 @@ class Config:
     time: TimeConfig = TimeConfig()
     limits: Limits = DEFAULT_LIMITS
     live: LiveConfig = LiveConfig()
+    support: SupportConfig = SupportConfig()
 
 
 # -- resolving -----------------------------------------------------------------
@@ -408,6 +453,62 @@ def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> 
     return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks, derive=derive)
 
 
+_SUPPORT_SCALARS: Final = frozenset(SupportConfig.__dataclass_fields__) - {"accounts", "sso_proxies"}
+
+
+def _support(doc: Any) -> SupportConfig:
+    """`[support]` with its `[[support.accounts]]` (docs/guide-support.md)."""
+    if not isinstance(doc, dict):
+        raise ConfigError("support: expected a table")
+    scalars = {k: v for k, v in doc.items() if k in _SUPPORT_SCALARS}
+    base: SupportConfig = _group("support", SupportConfig, scalars)
+    unknown = sorted(set(doc) - set(SupportConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"[support]: unknown setting {unknown[0]!r}")
+    raw = doc.get("sso_proxies", [])
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError("support.sso_proxies: expected a list of addresses or networks")
+    try:
+        proxies = tuple(ipaddress.ip_network(a, strict=False) for a in raw)
+    except ValueError as exc:
+        raise ConfigError(f"support.sso_proxies: {exc}") from None
+    entries = doc.get("accounts", [])
+    if not isinstance(entries, list):
+        raise ConfigError("support.accounts: expected an array of tables ([[support.accounts]])")
+    accounts = tuple(_support_account(e, i) for i, e in enumerate(entries))
+    names = [a.name for a in accounts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"support.accounts: {twice[0]!r} is listed twice")
+    return replace(base, accounts=accounts, sso_proxies=proxies)
+
+
+def _support_account(entry: Any, i: int) -> SupportAccount:
+    where = f"support.accounts[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    if "password" in entry or "token" in entry:
+        raise ConfigError(f"{where}: store a hash, never the secret (maidian support add-user)")
+    known = set(SupportAccount.__dataclass_fields__)
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    name, role = entry.get("name"), entry.get("role")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: 'name' is required")
+    if role not in SUPPORT_ROLES:
+        raise ConfigError(f"{where}: 'role' must be one of {', '.join(SUPPORT_ROLES)}")
+    scrypt = entry.get("password_scrypt", "")
+    token = entry.get("token_sha256", "")
+    if not isinstance(scrypt, str) or not isinstance(token, str):
+        raise ConfigError(f"{where}: 'password_scrypt' and 'token_sha256' are strings")
+    if scrypt and not scrypt.startswith("scrypt$"):
+        raise ConfigError(f"{where}: 'password_scrypt' must come from 'maidian support hash-password'")
+    if token and len(token) != 64:
+        raise ConfigError(f"{where}: 'token_sha256' must be the 64-hex-digit SHA-256 of the token")
+    return SupportAccount(name, role, scrypt, token.lower(), bool(entry.get("disabled", False)))
+
+
 def resolve_config(
     *,
     file: str | os.PathLike[str] | None = None,
@@ -433,7 +534,7 @@ def resolve_config(
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     tables: dict[str, dict[str, Any]] = {g: dict(doc.get(g, {})) for g in _GROUPS}
     top: dict[str, Any] = {"plan": doc.get("plan")}
-    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources", "vendors"})
+    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources", "vendors", "support"})
     if unknown:
         raise ConfigError(f"{file}: unknown top-level setting {unknown[0]!r}")
     overrides = {name: env[name] for name in ENVIRONMENT if env.get(name)}
@@ -461,6 +562,7 @@ def resolve_config(
         time=_group("time", TimeConfig, tables["time"]),
         limits=_group("limits", Limits, tables["limits"]),
         live=_group("live", LiveConfig, tables["live"]),
+        support=_support(doc.get("support", {})),
         auth=AuthConfig(
             write_keys=tuple(keys),
             sources=sources,
@@ -506,9 +608,31 @@ def check_config(config: Config) -> Config:
         )
     if live.history_events < 0 or live.queue_events < 1:
         raise ConfigError("live: history_events must be >= 0 and queue_events >= 1")
+    _check_support(config.support)
     if not config.auth.write_keys and not config.auth.sources:
         raise ConfigError("no write key or server source: give --write-key, MAIDIAN_WRITE_KEYS or [[write_keys]]")
     return config
+
+
+def _check_support(support: SupportConfig) -> None:
+    if not support.enabled:
+        return
+    if not support.accounts:
+        raise ConfigError("support: enabled with no [[support.accounts]]; add one with 'maidian support add-user'")
+    if not support.sso_header and not any(a.password_scrypt or a.token_sha256 for a in support.accounts):
+        raise ConfigError("support: no account has a password hash or a token, and no sso_header is set")
+    if support.sso_header and not support.sso_proxies:
+        raise ConfigError("support.sso_header: list the reverse proxies it is trusted from (sso_proxies)")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(support.time_zone)
+    except (KeyError, ValueError, OSError):
+        raise ConfigError(f"support.time_zone: {support.time_zone!r} is not a known time zone") from None
+    if support.max_failures < 1 or support.idle_timeout_s <= 0 or support.session_max_s <= 0:
+        raise ConfigError("support: max_failures, idle_timeout_s and session_max_s must be positive")
+    if not 10 <= support.page_events <= 2000:
+        raise ConfigError("support.page_events: expected 10 to 2000")
 
 
 def with_storage(config: Config, **changes: Any) -> Config:

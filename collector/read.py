@@ -51,6 +51,7 @@ __all__ = [
     "ReplayReport",
     "event_order",
     "export_events",
+    "frame_records",
     "person_events",
     "person_view",
     "quarantine_records",
@@ -464,3 +465,8 @@ def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     finally:
         catalog.close()
         feed.close()
+
+
+def frame_records(frame: Frame) -> Iterator[dict[str, Any]]:
+    """The events of one raw-log frame as readers print them (see the module docstring)."""
+    return _records(frame)

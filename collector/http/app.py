@@ -276,6 +276,10 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
         from maidian.collector.http.live_routes import mount_live
 
         mount_live(app, owned)
+    if config.support.enabled:  # the support agents' view (docs/guide-support.md): off unless configured
+        from maidian.collector.http.support_routes import mount_support
+
+        mount_support(app, owned)
     app.router.add_post(BATCH_PATH, _batch)
     app.router.add_post(DEBUG_PATH, _debug)
     app.router.add_get("/healthz", _healthz)

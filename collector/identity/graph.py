@@ -203,6 +203,12 @@ class IdentityGraph:
             out.setdefault(t, set()).add(v)
         return out
 
+    def first_seen(self, person: PersonId) -> dict[tuple[str, str], int]:
+        """When each identity of a person was first seen (the earliest event time that carried it), in ms."""
+        with self._lock:
+            rows = self._ready().identities_seen(person)
+        return {(t, v): first for t, v, first in rows}
+
     def find(self, value: str, identity_type: str | None = None) -> PersonId | None:
         """The person that any identity with this value (of this type, if given) belongs to.
 
