@@ -42,7 +42,7 @@ async def client(start: ClientFactory) -> TestClient[Any, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium, driven by playwright (tests/collector/browser.py); one per test module."""
+    """Headless Debian Chromium, driven by playwright (tests/browser.py); one per test module."""
     from playwright.sync_api import sync_playwright
 
     from tests.browser import CHROMIUM, CHROMIUM_ARGS

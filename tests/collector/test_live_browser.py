@@ -1,6 +1,6 @@
 """The live page in headless Chromium: a real `maidian qa` collector, events sent with the SDK, the page checked.
 
-Needs Debian's Chromium and playwright (tests/collector/browser.py); without
+Needs Debian's Chromium and playwright (tests/browser.py); without
 them these tests skip and say why. Screenshots go to test-artifacts/.
 """
 

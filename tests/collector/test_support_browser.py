@@ -1,6 +1,6 @@
 """The support view in headless Chromium against a real `maidian serve`: what an agent and an officer do.
 
-Needs Debian's Chromium and playwright (tests/collector/browser.py).
+Needs Debian's Chromium and playwright (tests/browser.py).
 Screenshots (1366x768, Chinese and English) go to test-artifacts/. The tests
 run in file order on one server: the lock-out test, which locks this
 machine's address out, comes last.
