@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from maidian.collector.errors import DataDirError
-from maidian.collector.storage import sync_dir, try_lock, write_atomically
+from maidian.collector.store.log import sync_dir, try_lock, write_atomically
 
 __all__ = ["LakeDir", "LakeState", "locked"]
 

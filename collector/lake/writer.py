@@ -48,11 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
-from maidian.collector.catalog import Catalog, IdentityFeed
 from maidian.collector.errors import CollectorError
-from maidian.collector.frames import scan_frames, segment_files
 from maidian.collector.identity import IdentityGraph
-from maidian.collector.storage import DataDir, sync_dir
+from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.frames import scan_frames, segment_files
+from maidian.collector.store.log import DataDir, sync_dir
 from maidian.tracking_plan import Plan
 
 from .layout import LakeDir, LakeState, locked, tidy
@@ -690,7 +690,7 @@ def follow(
     timezone: str | None = None,
     stop: Callable[[], bool] = lambda: False,
     report: Callable[[Built], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> int:
     """Run a pass every `interval_s` until `stop()` (`maidian lake follow`); the number of passes run.
 
