@@ -10,6 +10,8 @@ a bug.
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
      ├── DataDirError                    the data directory cannot be used (locked, unreadable)
      ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
+ ├── PrivacyError                    a privacy operation could not be carried out (deletion, retention)
+ ├── IdentityGraphError              the identity graph cannot do what was asked (identity/types.py)
      └── RequestError                    a request is refused; carries `status` and `code`
           ├── BadRequest                 400: the body is not a batch (undecodable, bad_batch, bad_encoding)
           ├── Unauthenticated            401: no key, unknown key, bad signature, replay
@@ -41,6 +43,7 @@ __all__ = [
     "Forbidden",
     "NoSuchPerson",
     "PayloadTooLarge",
+    "PrivacyError",
     "RateLimited",
     "RequestError",
     "RequestTimeout",
@@ -52,6 +55,10 @@ __all__ = [
 
 class CollectorError(Exception):
     """Root of the errors raised by `maidian.collector`."""
+
+
+class PrivacyError(CollectorError):
+    """A privacy operation could not be carried out; the message says where."""
 
 
 class ConfigError(CollectorError):
