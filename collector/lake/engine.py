@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
 from maidian.tracking_plan import Plan
 
 from .layout import LakeDir

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from maidian.collector.store.log import sync_dir
 
 from .layout import LakeDir, LakeState, locked

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import pyarrow as pa
+
 from maidian.tracking_plan import Plan
 
 __all__ = [

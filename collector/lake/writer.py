@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
+
 from maidian.collector.errors import CollectorError
 from maidian.collector.identity import IdentityGraph
 from maidian.collector.store.catalog import Catalog, IdentityFeed

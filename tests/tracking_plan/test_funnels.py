@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from maidian.tracking_plan import PlanLoadError, load_plan, parse_plan
 
+from maidian.tracking_plan import PlanLoadError, load_plan, parse_plan
 from tests.conftest import MINI_PLAN, ROOT
 
 MINI: dict[str, Any] = json.loads(MINI_PLAN.read_text())
