@@ -260,14 +260,16 @@ def retention(
         _event_known(lake, start)
     if back is not None:
         _event_known(lake, back)
-    day_list = sorted({int(d) for d in days if int(d) >= 0})
+    day_list = sorted({int(d) for d in days if int(d) >= 1})
+    if not day_list:
+        raise LakeError("retention needs at least one day after the cohort day (1 or more)")
     cohort_dates = q.dates(since, until)
     columns = []
     for d in day_list:
         columns.append(f"count(DISTINCT r.who) FILTER (WHERE r.d = c.d0 + {d}) AS n{d}")
         columns.append(f"count(DISTINCT c.who) FILTER (WHERE c.d0 + {d} <= (SELECT last FROM bounds)) AS base{d}")
     text = (
-        f"WITH firsts AS (SELECT {who} AS who, min(event_date) AS d0, arg_min({group}, (time, event_id)) AS grp"
+        f"WITH firsts AS (SELECT {who} AS who, min(event_date) AS d0, arg_min_null({group}, (time, event_id)) AS grp"
         f" FROM events WHERE {who} IS NOT NULL AND {start_filter} GROUP BY 1),"
         f" cohort AS (SELECT * FROM firsts WHERE {cohort_dates.replace('event_date', 'd0')}),"
         f" bounds AS (SELECT max(event_date) AS last FROM events_raw),"
@@ -279,8 +281,6 @@ def retention(
         f" SELECT c.grp, count(DISTINCT c.who) AS persons, {', '.join(columns) if columns else '0'}"
         f" FROM cohort c LEFT JOIN joined r ON r.who = c.who GROUP BY 1 ORDER BY persons DESC, 1 NULLS LAST"
     )
-    if not day_list:
-        raise LakeError("retention needs at least one day")
     rows = q.run(text)
     out = []
     for row in rows:

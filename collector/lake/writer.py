@@ -562,11 +562,16 @@ def compact_partition(lake: LakeDir, state: LakeState, partition: Path, number: 
     if len(files) < 2:
         return 0
     tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    table = _dedup(table.combine_chunks())
-    keys = [("event", "ascending")] if "event" in table.column_names else []
-    table = table.sort_by([*keys, ("identity_key", "ascending"), ("time", "ascending")])
-    table = _unify_dictionaries(table)
+    table = pa.concat_tables(tables, promote_options="permissive").unify_dictionaries().combine_chunks()
+    table = _dedup(table)
+    keys = [("identity_key", "ascending"), ("time", "ascending")]
+    if "event" in table.column_names:
+        # Dictionary columns do not sort; their strings do.
+        table = table.append_column("__event", table["event"].cast(pa.string()))
+        keys.insert(0, ("__event", "ascending"))
+    table = table.sort_by(keys)
+    if "__event" in table.column_names:
+        table = table.drop_columns(["__event"])
     output = partition / f"compact-{number:08d}.parquet"
     tmp = output.with_name(output.name + ".tmp")
     write_table(table, tmp)
@@ -584,10 +589,6 @@ def compact_partition(lake: LakeDir, state: LakeState, partition: Path, number: 
     state.compacting = None
     state.save(lake)
     return len(files)
-
-
-def _unify_dictionaries(table: pa.Table) -> pa.Table:
-    return table.unify_dictionaries().combine_chunks()
 
 
 # -- the entry points ----------------------------------------------------------------------------------
