@@ -8,7 +8,8 @@ a bug.
 
     CollectorError                      root of this package's errors
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
-     ├── DataDirError                    the data directory cannot be used (locked, unreadable)
+     ├── DataDirError                    the data directory cannot be used (locked, unreadable, full)
+ │    └── DerivedFileError           catalog.sqlite or identity.sqlite is damaged: `maidian rebuild`
      ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
  ├── PrivacyError                    a privacy operation could not be carried out (deletion, retention)
  ├── IdentityGraphError              the identity graph cannot do what was asked (identity/types.py)
@@ -21,7 +22,7 @@ a bug.
           ├── UnsupportedMediaType       415: unknown content type or encoding
           ├── RateLimited                429: this key is over its quota (Retry-After)
           ├── Unavailable                503: overloaded, disk full, writer behind, stopping (Retry-After)
-          └── VendorError                a Sensors or Segment request refused (`_vendor.py`), answered in
+          └── VendorError                a Sensors or Segment request refused (`vendors/common.py`), answered in
                │                          the vendor's own shape by the vendor routes (docs/migration.md)
                ├── Undecodable           400: a malformed form field, base64, gzip or JSON
                ├── Unauthenticated       401: no usable Segment write key (Sensors answers it 403)
@@ -40,6 +41,7 @@ __all__ = [
     "CollectorError",
     "ConfigError",
     "DataDirError",
+    "DerivedFileError",
     "Forbidden",
     "NoSuchPerson",
     "PayloadTooLarge",
@@ -67,6 +69,10 @@ class ConfigError(CollectorError):
 
 class DataDirError(CollectorError):
     """The data directory cannot be used (missing, unreadable, or locked by another writer)."""
+
+
+class DerivedFileError(DataDirError):
+    """A file derived from the logs (catalog.sqlite, identity.sqlite) is damaged; `maidian rebuild` recreates it."""
 
 
 class NoSuchPerson(CollectorError):

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from maidian.collector.cli.commands import add_collector_commands
+from maidian.collector.cli.lake import add_lake_commands
 from maidian.collector.cli.privacy import add_privacy_commands
 from maidian.collector.cli.qa import add_qa_commands
-from maidian.collector.lake.commands import add_lake_commands
 from maidian.tracking_plan import __version__
 from maidian.tracking_plan.cli import add_plan_commands
 

@@ -38,13 +38,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import msgspec
 
@@ -64,7 +61,6 @@ from maidian.collector.store.suppression import Suppression, add_suppressed, loa
 from maidian.tracking_plan import Plan
 
 __all__ = [
-    "CSV_ENVELOPE_COLUMNS",
     "Cleared",
     "PrivacyError",
     "Suppression",
@@ -72,7 +68,6 @@ __all__ = [
     "export_person",
     "load_suppression",
     "retain",
-    "write_csv",
 ]
 
 _DAY_MS: Final = 86_400_000
@@ -231,81 +226,3 @@ def export_person(
         match = _Match(frozenset(identities), value)
         records += [r for r in export_events(data_dir, quarantined=True, accepted=False) if match(r["event"])]
     return records
-
-
-# -- CSV ----------------------------------------------------------------------------------------
-
-CSV_ENVELOPE_COLUMNS: Final = (
-    "event_id",
-    "type",
-    "event",
-    "time",
-    "device_time",
-    "received_at",
-    "source",
-    "flags",
-    "quarantined",
-    "reasons",
-    "undecodable_base64",
-)
-# Cells a spreadsheet would run as a formula (OWASP "CSV injection").
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value) if isinstance(value, float) else str(value)
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}", v, out)
-    else:
-        out[prefix] = value
-
-
-def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A quarantined record (`export --quarantined` form) in the shape of an event, for the CSV's columns."""
-    if not record.get("quarantined"):
-        return record
-    event = record.get("event")
-    flat = dict(event) if isinstance(event, dict) else {}
-    flat.update(
-        device_time=flat.get("time"),
-        time=record.get("time"),
-        received_at=record.get("received_at"),
-        source=record.get("source"),
-        quarantined=True,
-        reasons=record.get("reasons"),
-    )
-    return flat
-
-
-def write_csv(records: list[dict[str, Any]], out: TextIO) -> None:
-    """Records as CSV: the envelope columns, then identities.* and properties.* (sorted), formula-safe."""
-    rows: list[dict[str, Any]] = []
-    extra: set[str] = set()
-    for record in map(_flat_record, records):
-        row = {k: record.get(k) for k in CSV_ENVELOPE_COLUMNS}
-        for part in ("identities", "properties"):
-            flat: dict[str, Any] = {}
-            _flatten(part, record.get(part) or {}, flat)
-            flat.pop(part, None)
-            row.update(flat)
-            extra.update(flat)
-        rows.append(row)
-    columns = [*CSV_ENVELOPE_COLUMNS, *sorted(c for c in extra if c.startswith("identities."))]
-    columns += sorted(c for c in extra if c.startswith("properties."))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in columns])
-    out.write(buffer.getvalue())

@@ -22,7 +22,7 @@ request path; readers do before answering). It runs in `BEGIN IMMEDIATE`
 transactions, so several processes following one data directory index each
 frame once. Deleting the file (`maidian rebuild`) loses nothing.
 
-The identity graph (identity.py) persists itself at its own path. The catalog
+The identity graph (identity/graph.py) persists itself at its own path. The catalog
 remembers how many observations it has fed it, and trusts that count only
 when the graph's file existed when it was opened; a graph with no file (or a
 new one) is fed every observation again, which the graph takes idempotently.
@@ -31,7 +31,6 @@ new one) is fed every observation again, which the graph takes idempotently.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any, Final
 
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
+from maidian.collector.sqlite import connect
 from maidian.collector.store.frames import Frame, read_frames, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
@@ -110,9 +110,7 @@ class Catalog:
     def __init__(self, data: DataDir) -> None:
         self.data = data
         # One thread at a time uses it (the server's indexer thread), not always the one that opened it.
-        self.db = sqlite3.connect(
-            data.catalog, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
+        self.db = connect(data.catalog, timeout_s=_BUSY_TIMEOUT_MS / 1000)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -227,7 +225,7 @@ class Catalog:
         head = frame.head
         rows = []
         for idx, entry in enumerate(head.get("q", ())):
-            if entry is None:  # a record deleted on request (privacy.py)
+            if entry is None:  # a record deleted on request (privacy/operations.py)
                 continue
             event_id, name, rules = entry
             rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))

@@ -31,7 +31,6 @@ import msgspec
 import zstandard
 
 from maidian.collector.errors import DataDirError, PrivacyError
-from maidian.collector.pipeline.dedup import id_ranges
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import (
     FRAME_HEADER,
@@ -43,6 +42,7 @@ from maidian.collector.store.frames import (
     segment_files,
 )
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import TMP_SUFFIX, DataDir, sync_dir, try_lock, write_atomically
 
 __all__ = [

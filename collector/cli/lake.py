@@ -1,6 +1,7 @@
 """`maidian lake build|follow|ddl` and `maidian report funnel|retention|channels|campaign|segment|person|sql|html`.
 
-Thin handlers over writer.py, engine.py and report.py. Every report prints a
+Thin handlers over the lake's writer.py, engine.py and report.py, imported when
+a command runs (the lake extra's pyarrow and duckdb load only then). Every report prints a
 text table by default, or `--json`, `--csv`, and writes the offline HTML page
 with `--html FILE`. Exit codes as for the other data commands: 0 done,
 1 nothing found, 2 unusable input.
@@ -17,8 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _reporting
-from maidian.collector.errors import CollectorError
+from maidian.collector.cli.output import reporting
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
 __all__ = ["add_lake_commands"]
@@ -29,14 +29,14 @@ def _plan(args: argparse.Namespace) -> Any:
 
     path = args.plan or os.environ.get("MAIDIAN_PLAN")
     if not path:
-        raise CollectorError("the lake's columns come from the plan: give --plan (or MAIDIAN_PLAN)")
+        raise argparse.ArgumentTypeError("the lake's columns come from the plan: give --plan (or MAIDIAN_PLAN)")
     return load_plan(path)
 
 
 def _data(args: argparse.Namespace) -> Path:
     path = args.data or os.environ.get("MAIDIAN_DATA")
     if not path:
-        raise CollectorError("give --data (or MAIDIAN_DATA): the collector's data directory")
+        raise argparse.ArgumentTypeError("give --data (or MAIDIAN_DATA): the collector's data directory")
     return Path(path)
 
 
@@ -48,7 +48,7 @@ def _date(text: str) -> dt.date:
 
 
 def _where(items: list[str] | None) -> dict[str, Any]:
-    from .report import _scalar
+    from maidian.collector.lake.report import _scalar
 
     out: dict[str, Any] = {}
     for item in items or ():
@@ -63,23 +63,23 @@ def _where(items: list[str] | None) -> dict[str, Any]:
 # -- lake ------------------------------------------------------------------------------------------------
 
 
-@_reporting
+@reporting
 def _build(args: argparse.Namespace) -> int:
     import json
 
-    from .writer import build
+    from maidian.collector.lake.writer import build
 
     built = build(_data(args), _plan(args), timezone=args.timezone, compact_all=args.compact, full=args.full)
     print(json.dumps(built.as_dict(), ensure_ascii=False))
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _follow(args: argparse.Namespace) -> int:
     import json
     import threading
 
-    from .writer import Built, follow
+    from maidian.collector.lake.writer import Built, follow
 
     stopping = threading.Event()
 
@@ -104,9 +104,9 @@ def _follow(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _ddl(args: argparse.Namespace) -> int:
-    from .schema import ddl
+    from maidian.collector.lake.schema import ddl
 
     sys.stdout.write(ddl(_plan(args), args.engine))
     return EXIT_OK
@@ -116,8 +116,8 @@ def _ddl(args: argparse.Namespace) -> int:
 
 
 def _output(args: argparse.Namespace, run: Callable[[Any], Any]) -> int:
-    from .engine import open_lake
-    from .html import render
+    from maidian.collector.lake.engine import open_lake
+    from maidian.collector.lake.html import render
 
     with open_lake(_data(args), _plan(args)) as lake:
         report = run(lake)
@@ -133,7 +133,7 @@ def _output(args: argparse.Namespace, run: Callable[[Any], Any]) -> int:
 
 
 def _print_table(report: Any) -> None:
-    from .html import _cell
+    from maidian.collector.lake.html import _cell
 
     rows = [[_cell(v) for v in r] for r in report.rows]
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(report.columns)]
@@ -142,9 +142,9 @@ def _print_table(report: Any) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
-@_reporting
+@reporting
 def _funnel(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     def run(lake: Any) -> Any:
         if args.step:
@@ -152,15 +152,15 @@ def _funnel(args: argparse.Namespace) -> int:
         elif args.name:
             spec = r.funnel_of(lake, args.name)
         else:
-            raise CollectorError("name a funnel of the plan (--name) or give its steps (--step, repeated)")
+            raise argparse.ArgumentTypeError("name a funnel of the plan (--name) or give its steps (--step, repeated)")
         return r.funnel(lake, spec, since=args.since, until=args.until)
 
     return _output(args, run)
 
 
-@_reporting
+@reporting
 def _retention(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     days = [int(d) for d in args.days.split(",") if d.strip()]
     by = None if args.by in ("", "none") else args.by
@@ -171,16 +171,16 @@ def _retention(args: argparse.Namespace) -> int:
     return _output(args, run)
 
 
-@_reporting
+@reporting
 def _channels(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     return _output(args, lambda lake: r.channels(lake, success=args.success, since=args.since, until=args.until))
 
 
-@_reporting
+@reporting
 def _campaign(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     def run(lake: Any) -> Any:
         return r.campaign(
@@ -197,15 +197,15 @@ def _campaign(args: argparse.Namespace) -> int:
 
 
 def _did(text: str) -> Any:
-    from .report import Did
+    from maidian.collector.lake.report import Did
 
     event, _sep, rest = text.partition(":")
     return Did(event, _where([c for c in rest.split(",") if c]))
 
 
-@_reporting
+@reporting
 def _segment(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     did = [_did(t) for t in args.did or ()]
     did = [r.Did(d.event, d.where, args.since, args.until) for d in did]
@@ -214,25 +214,25 @@ def _segment(args: argparse.Namespace) -> int:
     return _output(args, lambda lake: r.segment(lake, did=did, did_not=did_not, users=users))
 
 
-@_reporting
+@reporting
 def _person(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     return _output(args, lambda lake: r.person(lake, args.person, args.type))
 
 
-@_reporting
+@reporting
 def _sql(args: argparse.Namespace) -> int:
-    from . import report as r
+    from maidian.collector.lake import report as r
 
     return _output(args, lambda lake: r.sql(lake, args.query))
 
 
-@_reporting
+@reporting
 def _html(args: argparse.Namespace) -> int:
-    from . import report as r
-    from .engine import open_lake
-    from .html import render
+    from maidian.collector.lake import report as r
+    from maidian.collector.lake.engine import open_lake
+    from maidian.collector.lake.html import render
 
     plan = _plan(args)
     with open_lake(_data(args), plan) as lake:
