@@ -7,8 +7,8 @@ opens; `Lake.refresh` sees newer ones):
   so files of older plan versions read too);
 - `identities`: identity -> person, as the lake's last pass resolved it;
 - `events`: `events_raw` with `person_id`, the person the identity graph
-  attributes each event to now (through `identity_key`); the partition
-  column `event_date`;
+  attributes each event to now (through `identity_key`), and `person_key`,
+  its 64-bit key (what reports group by); the partition column `event_date`;
 - `profiles` and `users`: profile operations, and per person the latest value
   of every user property (`profile_set`: the latest; `profile_set_once`: the
   earliest, when no set exists; `profile_increment`: added to the latest set
@@ -82,6 +82,8 @@ def open_lake(data_dir: Path, plan: Plan, *, threads: int | None = None, memory_
     if not root.exists():
         raise LakeError(f"{data_dir}: no lake yet; run `maidian lake build` first")
     db = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
+    # Reports scan the same files several times; their footers (hundreds of columns) are read once.
+    db.execute("SET parquet_metadata_cache = true")
     if threads is not None:
         db.execute(f"SET threads = {int(threads)}")
     lake = Lake(root, plan, schema_for(plan), db)
@@ -90,10 +92,15 @@ def open_lake(data_dir: Path, plan: Plan, *, threads: int | None = None, memory_
 
 
 def _source(lake: Lake, table: Path, schema: pa.Schema, name: str) -> str:
-    has_files = any(f.is_relative_to(table) for f in lake_files(lake.root))
-    if has_files:
+    import pyarrow.parquet as pq
+
+    files = [f for f in lake_files(lake.root) if f.is_relative_to(table)]
+    if files:
         glob = _literal(str(table / "*" / "*.parquet"))
-        return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true)"
+        # Files of one plan version share a schema; unioning by name costs every scan a schema merge.
+        shapes = {pq.read_schema(f).remove_metadata().to_string() for f in files}
+        union = ", union_by_name = true" if len(shapes) > 1 else ""
+        return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true{union})"
     empty = schema.empty_table().append_column("event_date", pa.array([], pa.date32()))
     lake.db.register(f"_{name}_empty", empty)
     return f"SELECT * FROM _{name}_empty"
@@ -111,17 +118,17 @@ def _create_views(lake: Lake) -> None:
     else:
         db.execute(
             "CREATE OR REPLACE VIEW identities AS SELECT NULL::BIGINT AS identity_key, NULL::VARCHAR AS person_id,"
-            " NULL::VARCHAR AS identity_type, NULL::VARCHAR AS value, NULL::TIMESTAMP AS valid_from,"
-            " NULL::TIMESTAMP AS valid_to WHERE false"
+            " NULL::BIGINT AS person_key, NULL::VARCHAR AS identity_type, NULL::VARCHAR AS value,"
+            " NULL::TIMESTAMP AS valid_from, NULL::TIMESTAMP AS valid_to WHERE false"
         )
     # The join keeps every event; one the graph no longer attributes to anyone has a null person.
-    db.execute("CREATE OR REPLACE VIEW persons AS SELECT identity_key, person_id FROM identities")
+    db.execute("CREATE OR REPLACE VIEW persons AS SELECT identity_key, person_id, person_key FROM identities")
     db.execute(
-        "CREATE OR REPLACE VIEW events AS SELECT e.*, p.person_id FROM events_raw e"
+        "CREATE OR REPLACE VIEW events AS SELECT e.*, p.person_id, p.person_key FROM events_raw e"
         " LEFT JOIN persons p ON p.identity_key = e.identity_key"
     )
     db.execute(
-        "CREATE OR REPLACE VIEW profiles AS SELECT e.*, p.person_id FROM profiles_raw e"
+        "CREATE OR REPLACE VIEW profiles AS SELECT e.*, p.person_id, p.person_key FROM profiles_raw e"
         " LEFT JOIN persons p ON p.identity_key = e.identity_key"
     )
     db.execute(f"CREATE OR REPLACE VIEW users AS {_users_sql(lake.schema)}")

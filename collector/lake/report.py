@@ -142,7 +142,7 @@ class _Sql:
 
 def _who(lake: Lake, identity: str) -> str:
     if identity == "person":
-        return "person_id"
+        return "person_key"
     if identity not in lake.schema.identity_types:
         raise LakeError(f"identity {identity!r} is neither 'person' nor an identity type of the plan")
     return quote(identity)
@@ -171,16 +171,18 @@ def funnel(
     q = _Sql(lake)
     who = _who(lake, spec.identity)
     window_ms = int(spec.window_s * 1000)
-    selects = []
+    # One scan: each event gets the list of steps it matches (the same event may be two steps).
+    matches = []
     for i, step in enumerate(spec.steps, 1):
         dates = q.dates(since, until) if i == 1 else _after(q, since)
-        selects.append(
-            f"SELECT {who} AS who, epoch_ms(time) AS t, event_id, {i} AS step FROM events"
-            f" WHERE event = {q.value(step.event)} AND {q.where(step.where)} AND {dates} AND {who} IS NOT NULL"
-        )
+        matches.append(f"CASE WHEN event = {q.value(step.event)} AND {q.where(step.where)} AND {dates} THEN {i} END")
+    names = ", ".join(q.value(e) for e in dict.fromkeys(s.event for s in spec.steps))
     parts = [
-        "hits AS (" + " UNION ALL ".join(selects) + ")",
-        "ranked AS (SELECT who, t, step, dense_rank() OVER (PARTITION BY who ORDER BY t, event_id) AS o FROM hits)",
+        f"tagged AS (SELECT {who} AS who, epoch_ms(time) AS t, event_id, unnest([{', '.join(matches)}]) AS step"
+        f" FROM events WHERE event IN ({names}) AND {who} IS NOT NULL)",
+        "hits AS (SELECT who, t, event_id, step FROM tagged WHERE step IS NOT NULL)",
+        "ranked AS MATERIALIZED (SELECT who, t, step, dense_rank() OVER (PARTITION BY who ORDER BY t, event_id) AS o"
+        " FROM hits)",
         "j1 AS (SELECT who, t AS t0, o AS o1 FROM ranked WHERE step = 1)",
     ]
     for k in range(2, len(spec.steps) + 1):
@@ -266,20 +268,20 @@ def retention(
     cohort_dates = q.dates(since, until)
     columns = []
     for d in day_list:
-        columns.append(f"count(DISTINCT r.who) FILTER (WHERE r.d = c.d0 + {d}) AS n{d}")
-        columns.append(f"count(DISTINCT c.who) FILTER (WHERE c.d0 + {d} <= (SELECT last FROM bounds)) AS base{d}")
+        columns.append(f"count(DISTINCT who) FILTER (WHERE d = d0 + {d}) AS n{d}")
+        columns.append(f"count(DISTINCT who) FILTER (WHERE d0 + {d} <= (SELECT last FROM bounds)) AS base{d}")
     text = (
-        f"WITH firsts AS (SELECT {who} AS who, min(event_date) AS d0, arg_min_null({group}, (time, event_id)) AS grp"
-        f" FROM events WHERE {who} IS NOT NULL AND {start_filter} GROUP BY 1),"
+        f"WITH base AS MATERIALIZED (SELECT {who} AS who, event_date AS d, time, event_id, {group} AS grp,"
+        f" {start_filter} AS is_start, {back_filter} AS is_back FROM events WHERE {who} IS NOT NULL),"
+        " firsts AS (SELECT who, min(d) AS d0, arg_min_null(grp, (time, event_id)) AS grp FROM base"
+        " WHERE is_start GROUP BY 1),"
         f" cohort AS (SELECT * FROM firsts WHERE {cohort_dates.replace('event_date', 'd0')}),"
-        f" bounds AS (SELECT max(event_date) AS last FROM events_raw),"
-        f" back AS (SELECT DISTINCT {who} AS who, event_date AS d FROM events"
-        f" WHERE {who} IS NOT NULL AND {back_filter}"
-        " AND event_date > (SELECT coalesce(min(d0), DATE '1970-01-01') FROM cohort)),"
+        " bounds AS (SELECT max(d) AS last FROM base),"
+        " back AS (SELECT DISTINCT who, d FROM base WHERE is_back),"
         f" joined AS (SELECT c.who, c.d0, c.grp, r.d FROM cohort c LEFT JOIN back r ON r.who = c.who"
-        f" AND r.d > c.d0 AND r.d <= c.d0 + {max(day_list, default=0)})"
-        f" SELECT c.grp, count(DISTINCT c.who) AS persons, {', '.join(columns) if columns else '0'}"
-        f" FROM cohort c LEFT JOIN joined r ON r.who = c.who GROUP BY 1 ORDER BY persons DESC, 1 NULLS LAST"
+        f" AND r.d > c.d0 AND r.d <= c.d0 + {max(day_list)})"
+        f" SELECT grp, count(DISTINCT who) AS persons, {', '.join(columns)}"
+        " FROM joined GROUP BY 1 ORDER BY persons DESC, 1 NULLS LAST"
     )
     rows = q.run(text)
     out = []
@@ -325,47 +327,34 @@ def channels(
     events = list(success) if success is not None else default_success_events(lake)
     for e in events:
         _event_known(lake, e)
-    success_cols = []
-    for i, e in enumerate(events):
-        success_cols.append(f"count(DISTINCT s.who) FILTER (WHERE s.event = {q.value(e)}) AS s{i}")
     range_filter = q.dates(since, until).replace("event_date", "n.d0")
+    succ = ", ".join(q.value(e) for e in events) or "NULL"
     text = (
-        "WITH firsts AS (SELECT person_id AS who, min(event_date) AS d0 FROM events WHERE person_id IS NOT NULL"
-        " GROUP BY 1),"
-        " touch AS (SELECT person_id AS who, arg_min(struct_pack(utm_source, utm_medium, utm_campaign),"
-        " (time, event_id)) AS ch"
-        " FROM events WHERE person_id IS NOT NULL AND utm_source IS NOT NULL GROUP BY 1),"
-        f" new AS (SELECT n.who, n.d0, t.ch.utm_source AS src, t.ch.utm_medium AS med, t.ch.utm_campaign AS camp"
+        "WITH base AS MATERIALIZED (SELECT person_key AS who, event_date AS d, time, event_id,"
+        f" CASE WHEN event IN ({succ}) THEN event END AS success FROM events WHERE person_key IS NOT NULL),"
+        " firsts AS (SELECT who, min(d) AS d0 FROM base GROUP BY 1),"
+        " touch AS (SELECT person_key AS who, arg_min(struct_pack(utm_source, utm_medium, utm_campaign),"
+        " (time, event_id)) AS ch FROM events WHERE person_key IS NOT NULL AND utm_source IS NOT NULL GROUP BY 1),"
+        " new AS (SELECT n.who, n.d0, t.ch.utm_source AS src, t.ch.utm_medium AS med, t.ch.utm_campaign AS camp"
         f" FROM firsts n JOIN touch t USING (who) WHERE {range_filter}),"
-        " active AS (SELECT DISTINCT person_id AS who, event_date AS d FROM events"
-        " WHERE person_id IN (SELECT who FROM new)),"
-        " ret AS (SELECT n.who, bool_or(a.d = n.d0 + 1) AS d1, bool_or(a.d > n.d0 AND a.d <= n.d0 + 7) AS d7"
-        " FROM new n JOIN active a USING (who) GROUP BY 1),"
-        " last AS (SELECT max(event_date) AS last FROM events_raw),"
-        + (
-            "s AS (SELECT DISTINCT person_id AS who, event FROM events WHERE event IN ("
-            + ", ".join(q.value(e) for e in events)
-            + ") AND person_id IN (SELECT who FROM new))"
-            if events
-            else "s AS (SELECT NULL AS who, NULL AS event WHERE false)"
-        )
-        + " SELECT n.src, n.med, n.camp, count(DISTINCT n.who) AS persons"
-        + (", " + ", ".join(success_cols) if success_cols else "")
-        + ", count(DISTINCT n.who) FILTER (WHERE r.d1) AS d1,"
-        " count(DISTINCT n.who) FILTER (WHERE n.d0 + 1 <= (SELECT last FROM last)) AS d1_base,"
-        " count(DISTINCT n.who) FILTER (WHERE r.d7) AS d7,"
-        " count(DISTINCT n.who) FILTER (WHERE n.d0 + 7 <= (SELECT last FROM last)) AS d7_base"
-        " FROM new n LEFT JOIN ret r USING (who) LEFT JOIN s ON s.who = n.who"
-        " GROUP BY 1, 2, 3 ORDER BY persons DESC, 1, 2, 3"
+        " per AS (SELECT n.who, any_value(n.d0) AS d0, bool_or(b.d = n.d0 + 1) AS d1,"
+        " bool_or(b.d > n.d0 AND b.d <= n.d0 + 7) AS d7, list_distinct(list(b.success)) AS done"
+        " FROM new n JOIN base b USING (who) GROUP BY 1),"
+        " last AS (SELECT max(d) AS last FROM base)"
+        " SELECT n.src, n.med, n.camp, count(*) AS persons"
+        + "".join(f", count(*) FILTER (WHERE list_contains(p.done, {q.value(e)}))" for e in events)
+        + ", count(*) FILTER (WHERE p.d1), count(*) FILTER (WHERE n.d0 + 1 <= (SELECT last FROM last)),"
+        " count(*) FILTER (WHERE p.d7), count(*) FILTER (WHERE n.d0 + 7 <= (SELECT last FROM last))"
+        " FROM new n JOIN per p USING (who) GROUP BY 1, 2, 3 ORDER BY persons DESC, 1, 2, 3"
     )
     rows = q.run(text)
     out = []
     for row in rows:
         src, med, camp, persons, *rest = row
-        succ = [int(x) for x in rest[: len(events)]]
+        done = [int(x) for x in rest[: len(events)]]
         d1, d1_base, d7, d7_base = (int(x) for x in rest[len(events) :])
         cells: list[Any] = [src, med, camp, int(persons)]
-        for n in succ:
+        for n in done:
             cells += [n, _ratio(n, int(persons))]
         cells += [_ratio(d1, d1_base), _ratio(d7, d7_base)]
         out.append(tuple(cells))
@@ -401,19 +390,17 @@ def campaign(
     dates2 = q.dates(since, until)
     conv = q.value(conversion)
     text = (
-        f"WITH exposed AS (SELECT person_id AS who, min((epoch_ms(time), event_id)) AS ref FROM events"
-        f" WHERE person_id IS NOT NULL AND {exposed_filter} GROUP BY 1),"
-        f" active AS (SELECT person_id AS who, min((epoch_ms(time), event_id)) AS ref FROM events"
-        f" WHERE person_id IS NOT NULL AND {dates2} GROUP BY 1),"
-        " others AS (SELECT * FROM active WHERE who NOT IN (SELECT who FROM exposed)),"
+        f"WITH base AS MATERIALIZED (SELECT person_key AS who, epoch_ms(time) AS t, event_id,"
+        f" ({exposed_filter}) AS exposing, ({dates2}) AS in_range, event = {conv} AS converting"
+        " FROM events WHERE person_key IS NOT NULL),"
+        " exposed AS (SELECT who, min((t, event_id)) AS ref FROM base WHERE exposing GROUP BY 1),"
+        " active AS (SELECT who, min((t, event_id)) AS ref FROM base WHERE in_range GROUP BY 1),"
         " groups AS (SELECT 'exposed' AS grp, who, ref FROM exposed"
-        " UNION ALL SELECT 'not_exposed', who, ref FROM others),"
-        f" conv AS (SELECT person_id AS who, epoch_ms(time) AS t, event_id FROM events WHERE event = {conv}"
-        " AND person_id IN (SELECT who FROM groups))"
-        " SELECT g.grp, count(DISTINCT g.who),"
-        " count(DISTINCT g.who) FILTER (WHERE EXISTS (SELECT 1 FROM conv c WHERE c.who = g.who"
-        f" AND (c.t, c.event_id) > g.ref AND c.t <= g.ref[1] + {window_ms}))"
-        " FROM groups g GROUP BY 1 ORDER BY 1"
+        " UNION ALL SELECT 'not_exposed', who, ref FROM active WHERE who NOT IN (SELECT who FROM exposed)),"
+        " conv AS (SELECT who, t, event_id FROM base WHERE converting),"
+        " hit AS (SELECT DISTINCT g.who FROM groups g JOIN conv c ON c.who = g.who"
+        f" AND (c.t, c.event_id) > g.ref AND c.t <= g.ref[1] + {window_ms})"
+        " SELECT g.grp, count(*), count(h.who) FROM groups g LEFT JOIN hit h ON h.who = g.who GROUP BY 1 ORDER BY 1"
     )
     found = {grp: (int(n), int(c)) for grp, n, c in q.run(text)}
     out = []

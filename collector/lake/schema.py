@@ -53,7 +53,7 @@ ENVELOPE: Final[tuple[tuple[str, pa.DataType], ...]] = (
     ("identity_key", pa.int64()),
     ("person_id_at_write", pa.string()),
 )
-_RESERVED: Final = frozenset({n for n, _t in ENVELOPE} | {"extra", "event_date", "person_id"})
+_RESERVED: Final = frozenset({n for n, _t in ENVELOPE} | {"extra", "event_date", "person_id", "person_key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +223,7 @@ def ddl(plan: Plan, engine: Engine) -> str:
     identities_schema = [
         ("identity_key", _sql_type(pa.int64(), engine)),
         ("person_id", text),
+        ("person_key", _sql_type(pa.int64(), engine)),
         ("identity_type", text),
         ("value", text),
         ("valid_from", _nullable(ts, engine, "valid_from")),

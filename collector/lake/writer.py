@@ -276,7 +276,14 @@ class _Tables:
             tables.append(self._group(group, columns, schema, profiles=profiles))
         if not tables:
             return schema.empty_table()
-        return pa.concat_tables(tables).combine_chunks()
+        # Each group has its own few columns; the others are nulls, made once per column for the whole table.
+        table = pa.concat_tables(tables, promote_options="default")
+        n = table.num_rows
+        columns = []
+        for f in schema:
+            i = table.schema.get_field_index(f.name)
+            columns.append(table.column(i).combine_chunks() if i >= 0 else pa.nulls(n, f.type))
+        return pa.Table.from_arrays(columns, schema=schema)
 
     def _group(
         self,
@@ -286,7 +293,6 @@ class _Tables:
         *,
         profiles: bool,
     ) -> pa.Table:
-        n = len(group)
         events = [r[0] for r in group]
         props = [e.properties for e in events]
         planned = {c.prop for c in columns}
@@ -313,16 +319,9 @@ class _Tables:
         for c in columns:
             data[c.name] = _column_array(c, [p.get(c.prop) for p in props], extras)
         data["extra"] = pa.array([None if x is None else _json.encode(x).decode() for x in extras], pa.string())
-        arrays = []
-        for f in schema:
-            a = data.get(f.name)
-            if a is None:
-                arrays.append(pa.nulls(n, f.type))
-            elif a.type != f.type:
-                arrays.append(a.cast(f.type))
-            else:
-                arrays.append(a)
-        return pa.Table.from_arrays(arrays, schema=schema)
+        fields = [schema.field(name) for name in data]
+        arrays = [a if a.type == f.type else a.cast(f.type) for a, f in zip(data.values(), fields, strict=True)]
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 # -- the pass ------------------------------------------------------------------------------------------
@@ -468,6 +467,7 @@ _IDENTITIES_SCHEMA: Final = pa.schema(
     [
         ("identity_key", pa.int64()),
         ("person_id", pa.string()),
+        ("person_key", pa.int64()),
         ("identity_type", pa.string()),
         ("value", pa.string()),
         ("valid_from", pa.timestamp("ms")),
@@ -489,12 +489,19 @@ def read_identities(lake: LakeDir) -> dict[tuple[str, str], list[Any]]:
     return {(t, v): [k, p, s] for k, p, t, v, s in zip(keys, persons, types, values, since, strict=True)}
 
 
+def _person_key(person: str) -> int:
+    """A person's 64-bit key: what reports group and join by (8 bytes instead of the id's string)."""
+    digest = hashlib.blake2b(person.encode(), digest_size=8, person=b"maidian-person").digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def write_identities(lake: LakeDir, known: Mapping[tuple[str, str], list[Any]]) -> None:
     rows = sorted(known.items(), key=lambda kv: kv[1][0])
     table = pa.Table.from_arrays(
         [
             pa.array([r[1][0] for r in rows], pa.int64()),
             pa.array([r[1][1] for r in rows], pa.string()),
+            pa.array([None if r[1][1] is None else _person_key(r[1][1]) for r in rows], pa.int64()),
             pa.array([r[0][0] for r in rows], pa.string()),
             pa.array([r[0][1] for r in rows], pa.string()),
             pa.array([r[1][2] for r in rows], pa.timestamp("ms")),
