@@ -54,6 +54,8 @@ class Lake:
     plan: Plan
     schema: LakeSchema
     db: duckdb.DuckDBPyConnection
+    # The last report query and its parameters (benchmarks run it bare, as the floor).
+    last_query: tuple[str, dict[str, Any]] | None = None
 
     def refresh(self) -> None:
         """Recreate the views over the files as they are now."""

@@ -24,8 +24,8 @@ from .report import Report
 __all__ = ["render"]
 
 _FONTS: Final = (
-    "'Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'WenQuanYi Micro Hei', 'PingFang SC',"
-    " 'Hiragino Sans GB', 'Microsoft YaHei', system-ui, sans-serif"
+    "'Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'WenQuanYi Zen Hei', 'WenQuanYi Micro Hei',"
+    " 'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', system-ui, sans-serif"
 )
 _STYLE: Final = f"""
 body {{ font-family: {_FONTS}; margin: 24px; color: #1f2933; background: #fff; }}

@@ -137,6 +137,7 @@ class _Sql:
         return " AND ".join(parts) if parts else "true"
 
     def run(self, text: str) -> list[tuple[Any, ...]]:
+        self.lake.last_query = (text, dict(self.params))
         return self.lake.db.execute(text, self.params).fetchall()
 
 
@@ -525,11 +526,23 @@ def person(lake: Lake, value: str, identity_type: str | None = None) -> Report:
     persons = [r[0] for r in found if r[0] is not None]
     if not persons:
         raise LakeError("no identity in the lake has that value")
-    q = _Sql(lake)
-    keys = f"SELECT identity_key FROM identities WHERE person_id = {q.value(persons[0])}"
+    found_keys = lake.db.execute("SELECT identity_key FROM identities WHERE person_id = $p", {"p": persons[0]})
+    keys = [r[0] for r in found_keys.fetchall()]
+    listed = ", ".join(str(int(k)) for k in keys)
+    # Two steps: which events the person has (two narrow columns), then only the columns those events can fill.
+    found_names = lake.db.execute(f"SELECT DISTINCT event FROM events_raw WHERE identity_key IN ({listed})")
+    names_found = [r[0] for r in found_names.fetchall()]
+    wanted = ["event_id", "event", "type", "time", "device_time", "received_at", "source", "flags", "identity_key"]
+    wanted += list(lake.schema.identity_types)
+    by_prop = {c.prop: c.name for c in lake.schema.properties}
+    for name in names_found:
+        spec = lake.plan.events.get(name)
+        props = list(lake.plan.common_properties.get("properties", {})) + list(spec.properties if spec else ())
+        wanted += [by_prop[p] for p in props if p in by_prop]
+    wanted = [*dict.fromkeys(wanted), "extra", "event_date"]
     cursor = lake.db.execute(
-        f"SELECT * EXCLUDE (person_id_at_write) FROM events_raw WHERE identity_key IN ({keys}) ORDER BY time, event_id",
-        q.params,
+        f"SELECT {', '.join(quote(c) for c in wanted)} FROM events_raw WHERE identity_key IN ({listed})"
+        " ORDER BY time, event_id"
     )
     names = tuple(d[0] for d in cursor.description or ())
     rows = cursor.fetchall()

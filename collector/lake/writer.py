@@ -294,12 +294,25 @@ class _Tables:
         profiles: bool,
     ) -> pa.Table:
         events = [r[0] for r in group]
-        props = [e.properties for e in events]
-        planned = {c.prop for c in columns}
-        extras: list[dict[str, Any] | None] = []
-        for p in props:
-            unplanned = p.keys() - planned
-            extras.append({k: p[k] for k in unplanned} if unplanned else None)
+        n = len(events)
+        # One pass over each event's own properties and identities (a few each), not over every column.
+        values: dict[str, list[Any]] = {c.prop: [None] * n for c in columns}
+        ids: dict[str, list[Any]] = {t: [None] * n for t in self.lake.identity_types}
+        extras: list[dict[str, Any] | None] = [None] * n
+        for i, e in enumerate(events):
+            for k, v in e.properties.items():
+                column = values.get(k)
+                if column is not None:
+                    column[i] = v
+                else:
+                    extra = extras[i]
+                    if extra is None:
+                        extra = extras[i] = {}
+                    extra[k] = v
+            for t, v in e.identities.items():
+                column = ids.get(t)
+                if column is not None:
+                    column[i] = v if isinstance(v, str) else str(v)
         data: dict[str, pa.Array] = {
             "event_id": pa.array([e.event_id for e in events], pa.string()),
             "type": pa.array([e.type for e in events], pa.string()).dictionary_encode(),
@@ -313,11 +326,10 @@ class _Tables:
             data["source"] = pa.array([r[3] for r in group], pa.string()).dictionary_encode()
             data["flags"] = pa.array([r[4] for r in group], pa.string())
             data["person_id_at_write"] = pa.array([r[6] for r in group], pa.string())
-        for t in self.lake.identity_types:
-            values = [e.identities.get(t) for e in events]
-            data[t] = pa.array([None if v is None else str(v) for v in values], pa.string())
+        for t, column in ids.items():
+            data[t] = pa.array(column, pa.string())
         for c in columns:
-            data[c.name] = _column_array(c, [p.get(c.prop) for p in props], extras)
+            data[c.name] = _column_array(c, values[c.prop], extras)
         data["extra"] = pa.array([None if x is None else _json.encode(x).decode() for x in extras], pa.string())
         fields = [schema.field(name) for name in data]
         arrays = [a if a.type == f.type else a.cast(f.type) for a, f in zip(data.values(), fields, strict=True)]
@@ -360,8 +372,9 @@ class _Pass:
         self.attribution = _Attribution(graph)
         self.zone = _Zone(state.timezone)
         self.number = state.passes + 1
-        self.events = _Rows()
-        self.profiles = _Rows()
+        # Rows waiting to be written, per (table, date): a date's rows go out together, in as few files as fit.
+        self.pending: dict[tuple[bool, int], _Rows] = {}
+        self.pending_rows = 0
         self.ids: set[str] = set()
         self.counts = {"events": 0, "profiles": 0, "duplicates": 0, "files": 0, "frames": 0, "bytes": 0}
         self.touched: set[str] = set()
@@ -381,10 +394,10 @@ class _Pass:
             self.counts["bytes"] += end - start
             for frame in frames:
                 self._frame(frame.head, frame.body)
-                if self.events.count + self.profiles.count >= BATCH_ROWS:
-                    self.flush()
+                if self.pending_rows >= BATCH_ROWS:
+                    self.flush(BATCH_ROWS // 2)
             offsets[path.name] = end
-        self.flush()
+        self.flush(0)
         return offsets
 
     def _frame(self, head: dict[str, Any], packed: bytes) -> None:
@@ -401,6 +414,8 @@ class _Pass:
         day = self.zone.day
         times = body.t
         flags = body.f
+        pending = self.pending
+        added = 0
         for i, event in enumerate(body.e):
             eid = event.event_id
             if eid in ids:
@@ -410,43 +425,42 @@ class _Pass:
             t = times[i] if i < len(times) else event.time
             key, person = attribution.of(event.identities, t)
             f = flags.get(str(i)) if flags else None
-            row = (event, t, received, source, ",".join(f) if f else None, key, person, day(t))
-            if event.type.startswith("profile_"):
-                self.profiles.groups.setdefault(event.type, []).append(row)
-                self.profiles.count += 1
-            else:
-                self.events.groups.setdefault(event.event or event.type, []).append(row)
-                self.events.count += 1
+            d = day(t)
+            profile = event.type.startswith("profile_")
+            row = (event, t, received, source, ",".join(f) if f else None, key, person, d)
+            bucket = pending.get((profile, d))
+            if bucket is None:
+                bucket = pending[profile, d] = _Rows()
+            bucket.groups.setdefault(event.type if profile else event.event or event.type, []).append(row)
+            bucket.count += 1
+            added += 1
+        self.pending_rows += added
 
-    def flush(self) -> None:
-        for rows, table_dir, build, counter in (
-            (self.events, self.lake.events, self.tables.events, "events"),
-            (self.profiles, self.lake.profiles, self.tables.profiles, "profiles"),
-        ):
+    def flush(self, keep_rows: int) -> None:
+        """Write the largest pending dates until at most `keep_rows` rows wait."""
+        for key in sorted(self.pending, key=lambda k: self.pending[k].count, reverse=True):
+            if self.pending_rows <= keep_rows:
+                break
+            rows = self.pending.pop(key)
+            self.pending_rows -= rows.count
             if not rows.count:
                 continue
-            days: dict[int, _Rows] = {}
-            for name, group in rows.groups.items():
-                for row in group:
-                    bucket = days.get(row[7])
-                    if bucket is None:
-                        bucket = days[row[7]] = _Rows()
-                    bucket.groups.setdefault(name, []).append(row)
-                    bucket.count += 1
-            for d, bucket in sorted(days.items()):
-                date = _date(d)
-                partition = table_dir / f"event_date={date}"
-                partition.mkdir(parents=True, exist_ok=True)
-                key = str(partition)
-                n = self.file_numbers.get(key, 0) + 1
-                self.file_numbers[key] = n
-                write_table(build(bucket), partition / f"part-{self.number:08d}-{n:04d}.parquet")
-                sync_dir(partition)
-                self.counts["files"] += 1
-                self.touched.add(f"{table_dir.name}/event_date={date}")
-            self.counts[counter] += rows.count
-            rows.groups.clear()
-            rows.count = 0
+            profile, d = key
+            table_dir = self.lake.profiles if profile else self.lake.events
+            date = _date(d)
+            partition = table_dir / f"event_date={date}"
+            partition.mkdir(parents=True, exist_ok=True)
+            n = self.file_numbers.get(str(partition), 0) + 1
+            self.file_numbers[str(partition)] = n
+            table = self.tables.profiles(rows) if profile else self.tables.events(rows)
+            write_table(table, partition / f"part-{self.number:08d}-{n:04d}.parquet")
+            sync_dir(partition)
+            self.counts["files"] += 1
+            self.counts["profiles" if profile else "events"] += rows.count
+            self.touched.add(f"{table_dir.name}/event_date={date}")
+        if keep_rows == 0:
+            self.pending.clear()
+            self.pending_rows = 0
 
 
 def _lenient_body(raw: bytes) -> _Body:
