@@ -12,7 +12,7 @@ import signal
 import sys
 
 from aiohttp import web
-from maidian.collector.serve import loop_factory
+from maidian.collector.run.serve import loop_factory
 
 
 async def handle(request: web.Request) -> web.Response:

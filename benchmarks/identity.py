@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.identity import IdentityGraph, IdentityPolicy, Observation
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import IdentityPolicy, Observation
 
 BATCH = 500
 

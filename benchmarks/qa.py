@@ -56,9 +56,9 @@ def _collector(plan_path: Path, data: Path) -> Any:
 
 def ingest_rate(plan_path: Path, bodies: list[bytes], data: Path, *, page: bool) -> dict[str, float]:
     """Events per second and CPU µs per event through `Ingest.ingest`, with or without a stalled page."""
-    from maidian.collector.auth import Principal
-    from maidian.collector.decode import decode_batch, decompress
-    from maidian.collector.live import LiveFilter, LiveHub
+    from maidian.collector.pipeline.auth import Principal
+    from maidian.collector.pipeline.decode import decode_batch, decompress
+    from maidian.collector.qa.live import LiveFilter, LiveHub
     from maidian.tracking_plan.envelope import DEFAULT_LIMITS
 
     collector = _collector(plan_path, data)
@@ -100,8 +100,8 @@ def hook_check_ns() -> float:
 
 
 def fill(plan_path: Path, bodies: list[bytes], data: Path) -> int:
-    from maidian.collector.auth import Principal
-    from maidian.collector.decode import decode_batch, decompress
+    from maidian.collector.pipeline.auth import Principal
+    from maidian.collector.pipeline.decode import decode_batch, decompress
     from maidian.tracking_plan.envelope import DEFAULT_LIMITS
 
     collector = _collector(plan_path, data)
@@ -119,9 +119,9 @@ def fill(plan_path: Path, bodies: list[bytes], data: Path) -> int:
 
 
 def coverage_rates(plan_path: Path, data: Path, events: int) -> dict[str, float]:
-    from maidian.collector.coverage import coverage_of_data
-    from maidian.collector.frames import decode_body, read_frames, segment_files
+    from maidian.collector.qa.coverage import coverage_of_data
     from maidian.collector.read import export_events
+    from maidian.collector.store.frames import decode_body, read_frames, segment_files
     from maidian.tracking_plan import load_plan
 
     plan = load_plan(plan_path)

@@ -25,8 +25,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import msgspec
-from maidian.collector import _segment as segment
-from maidian.collector import _sensors as sensors
+from maidian.collector.vendors import segment, sensors
 from maidian.tracking_plan import Validator, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent

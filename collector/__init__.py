@@ -2,13 +2,12 @@
 
 `maidian serve` runs it (docs/collector.md); it also takes Sensors Analytics
 and Segment traffic (docs/migration.md). The HTTP edge is
-`maidian.collector.app.make_app`, imported on its own because it needs
+`maidian.collector.http.app.make_app`, imported on its own because it needs
 aiohttp (the `collector` extra), which the plan commands do without.
 """
 
-from ._vendor import VendorError
-from .config import Config, ConfigSource, resolve_config
-from .errors import (
+from maidian.collector.config import Config, ConfigSource, resolve_config
+from maidian.collector.errors import (
     BadRequest,
     CollectorError,
     ConfigError,
@@ -22,7 +21,8 @@ from .errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from .read import export_events, person_events, quarantine_records, rebuild, replay_quarantine
+from maidian.collector.read import export_events, person_events, quarantine_records, rebuild, replay_quarantine
+from maidian.collector.vendors.common import VendorError
 
 __all__ = [
     "BadRequest",

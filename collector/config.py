@@ -28,9 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from maidian.collector.errors import ConfigError
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS, Limits
-
-from .errors import ConfigError
 
 __all__ = [
     "AuthConfig",

@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+from maidian.collector.errors import CollectorError, NoSuchPerson
+from maidian.collector.pipeline.dedup import SeenIds, id_ranges
+from maidian.collector.pipeline.ingest import build_accepted_frame
+from maidian.collector.service import load_dedup_state, pid_writer_id
+from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
+from maidian.collector.store.log import DataDir, LogWriter
 from maidian.tracking_plan import Plan, Validator
-
-from .catalog import Catalog, IdentityFeed
-from .dedup import SeenIds, id_ranges
-from .errors import CollectorError, NoSuchPerson
-from .frames import Frame, decode_body, read_frame_at, read_frames, segment_files
-from .ingest import build_accepted_frame
-from .service import load_dedup_state, pid_writer_id
-from .storage import DataDir, LogWriter
 
 __all__ = [
     "NoSuchPerson",
@@ -82,7 +81,7 @@ def _catch_up(data: DataDir, plan: Plan | None) -> tuple[Catalog, IdentityFeed]:
 
 
 def _default_policy() -> Any:
-    from .identity import IdentityPolicy
+    from maidian.collector.identity.types import IdentityPolicy
 
     return IdentityPolicy()
 
@@ -250,8 +249,8 @@ def replay_quarantine(
     and source; a `trigger: server` event still needs its original sender to
     have been a signed source.
     """
-    from .decode import decode_event
-    from .judge import Judge
+    from maidian.collector.pipeline.decode import decode_event
+    from maidian.collector.pipeline.judge import Judge
 
     data = _open(data_dir)
     catalog = Catalog(data)
@@ -333,7 +332,7 @@ def _limits() -> Any:
 
 
 def _one_event_batch(raw: msgspec.Raw, fmt: str) -> Any:
-    from .decode import Batch
+    from maidian.collector.pipeline.decode import Batch
 
     return Batch(events=[raw], format=fmt, sent_at=None)  # type: ignore[arg-type]
 

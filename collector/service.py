@@ -30,18 +30,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+from maidian.collector.config import Config
+from maidian.collector.errors import DataDirError
+from maidian.collector.metrics import Metrics
+from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.ingest import Ingest
+from maidian.collector.pipeline.judge import Judge
+from maidian.collector.privacy.operations import load_suppression
+from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.frames import read_frames, segment_files
+from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
 from maidian.tracking_plan import Plan, Validator, load_plan
-
-from .catalog import Catalog, IdentityFeed
-from .config import Config
-from .dedup import SeenIds
-from .errors import DataDirError
-from .frames import read_frames, segment_files
-from .ingest import Ingest
-from .judge import Judge
-from .metrics import Metrics
-from .privacy import load_suppression
-from .storage import DataDir, LogWriter, Recovered, write_atomically
 
 __all__ = ["Collector", "DedupState", "load_dedup_state"]
 

@@ -62,8 +62,8 @@ def test_the_lock_pins_every_dependency_of_every_extra() -> None:
     for extra in project["optional-dependencies"].values():
         wanted |= {_name(r) for r in extra if not r.startswith("maidian[")}
     pinned = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for text in (ROOT / "constraints.txt").read_text().splitlines():
+        line = text.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
             pinned[_name(name)] = version

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from maidian.collector.app import make_app
+from maidian.collector.http.app import make_app
 
 from tests.collector.helpers import make_config
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 
-from maidian.collector.identity import IdentityGraph, IdentityPolicy, Observation, Refusal
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
 from maidian.tracking_plan.envelope import is_junk_identity
 
 Ident = tuple[str, str]

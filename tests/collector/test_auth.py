@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.collector.auth import NonceCache, RateLimiter
 from maidian.collector.config import WriteKey
 from maidian.collector.errors import RateLimited
+from maidian.collector.pipeline.auth import NonceCache, RateLimiter
 
 from tests.collector.helpers import body_of, filled, headers_for, order, signed_headers, statuses
 from tests.conftest import ROOT
@@ -79,7 +79,7 @@ def test_token_bucket_refills() -> None:
 def test_secrets_are_compared_in_constant_time_only() -> None:
     """Static check: no `==`/`!=` on anything named like a key, secret, digest or signature."""
     suspicious = ("key", "secret", "digest", "signature", "stored", "presented", "mac")
-    for path in [ROOT / "collector" / "auth.py", ROOT / "tracking_plan" / "signing.py"]:
+    for path in [ROOT / "collector" / "pipeline" / "auth.py", ROOT / "tracking_plan" / "signing.py"]:
         tree = ast.parse(Path(path).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):

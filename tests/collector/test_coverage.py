@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.collector._coverage_render import render_html, render_text
 from maidian.collector.cli import main
-from maidian.collector.coverage import Scope, Tally, build_report, coverage_of_data
+from maidian.collector.qa.coverage import Scope, Tally, build_report, coverage_of_data
+from maidian.collector.qa.report import render_html, render_text
 from maidian.collector.read import replay_quarantine
 from maidian.tracking_plan import load_plan, parse_plan
 

@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from maidian.collector.decode import check_decoded_limits, check_limits, decode_batch
-from maidian.collector.judge import Judge
+from maidian.collector.pipeline.decode import check_decoded_limits, check_limits, decode_batch
+from maidian.collector.pipeline.judge import Judge
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import Limits
 

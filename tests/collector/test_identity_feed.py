@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.collector import catalog as catalog_module
-from maidian.collector.catalog import Catalog, IdentityFeed
-from maidian.collector.identity import IdentityGraph, IdentityPolicy, Observation, Refusal
-from maidian.collector.storage import DataDir
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
+from maidian.collector.store import catalog as catalog_module
+from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.log import DataDir
 
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, login_event, now_ms, order
@@ -75,7 +76,7 @@ async def test_refusals_are_counted_in_metrics(start: ClientFactory) -> None:
     client = await start()
     body = body_of([login_event(1, anon="anon-2", login="null")])
     assert (await client.post("/v1/batch", data=body, headers=headers_for())).status == 200
-    from maidian.collector.app import COLLECTOR
+    from maidian.collector.http.app import COLLECTOR
 
     collector = client.server.app[COLLECTOR]
     await collector.catch_up_catalog()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from maidian.collector.identity import IdentityGraph, IdentityPolicy, Observation, Refusal
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
 from maidian.tracking_plan.envelope import BUILTIN_IDENTITIES, JUNK_IDENTITY_VALUES
 
 from tests.collector.identity_model import Ledger

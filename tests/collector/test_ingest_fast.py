@@ -19,15 +19,15 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from maidian.collector import ingest as ingest_module
-from maidian.collector.auth import Principal
-from maidian.collector.decode import decode_batch
-from maidian.collector.dedup import SeenIds, split_event_id, split_one_source
-from maidian.collector.frames import read_frames, segment_files
-from maidian.collector.ingest import Ingest, Outcome, build_accepted_frame
-from maidian.collector.judge import Judge
 from maidian.collector.metrics import Metrics
-from maidian.collector.storage import LogWriter
+from maidian.collector.pipeline import ingest as ingest_module
+from maidian.collector.pipeline.auth import Principal
+from maidian.collector.pipeline.decode import decode_batch
+from maidian.collector.pipeline.dedup import SeenIds, split_event_id, split_one_source
+from maidian.collector.pipeline.ingest import Ingest, Outcome, build_accepted_frame
+from maidian.collector.pipeline.judge import Judge
+from maidian.collector.store.frames import read_frames, segment_files
+from maidian.collector.store.log import LogWriter
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS
 

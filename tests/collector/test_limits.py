@@ -245,7 +245,7 @@ def test_a_gzip_bomb_holds_at_most_the_cap_in_memory() -> None:
     """
     import tracemalloc
 
-    from maidian.collector.decode import decompress
+    from maidian.collector.pipeline.decode import decompress
 
     member = gzip_bomb(64 * MiB)
     tracemalloc.start()

@@ -12,14 +12,14 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
-from maidian.collector._live_http import LIVE, LIVE_ROUTES
-from maidian.collector.app import COLLECTOR, ROUTES, make_app
 from maidian.collector.config import LiveConfig, hash_key, resolve_config
-from maidian.collector.coverage import coverage_of_data
-from maidian.collector.decode import Batch
 from maidian.collector.errors import ConfigError
-from maidian.collector.ingest import Outcome
-from maidian.collector.live import LiveFilter, LiveHub, LiveRecord, Subscriber
+from maidian.collector.http.app import COLLECTOR, ROUTES, make_app
+from maidian.collector.http.live_routes import LIVE, LIVE_ROUTES
+from maidian.collector.pipeline.decode import Batch
+from maidian.collector.pipeline.ingest import Outcome
+from maidian.collector.qa.coverage import coverage_of_data
+from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord, Subscriber
 from maidian.collector.read import export_events
 from maidian.tracking_plan import load_plan
 
@@ -352,9 +352,9 @@ def test_the_page_and_the_report_stylesheet_ship_in_the_package() -> None:
     from tests.conftest import ROOT
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["package-data"]
-    shipped = patterns["maidian.collector"]
-    assets = sorted(p.name for p in (ROOT / "collector" / "live_assets").iterdir())
+    shipped = patterns["maidian.collector.qa"]
+    assets = sorted(p.name for p in (ROOT / "collector" / "qa" / "assets").iterdir())
     assert assets == ["live.css", "live.html", "live.js", "report.css"]
     for name in assets:
-        assert any(fnmatch.fnmatch(f"live_assets/{name}", pattern) for pattern in shipped), name
-    assert not (ROOT / "collector" / "live_assets" / "__init__.py").exists()  # data, not a package
+        assert any(fnmatch.fnmatch(f"assets/{name}", pattern) for pattern in shipped), name
+    assert not (ROOT / "collector" / "qa" / "assets" / "__init__.py").exists()  # data, not a package

@@ -27,17 +27,17 @@ import zstandard
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from maidian.collector import privacy
-from maidian.collector.app import make_app
 from maidian.collector.cli import build_parser
-from maidian.collector.dedup import id_ranges
-from maidian.collector.frames import encode_frame, read_frames, scan_frames, segment_files
-from maidian.collector.identity import IdentityGraph
-from maidian.collector.ingest import build_accepted_frame
-from maidian.collector.privacy import delete_person, write_csv
+from maidian.collector.http.app import make_app
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.pipeline.dedup import id_ranges
+from maidian.collector.pipeline.ingest import build_accepted_frame
+from maidian.collector.privacy import operations as privacy
+from maidian.collector.privacy.operations import delete_person, write_csv
 from maidian.collector.read import export_events, person_events, quarantine_records, rebuild
 from maidian.collector.service import Collector
-from maidian.collector.storage import DataDir, LogWriter
+from maidian.collector.store.frames import encode_frame, read_frames, scan_frames, segment_files
+from maidian.collector.store.log import DataDir, LogWriter
 
 from tests.collector.helpers import body_of, headers_for, make_config
 from tests.conftest import ROOT
@@ -371,7 +371,8 @@ async def test_sigkill_during_delete_then_rerun_completes(tmp_path: Path) -> Non
     await fill(original, int(time.time() * 1000), people, ledger)
     cmd = [sys.executable, "-m", "maidian.collector.cli", "privacy", "delete", "--person", a.anon, "--data"]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import maidian.collector.cli, maidian.collector.privacy"], check=True)
+    imports = "import maidian.collector.cli, maidian.collector.privacy.operations"
+    subprocess.run([sys.executable, "-c", imports], check=True)
     startup_s = time.perf_counter() - started
     shutil.copytree(original, tmp_path / "timed")
     started = time.perf_counter()

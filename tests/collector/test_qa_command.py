@@ -125,7 +125,7 @@ def test_the_live_pages_data_is_refused_to_other_host_names() -> None:
 
 def test_listening_for_phones_on_the_network_prints_the_token(tmp_path: Path) -> None:
     # Checked on the banner alone: tests never listen beyond 127.0.0.1.
-    from maidian.collector.qa import QaOptions, _banner, _Session, qa_config
+    from maidian.collector.run.qa import QaOptions, _banner, _Session, qa_config
     from maidian.tracking_plan import load_plan
 
     options = QaOptions(plan=MINI_PLAN, host="0.0.0.0", port=8106)

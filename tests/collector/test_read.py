@@ -13,8 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from maidian.collector.app import make_app
 from maidian.collector.cli import main
+from maidian.collector.http.app import make_app
 from maidian.collector.read import export_events, person_events, quarantine_records, replay_quarantine
 from maidian.tracking_plan import parse_plan
 

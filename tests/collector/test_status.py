@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 import pytest
-from maidian.collector.app import COLLECTOR
+from maidian.collector.http.app import COLLECTOR
 
 from tests.collector.helpers import (
     KEY,
@@ -114,7 +114,7 @@ class _FullDisk:
 async def test_503_while_the_disk_is_full_and_recovery_without_restart(
     client: Any, data_dir: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from maidian.collector import storage
+    from maidian.collector.store import log as storage
 
     assert statuses(await (await client.post("/v1/batch", data=body_of([order(1)]), headers=headers_for())).json()) == [
         "accepted"

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.collector.catalog import Catalog
 from maidian.collector.errors import DataDirError
-from maidian.collector.frames import MAGIC, encode_frame, read_frames, segment_files
 from maidian.collector.read import export_events, quarantine_records
-from maidian.collector.storage import DataDir, LogWriter
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.frames import MAGIC, encode_frame, read_frames, segment_files
+from maidian.collector.store.log import DataDir, LogWriter
 
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import DEVICE, body_of, headers_for, order, statuses
@@ -120,7 +120,7 @@ async def test_write_mode_acknowledges_and_syncs_periodically(start: ClientFacto
 
 
 async def test_restart_to_ready_is_fast_with_a_snapshot(start: ClientFactory, data_dir: Path) -> None:
-    from maidian.collector.app import COLLECTOR
+    from maidian.collector.http.app import COLLECTOR
 
     client = await start()
     for n in range(0, 2000, 200):

@@ -18,8 +18,6 @@ import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient
 from maidian.collector import CollectorError, RequestError, VendorError
-from maidian.collector.app import COLLECTOR, make_app
-from maidian.collector.auth import Authenticator, Principal
 from maidian.collector.config import (
     AuthConfig,
     Config,
@@ -30,8 +28,10 @@ from maidian.collector.config import (
     resolve_config,
 )
 from maidian.collector.errors import ConfigError, Forbidden, NoSuchPerson
-from maidian.collector.frames import read_frames, segment_files
+from maidian.collector.http.app import COLLECTOR, make_app
+from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.read import export_events, person_events
+from maidian.collector.store.frames import read_frames, segment_files
 
 from tests.collector.vendor_helpers import basic, securities_vendor_plan, segment_json, sensors_form, sensors_payload
 from tests.conftest import ROOT
@@ -414,7 +414,7 @@ async def test_vendor_answers_match_the_openapi_schemas(client: TestClient[Any, 
 async def test_a_failed_write_is_answered_retry_later_and_the_retry_stores_once(
     client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from maidian.collector import storage
+    from maidian.collector.store import log as storage
 
     def full(fd: int, data: Any) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

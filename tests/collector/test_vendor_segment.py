@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from maidian.collector import _segment as segment
-from maidian.collector._vendor import (
+from maidian.collector.vendors import segment
+from maidian.collector.vendors.common import (
     MappedRecord,
     Rejection,
     TooLarge,

@@ -9,8 +9,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-from maidian.collector import _sensors as sensors
-from maidian.collector._vendor import (
+from maidian.collector.vendors import sensors
+from maidian.collector.vendors.common import (
     MappedRecord,
     Rejection,
     TooLarge,
@@ -619,7 +619,7 @@ def test_success_is_an_empty_200_or_a_gif_for_image_beacons() -> None:
 
 
 def test_errors_carry_their_status_and_unauthenticated_becomes_403() -> None:
-    from maidian.collector._vendor import Unauthenticated
+    from maidian.collector.vendors.common import Unauthenticated
 
     bad = sensors.error_response(Undecodable("data: not base64"), {})
     assert (bad.status, json.loads(bad.body)) == (400, {"code": "undecodable", "message": "data: not base64"})

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from maidian.collector import _segment as segment
-from maidian.collector import _sensors as sensors
-from maidian.collector._vendor import (
+from maidian.collector.pipeline.decode import decoded_batch
+from maidian.collector.vendors import segment, sensors
+from maidian.collector.vendors.common import (
     MappedRecord,
     NameMapper,
     TooLarge,
@@ -30,7 +30,6 @@ from maidian.collector._vendor import (
     preflight_response,
     split_records,
 )
-from maidian.collector.decode import decoded_batch
 
 from tests.collector.vendor_helpers import NOW_MS, basic, vendor_plan
 

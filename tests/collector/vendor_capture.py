@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from maidian.collector._vendor import VendorResponse
+from maidian.collector.vendors.common import VendorResponse
 
 
 @dataclass(frozen=True, slots=True)

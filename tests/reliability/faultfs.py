@@ -1,6 +1,6 @@
 """A fault file layer under the collector's log writer: power-loss simulation and a disk that fills up.
 
-The seam: `maidian.collector.storage` is the only module that writes the
+The seam: `maidian.collector.store.log` is the only module that writes the
 logs, and it reaches the disk only through its module-level `os` (`open`,
 `write`, `fsync`, `ftruncate`, `close`). This launcher replaces that one
 name with `FaultyOs` before the collector starts, so the layer exists only in
@@ -98,8 +98,8 @@ class FaultyOs:
 
 
 def install(journal: str | None, capacity: str | None) -> FaultyOs:
-    """Put the layer under maidian.collector.storage (in this process only)."""
-    from maidian.collector import storage
+    """Put the layer under maidian.collector.store.log (in this process only)."""
+    from maidian.collector.store import log as storage
 
     faulty = FaultyOs(os, journal, capacity)
     storage.os = faulty  # type: ignore[attr-defined]  # the documented seam

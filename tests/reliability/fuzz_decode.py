@@ -42,10 +42,11 @@ if str(_ROOT) not in sys.path:
 
 
 def _imports() -> tuple[Any, ...]:
-    from maidian.collector import decode, frames, judge
-    from maidian.collector.dedup import id_ranges
     from maidian.collector.errors import RequestError
-    from maidian.collector.ingest import _quarantine_frame, build_accepted_frame
+    from maidian.collector.pipeline import decode, judge
+    from maidian.collector.pipeline.dedup import id_ranges
+    from maidian.collector.pipeline.ingest import _quarantine_frame, build_accepted_frame
+    from maidian.collector.store import frames
     from maidian.tracking_plan import Validator, load_plan
 
     return decode, frames, judge, id_ranges, RequestError, _quarantine_frame, build_accepted_frame, Validator, load_plan

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-from maidian.collector.frames import decode_body, read_frames, segment_files
 from maidian.collector.read import export_events
+from maidian.collector.store.frames import decode_body, read_frames, segment_files
 
 from tests.reliability.ledger import Stored
 

@@ -14,7 +14,7 @@ import re
 import threading
 from pathlib import Path
 
-from maidian.collector.frames import decode_body, iter_log
+from maidian.collector.store.frames import decode_body, iter_log
 from maidian.sdk import BatchLimits, Client, RetryPolicy
 
 from tests.reliability.constants import KEY

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from maidian.collector.identity import IdentityGraph, Observation
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import Observation
 from maidian.sdk import BatchLimits, Client
 
 from tests.reliability.constants import KEY

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import msgspec
 import zstandard
-from maidian.collector.frames import decode_body, read_frames, segment_files
 from maidian.collector.read import export_events, quarantine_records
+from maidian.collector.store.frames import decode_body, read_frames, segment_files
 
 from tests.reliability.figures import Figures
 from tests.reliability.load import order_event

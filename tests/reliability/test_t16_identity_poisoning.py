@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from maidian.collector.identity import IdentityGraph
+from maidian.collector.identity.graph import IdentityGraph
 
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger

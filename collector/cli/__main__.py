@@ -1,0 +1,5 @@
+import sys
+
+from maidian.collector.cli import main
+
+sys.exit(main())

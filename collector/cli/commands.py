@@ -1,0 +1,359 @@
+"""The server and data commands of `maidian`: thin handlers over the collector's library.
+
+Each handler imports what it needs when it runs, so `maidian plan ...` works
+without the collector's dependencies, and returns an exit code: 0 done,
+1 nothing found, 2 unusable input (configuration, data directory, plan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from maidian.collector.errors import CollectorError, NoSuchPerson
+from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, add_command, print_plan_problems
+from maidian.tracking_plan.errors import PlanLoadError
+
+__all__ = ["add_collector_commands"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _reporting(handler: Handler) -> Handler:
+    """Turn the errors a command expects into a message and its exit code."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except NoSuchPerson as exc:
+            print(f"maidian {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FINDINGS
+        except PlanLoadError as exc:
+            return print_plan_problems(exc)
+        except (CollectorError, argparse.ArgumentTypeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_UNUSABLE
+
+    return run
+
+
+def _emit(record: Any, out: TextIO) -> None:
+    out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_jsonable))
+    out.write("\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        import base64
+
+        return {"base64": base64.b64encode(value).decode()}
+    return str(value)
+
+
+def _time_ms(text: str | None) -> int | None:
+    """Epoch milliseconds from an integer or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _load_plan(path: str | None) -> Any:
+    if path is None:
+        return None
+    from maidian.tracking_plan import load_plan
+
+    return load_plan(path)
+
+
+@_reporting
+def _serve(args: argparse.Namespace) -> int:
+    from maidian.collector.config import ConfigSource, with_storage
+    from maidian.collector.run.serve import serve
+
+    flags = {
+        "plan": args.plan,
+        "data": args.data,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "durability": args.durability,
+    }
+    source = ConfigSource(args.config, tuple(flags.items()), tuple(args.write_key or ()))
+    config = source.resolve()
+    if args.writer_id:
+        config = with_storage(config, writer_id=args.writer_id)
+    return serve(config, source)
+
+
+@_reporting
+def _events(args: argparse.Namespace) -> int:
+    from maidian.collector.read import person_events
+
+    records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
+    for record in records:
+        _emit(record, sys.stdout)
+    return EXIT_OK
+
+
+class _Progress:
+    """A one-line progress display on a terminal's stderr."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 if total == 0 else done * 100 // total
+        if percent != self.last:
+            self.last = percent
+            self.stream.write(f"\rexporting: {percent:3d}% of {total / 1e6:.1f} MB")
+            self.stream.flush()
+
+    def finish(self, count: int) -> None:
+        self.stream.write(f"\rexported {count} events{' ' * 20}\n")
+        self.stream.flush()
+
+
+@_reporting
+def _export(args: argparse.Namespace) -> int:
+    from maidian.collector.read import export_events
+
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+    count = 0
+    for record in export_events(
+        Path(args.data),
+        since_ms=_time_ms(args.since),
+        until_ms=_time_ms(args.until),
+        quarantined=args.quarantined,
+        progress=progress,
+    ):
+        _emit(record, sys.stdout)
+        count += 1
+    if progress is not None:
+        progress.finish(count)
+    return EXIT_OK
+
+
+@_reporting
+def _quarantine_list(args: argparse.Namespace) -> int:
+    from maidian.collector.read import quarantine_records
+
+    rows = quarantine_records(Path(args.data), args.rule)
+    for row in rows:
+        if args.format == "json":
+            _emit(row, sys.stdout)
+        else:
+            state = "replayed" if row["replayed"] else "waiting"
+            where = f"{row['segment']}:{row['offset']}:{row['index']}"
+            print(f"{where}  {row['event'] or '?'}  {','.join(row['rules'])}  {state}")
+    if args.format != "json":
+        waiting = sum(1 for r in rows if not r["replayed"])
+        print(f"{len(rows)} quarantined events, {waiting} waiting for a replay", file=sys.stderr)
+    return EXIT_OK
+
+
+@_reporting
+def _quarantine_replay(args: argparse.Namespace) -> int:
+    from maidian.collector.read import replay_quarantine
+
+    report = replay_quarantine(Path(args.data), _load_plan(args.plan))
+    print(
+        f"moved {report.moved} events into the raw log; {report.duplicate} were already there; "
+        f"{report.still_invalid} still fail the plan; {report.already_replayed} were replayed before"
+    )
+    return EXIT_OK
+
+
+@_reporting
+def _drops(args: argparse.Namespace) -> int:
+    from maidian.collector.read import sdk_drops
+
+    rows = sdk_drops(Path(args.data))
+    totals: dict[str, int] = {}
+    for source, reason, n in rows:
+        totals[reason] = totals.get(reason, 0) + n
+        if args.format == "json":
+            _emit({"source": source, "reason": reason, "dropped": n}, sys.stdout)
+        else:
+            print(f"{source}  {reason}  {n}")
+    if args.format != "json":
+        summary = ", ".join(f"{reason} {n}" for reason, n in sorted(totals.items())) or "none"
+        print(f"{len({r[0] for r in rows})} senders reported dropped events: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+@_reporting
+def _rebuild(args: argparse.Namespace) -> int:
+    from maidian.collector.read import rebuild
+
+    counts = rebuild(Path(args.data), _load_plan(args.plan))
+    print(f"rebuilt the catalog: {counts['accepted']} accepted, {counts['quarantined']} quarantined events")
+    return EXIT_OK
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from maidian.collector.config import hash_key
+
+    key = args.key if args.key != "-" else sys.stdin.readline().strip()
+    print(hash_key(key))
+    return EXIT_OK
+
+
+def add_collector_commands(sub: Any) -> None:
+    """Register the server and data commands on the root parser's subparsers."""
+    p = add_command(
+        sub,
+        "serve",
+        help="run the collector",
+        description=(
+            "Receive batches over HTTP, enforce the tracking plan, and store events durably in a data directory.\n"
+            "Settings come from flags, then MAIDIAN_* environment variables, then the TOML file (--config);\n"
+            "docs/collector.md lists them all. SIGTERM drains requests in flight, syncs and exits."
+        ),
+        example="maidian serve --plan plan.json --data /var/lib/maidian --host 0.0.0.0 --port 8106 --write-key KEY",
+        handler=_serve,
+    )
+    p.add_argument("--config", help="a TOML configuration file (or MAIDIAN_CONFIG)")
+    p.add_argument("--plan", help="the tracking plan (or MAIDIAN_PLAN)")
+    p.add_argument("--data", help="the data directory (or MAIDIAN_DATA; default ./maidian-data)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8106; 0 for any free port)")
+    p.add_argument(
+        "--write-key", action="append", help="a client write key (repeat for rotation; or MAIDIAN_WRITE_KEYS)"
+    )
+    p.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT); default 1")
+    p.add_argument("--durability", choices=("fsync", "write"), help="fsync (default) or write; see docs/collector.md")
+    p.add_argument("--writer-id", help="this process's writer id in the data directory (default w0)")
+
+    p = add_command(
+        sub,
+        "events",
+        help="print one person's events, in time order",
+        description=(
+            "Print every stored event of the person who owns an identity (any of their ids: anonymous id,\n"
+            "login id, or a declared type), as JSON lines in time order, including events from before login.\n"
+            "Exit 1 when no stored event carries the identity."
+        ),
+        example="maidian events --data /var/lib/maidian --person u_10086",
+        handler=_events,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--person", required=True, help="any identity value of the person")
+    p.add_argument("--type", help="the identity type of the value (default: any)")
+    p.add_argument("--plan", help="the tracking plan, for its identity rules (default: the built-in rules)")
+
+    p = add_command(
+        sub,
+        "export",
+        help="stream stored events as JSON lines",
+        description=(
+            "Stream every accepted event (deduplicated, in log order) as JSON lines on standard output;\n"
+            "--since/--until bound the corrected event time (epoch ms or ISO 8601, UTC by default).\n"
+            "Progress goes to standard error when it is a terminal."
+        ),
+        example="maidian export --data /var/lib/maidian --since 2026-11-01 --until 2026-11-02 --format jsonl",
+        handler=_export,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--since", help="only events at or after this time")
+    p.add_argument("--until", help="only events before this time")
+    p.add_argument("--format", choices=("jsonl",), default="jsonl", help="jsonl (one JSON object per line)")
+    p.add_argument("--quarantined", action="store_true", help="also export quarantined events, with their reasons")
+
+    q = sub.add_parser(
+        "quarantine",
+        help="list and replay quarantined events",
+        description="Inspect the quarantine log and replay its events against a corrected plan.",
+        epilog="example:\n  maidian quarantine list --data /var/lib/maidian",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qsub = q.add_subparsers(dest="quarantine_command", required=True, metavar="COMMAND")
+    p = add_command(
+        qsub,
+        "list",
+        help="list quarantined events with their rules",
+        description=(
+            "List every quarantined event: its position, event name, the rules it broke, and whether a replay\n"
+            "has moved it. Event values are not printed (use export --quarantined)."
+        ),
+        example="maidian quarantine list --data /var/lib/maidian --rule enum",
+        handler=_quarantine_list,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--rule", help="only events that broke this rule")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or JSON lines")
+    p = add_command(
+        qsub,
+        "replay",
+        help="move quarantined events that pass a new plan into the raw log",
+        description=(
+            "Re-validate every quarantined event not yet replayed against PLAN and append the ones that pass to\n"
+            "the raw log, once: a second replay moves nothing again. Safe while the server runs."
+        ),
+        example="maidian quarantine replay --data /var/lib/maidian --plan plan-v2.json",
+        handler=_quarantine_replay,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--plan", required=True, help="the corrected tracking plan")
+
+    p = add_command(
+        sub,
+        "drops",
+        help="list the events senders reported they dropped",
+        description=(
+            "List, per sender (the source id of its event ids) and reason, the largest count of events it\n"
+            "reported it dropped and will never send (buffer or spool full, expired, too large, ...): the\n"
+            "batch's `dropped` field. Counts are cumulative per sender; the totals go to standard error."
+        ),
+        example="maidian drops --data /var/lib/maidian --format json",
+        handler=_drops,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or JSON lines")
+
+    p = add_command(
+        sub,
+        "rebuild",
+        help="rebuild the derived catalog from the logs",
+        description=(
+            "Delete the derived files (catalog.sqlite, identity graph, dedup snapshots) and rebuild them from\n"
+            "the raw and quarantine logs. Run it with the server stopped."
+        ),
+        example="maidian rebuild --data /var/lib/maidian",
+        handler=_rebuild,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--plan", help="the tracking plan, for its identity rules")
+
+    k = sub.add_parser(
+        "keys",
+        help="work with write keys",
+        description="Write keys are stored hashed in the configuration file.",
+        epilog="example:\n  maidian keys hash mk_live_2f9c",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    p = add_command(
+        ksub,
+        "hash",
+        help="print the sha256 to put in [[write_keys]]",
+        description="Print the SHA-256 of a write key, the form the configuration file stores ('-' reads stdin).",
+        example="maidian keys hash mk_live_2f9c",
+        handler=_hash_key,
+    )
+    p.add_argument("key", help="the write key, or '-' to read it from standard input")

@@ -1,0 +1,255 @@
+"""The HTTP edge: the native routes, the error middleware, and the app that mounts the vendor routes.
+
+Routes (docs/protocol.md; docs/openapi.json describes them):
+
+    POST /v1/batch   store a batch; 200 with per-event results
+    POST /v1/debug   the same verdicts, nothing stored
+    GET  /healthz    200 while the process runs
+    GET  /readyz     200 when events can be accepted and persisted, else 503
+    GET  /metrics    Prometheus text
+
+and the vendor routes (`_vendor_routes.py`, docs/migration.md): Sensors
+Analytics' `/sa`, `/sa.gif` and `/debug`, and Segment's API under `/segment`,
+which feed the same pipeline. These two modules are the HTTP edge, the only
+ones that import aiohttp.
+
+One middleware turns every `RequestError` into its status and the protocol's
+error body (`{"error": {"code", "message"}}`, with Retry-After on 429 and 503),
+and anything else into a logged 500 that says it is a bug; nothing a sender
+can put in a request is meant to reach that branch. Request bodies are read
+raw (aiohttp's own decompression is off: `auto_decompress=False`), capped at
+`max_body_bytes` as they arrive, and decompressed by `decode.py` under its own
+cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import msgspec
+from aiohttp import web
+from maidian.collector.config import Config
+from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout, Unavailable
+from maidian.collector.http.vendor_routes import (
+    VENDOR_PATHS,
+    VENDOR_ROUTES,
+    VendorRoutes,
+    add_vendor_routes,
+    max_line_bytes,
+)
+from maidian.collector.pipeline.auth import Authenticator
+from maidian.collector.pipeline.decode import decode_batch, decompress, read_media_type
+from maidian.collector.pipeline.ingest import Ingest
+from maidian.collector.service import Collector
+from maidian.tracking_plan.envelope import BATCH_PATH, DEBUG_PATH
+
+__all__ = ["AUTH", "COLLECTOR", "ROUTES", "make_app"]
+
+log = logging.getLogger("maidian.collector")
+
+COLLECTOR: Final = web.AppKey("collector", Collector)
+AUTH: Final = web.AppKey("auth", Authenticator)
+ROUTES: Final = (
+    ("POST", BATCH_PATH),
+    ("POST", DEBUG_PATH),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    *VENDOR_ROUTES,
+)
+_json = msgspec.json.Encoder()
+# Counted in metrics for requests whose sender disconnected (nginx's "client closed request").
+_CLIENT_GONE: Final = 499
+_READ_CHUNK: Final = 1 << 16
+_CONTENT_JSON: Final = "application/json"
+
+
+def _error_response(error: RequestError) -> web.Response:
+    body = _json.encode({"error": {"code": error.code, "message": error.message}})
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    return web.Response(status=error.status, body=body, content_type=_CONTENT_JSON, headers=headers)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    collector = request.app[COLLECTOR]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except RequestError as error:
+        status = error.status
+        return _error_response(error)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except (ConnectionError, asyncio.CancelledError):
+        status = _CLIENT_GONE  # the sender went away mid-request; nothing of it was stored
+        raise
+    except Exception:
+        log.exception("bug: unhandled error for %s %s", request.method, request.path)
+        body = _json.encode({"error": {"code": "internal", "message": "a bug in the collector; retry later"}})
+        return web.Response(status=500, body=body, content_type=_CONTENT_JSON)
+    finally:
+        collector.metrics.request(
+            request.path if request.path in _KNOWN else "other", status, time.perf_counter() - started
+        )
+
+
+_KNOWN: Final = frozenset(path for _m, path in ROUTES) | VENDOR_PATHS
+
+
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; at most {limit} are accepted")
+    chunks = bytearray()
+    loop = asyncio.get_running_loop()
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:  # one timer per request, moved on as the body progresses
+            while True:
+                chunk = await request.content.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                deadline.reschedule(loop.time() + timeout_s)
+                chunks += chunk
+                if len(chunks) > limit:
+                    raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
+    except TimeoutError:
+        raise RequestTimeout(f"the body made no progress for {timeout_s:g} s") from None
+    if request.content_length is not None and len(chunks) != request.content_length:
+        # The connection ended early (a reset mid-body): never decode, never store part of a batch.
+        raise BadRequest(f"the body ended after {len(chunks)} of {request.content_length} bytes")
+    return bytes(chunks)
+
+
+def _admit(collector: Collector) -> Ingest:
+    """The pipeline, counting the request in flight (`collector.leave()` when done); 503 when it cannot take one."""
+    ingest = collector.ingest
+    if not collector.is_ready() and (collector.stopping or not collector.ready):
+        raise Unavailable("the collector is starting or stopping", retry_after_s=1)
+    if ingest is None:
+        raise Unavailable("the collector is starting", retry_after_s=1)
+    if collector.in_flight >= collector.config.server.max_in_flight:
+        raise Unavailable("the collector is overloaded", retry_after_s=1)
+    collector.enter()
+    return ingest
+
+
+async def _ingest(request: web.Request, *, store: bool) -> web.Response:
+    collector = request.app[COLLECTOR]
+    auth = request.app[AUTH]
+    ingest = _admit(collector)
+    try:
+        limits = collector.config.limits
+        fmt, coding = read_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
+        body = await _read_body(request, limits.max_body_bytes, collector.config.server.body_timeout_s)
+        now_s = time.time()
+        principal = auth.authenticate(
+            request.headers, request.query, method=request.method, path=request.path, body=body, now_s=now_s
+        )
+        data = decompress(body, coding, limits.max_decoded_bytes)
+        batch = decode_batch(data, fmt, limits)
+        metrics = collector.metrics.bytes
+        metrics["wire"] += len(body)
+        metrics["decoded"] += len(data)
+        if store:
+            auth.take(principal, len(batch.events), now_s)
+        request_id = request.headers.get("X-Request-Id") or _next_request_id()
+        outcome = await ingest.ingest(batch, principal, request_id[:64], store=store)
+        return web.Response(body=outcome.to_json(), content_type=_CONTENT_JSON)
+    finally:
+        collector.leave()
+
+
+_REQUEST_IDS = itertools.count(1)
+# Process start (ms, hex) and a counter: unique per process, cheaper than a UUID (1 µs against 6).
+_REQUEST_PREFIX: Final = f"{int(time.time() * 1000):x}-{os.getpid()}-"
+
+
+def _next_request_id() -> str:
+    return _REQUEST_PREFIX + str(next(_REQUEST_IDS))
+
+
+async def _batch(request: web.Request) -> web.Response:
+    return await _ingest(request, store=True)
+
+
+async def _debug(request: web.Request) -> web.Response:
+    return await _ingest(request, store=False)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    collector = request.app[COLLECTOR]
+    if collector.is_ready():
+        return web.json_response({"status": "ready"})
+    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else "disk")
+    detail = collector.raw.last_error or collector.quarantine.last_error
+    body = {"status": "unavailable", "reason": reason}
+    if detail and reason == "disk":
+        body["error"] = detail
+    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = request.app[COLLECTOR].metrics.render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Format": "0.0.4"})
+
+
+def make_app(config: Config, collector: Collector | None = None) -> web.Application:
+    """The aiohttp application; the collector opens on startup and closes (draining, syncing) on cleanup."""
+    # Sensors image beacons put their record in the URL: longer request lines only when Sensors is served.
+    line_bytes = max_line_bytes(bool(config.auth.sensors_projects))
+    app = web.Application(
+        middlewares=[_errors],
+        # Read bodies raw: decompression happens in decode.py, capped (aiohttp would inflate zstd unbounded).
+        handler_args={"auto_decompress": False, "max_field_size": 8190, "max_line_size": line_bytes},
+        client_max_size=config.limits.max_body_bytes,
+    )
+    owned = collector or Collector(config)
+    app[COLLECTOR] = owned
+    app[AUTH] = Authenticator(config.auth)
+    body_timeout_s = config.server.body_timeout_s
+
+    def read_body(request: web.Request, limit: int) -> Awaitable[bytes]:
+        return _read_body(request, limit, body_timeout_s)
+
+    vendors = VendorRoutes(owned, app[AUTH], read_body=read_body, admit=_admit, request_id=_next_request_id)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        c = app[COLLECTOR]
+        if c.ingest is None:
+            c.open()
+        await c.start()
+        yield
+        await c.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    if config.live.enabled:  # the live view for QA (docs/guide-qa.md): off unless configured
+        from maidian.collector.http.live_routes import mount_live
+
+        mount_live(app, owned)
+    app.router.add_post(BATCH_PATH, _batch)
+    app.router.add_post(DEBUG_PATH, _debug)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    add_vendor_routes(app, vendors)
+    return app

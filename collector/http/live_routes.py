@@ -1,0 +1,280 @@
+"""The live view's HTTP edge: the page, its assets, the event stream, the session's coverage, and who may see them.
+
+Routes (mounted by `app.make_app` when `[live] enabled = true`, and by `maidian qa`):
+
+    GET  /live                 the page (plain HTML, CSS and JavaScript shipped in the package)
+    GET  /live/assets/{name}   live.css, live.js, report.css
+    GET  /live/info            plan, tags seen, counts (JSON)
+    GET  /live/stream          server-sent events: `hello`, then `ev` per judged event, `skipped` notes
+    GET  /live/coverage        the session's coverage: ?format=html (a fragment) or json; ?tag=
+    POST /live/session         {"token": "..."}: a browser presents the live token, gets a session cookie
+
+Who may see it: the live view shows every user's events, so it never trusts a
+write key (write keys ship inside apps and can be read out of any of them). A
+browser presents the live token once (`[live] token_sha256` holds its SHA-256,
+compared in constant time) and gets an HttpOnly, SameSite=Strict session
+cookie scoped to /live, so the token is never in a URL or a log. With
+`allow_loopback` (`maidian qa`), a browser on the same machine needs no
+token, but only when it connected from a loopback address *and* asked for a
+loopback host name, which refuses pages that rebind their own DNS name to
+127.0.0.1. The page itself is served to anyone: it holds no data, and asks for
+the token when the data routes answer 401.
+
+Every response carries a Content-Security-Policy that allows only the page's
+own files, so an event value can never run as script there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+from aiohttp import web
+from maidian.collector.config import LiveConfig, hash_key
+from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
+
+if TYPE_CHECKING:
+    from maidian.collector.service import Collector
+
+__all__ = ["LIVE", "LIVE_ROUTES", "mount_live"]
+
+LIVE: Final = web.AppKey("live", LiveHub)
+LIVE_ROUTES: Final = (
+    ("GET", "/live"),
+    ("GET", "/live/assets/{name}"),
+    ("GET", "/live/info"),
+    ("GET", "/live/stream"),
+    ("GET", "/live/coverage"),
+    ("POST", "/live/session"),
+)
+_ASSETS: Final = {
+    "live.css": "text/css",
+    "live.js": "text/javascript",
+    "report.css": "text/css",
+}
+_COOKIE: Final = "maidian_live"
+# A tester's working day; the page asks for the token again after it.
+_SESSION_S: Final = 12 * 3600
+# Proxies and browsers drop idle streams after about a minute; a comment line every 15 s keeps them.
+_HEARTBEAT_S: Final = 15.0
+_SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_json = msgspec.json.Encoder()
+
+
+class _Access:
+    """Who may read the live view: a session cookie from the token, or (when allowed) this machine."""
+
+    def __init__(self, settings: LiveConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.token_sha256 = settings.token_sha256.lower()
+        self.allow_loopback = settings.allow_loopback
+        self.clock = clock
+        self.sessions: dict[str, float] = {}
+
+    def allows(self, request: web.Request) -> bool:
+        if self.allow_loopback and _is_loopback_peer(request.remote) and _is_loopback_name(request.host):
+            return True
+        session = request.cookies.get(_COOKIE, "")
+        expires = self.sessions.get(session)
+        if expires is None:
+            return False
+        if expires < self.clock():
+            del self.sessions[session]
+            return False
+        return True
+
+    def login(self, token: str) -> str | None:
+        """A new session id for the right token, else None."""
+        if not self.token_sha256 or not hmac.compare_digest(hash_key(token), self.token_sha256):
+            return None
+        now = self.clock()
+        for sid in [s for s, t in self.sessions.items() if t < now]:
+            del self.sessions[sid]
+        session = secrets.token_urlsafe(24)
+        self.sessions[session] = now + _SESSION_S
+        return session
+
+
+def _is_loopback_peer(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback_name(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+_ACCESS: Final = web.AppKey("live_access", _Access)
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("maidian.collector.qa").joinpath("assets", name).read_bytes()
+
+
+def _json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(data), status=status, content_type="application/json", charset="utf-8")
+
+
+def _guarded(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def run(request: web.Request) -> web.StreamResponse:
+        if not request.app[_ACCESS].allows(request):
+            message = "the live view needs its token: open /live and enter it"
+            return _json_response({"error": {"code": "unauthenticated", "message": message}}, status=401)
+        return await handler(request)
+
+    return run
+
+
+@web.middleware
+async def _security_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    if request.path == "/live" or request.path.startswith("/live/"):
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+    return response
+
+
+async def _page(request: web.Request) -> web.Response:
+    return web.Response(body=_asset("live.html"), content_type="text/html", charset="utf-8")
+
+
+async def _assets(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    kind = _ASSETS.get(name)
+    if kind is None:
+        raise web.HTTPNotFound()
+    return web.Response(body=_asset(name), content_type=kind, charset="utf-8")
+
+
+async def _info(request: web.Request) -> web.Response:
+    return _json_response(request.app[LIVE].info())
+
+
+async def _coverage(request: web.Request) -> web.Response:
+    from maidian.collector.qa.report import render_html_fragment
+
+    report = request.app[LIVE].coverage(request.query.get("tag", "").strip() or None)
+    if request.query.get("format") == "json":
+        return _json_response(report.to_dict())
+    return web.Response(text=render_html_fragment(report), content_type="text/html", charset="utf-8")
+
+
+async def _session(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":  # a cross-site form cannot send JSON without asking first
+        return _json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 415)
+    try:
+        body = msgspec.json.decode(await request.read(), type=dict[str, str])
+    except msgspec.DecodeError:
+        return _json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 400)
+    session = request.app[_ACCESS].login(body.get("token", ""))
+    if session is None:
+        return _json_response({"error": {"code": "unauthenticated", "message": "that is not the live token"}}, 401)
+    response = _json_response({"ok": True})
+    response.set_cookie(
+        _COOKIE, session, max_age=_SESSION_S, path="/live", httponly=True, samesite="Strict", secure=request.secure
+    )
+    return response
+
+
+def _sse(records: list[LiveRecord], skipped: int) -> bytes:
+    parts = []
+    if skipped:
+        parts.append(b'event: skipped\ndata: {"n":%d}\n\n' % skipped)
+    for r in records:
+        parts.append(b"id: %d\nevent: ev\ndata: %s\n\n" % (r.seq, r.data))
+    return b"".join(parts)
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    hub = request.app[LIVE]
+    flt = LiveFilter.from_query(request.query)
+    # A reconnecting EventSource says what it has seen (Last-Event-ID); a new one says where the page was cleared.
+    after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    after_seq = int(after) if after.isdigit() else 0
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
+    )
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers[name] = value
+    await response.prepare(request)
+    ready = asyncio.Event()
+    sub = hub.subscribe(flt, ready.set, after_seq=after_seq)
+    try:
+        hello = _json.encode({"last_seq": hub.history[-1].seq if hub.history else 0})
+        await response.write(b"retry: 1000\nevent: hello\ndata: %s\n\n" % hello)
+        while not hub.closed:
+            try:
+                await asyncio.wait_for(ready.wait(), _HEARTBEAT_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            ready.clear()
+            records, skipped = sub.take()
+            if records or skipped:
+                await response.write(_sse(records, skipped))  # waits while the page is slow; its queue drops
+    except ConnectionError:
+        pass  # the page went away
+    finally:
+        hub.unsubscribe(sub)
+    return response
+
+
+def mount_live(app: web.Application, collector: Collector) -> LiveHub:
+    """Serve the live view of `collector` on `app` (settings from `[live]`); the hub follows its pipeline once open."""
+    settings = collector.config.live
+    hub = LiveHub(
+        collector.plan,
+        history_events=settings.history_events,
+        queue_events=settings.queue_events,
+        observe_always=settings.observe_always,
+    )
+    app[LIVE] = hub
+    app[_ACCESS] = _Access(settings)
+    app.middlewares.append(_security_headers)
+
+    async def follow(app: web.Application) -> AsyncIterator[None]:
+        if collector.ingest is not None:
+            hub.attach(collector.ingest)
+        yield
+        hub.close()
+
+    async def stop_streams(app: web.Application) -> None:
+        hub.close()  # streams end now, not at the shutdown timeout
+
+    app.cleanup_ctx.append(follow)
+    app.on_shutdown.append(stop_streams)
+    app.router.add_get("/live", _page)
+    app.router.add_get("/live/assets/{name}", _assets)
+    app.router.add_get("/live/info", _guarded(_info))
+    app.router.add_get("/live/stream", _guarded(_stream))
+    app.router.add_get("/live/coverage", _guarded(_coverage))
+    app.router.add_post("/live/session", _session)
+    return hub

@@ -1,0 +1,334 @@
+"""The catalog: state derived from the logs, kept in SQLite for the read side.
+
+`catalog.sqlite` holds what readers need without scanning every segment:
+
+- `progress`: how far each segment of each log has been indexed (the catalog's
+  position in the log; `lag_bytes` is what remains);
+- `identity_frames`: for each identity (type, value), the raw-log frames that
+  carry it, so `maidian events --person` reads only that person's frames;
+- `observations`: one identity observation per distinct identity set per
+  frame (frames.py), the identity graph's input, fed to it in order;
+- `refusals`: the identity links the graph refused, with rule and type only;
+- `counts`: events per name and outcome (coverage);
+- `quarantine` and `replayed`: every quarantined event and which of them a
+  replay has moved into the raw log;
+- `sdk_drops`: the largest loss count each sender reported per reason (the
+  batch's `dropped` field, cumulative per source), and `sdk_drop_totals`, their
+  sum per reason, kept as the counts grow.
+
+Everything here is rebuilt from frame heads by `catch_up`, which any process
+may run at any time (the server does, every `index_interval_s`, off the
+request path; readers do before answering). It runs in `BEGIN IMMEDIATE`
+transactions, so several processes following one data directory index each
+frame once. Deleting the file (`maidian rebuild`) loses nothing.
+
+The identity graph (identity.py) persists itself at its own path. The catalog
+remembers how many observations it has fed it, and trusts that count only
+when the graph's file existed when it was opened; a graph with no file (or a
+new one) is fed every observation again, which the graph takes idempotently.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
+from maidian.collector.store.frames import Frame, read_frames, segment_files
+from maidian.collector.store.log import DataDir
+from maidian.tracking_plan import Plan
+
+__all__ = ["Catalog", "CatchUp", "IdentityFeed"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER);
+CREATE TABLE IF NOT EXISTS progress(log TEXT, segment TEXT, offset INTEGER, PRIMARY KEY(log, segment));
+CREATE TABLE IF NOT EXISTS identity_frames(
+    type TEXT, value TEXT, segment TEXT, offset INTEGER, PRIMARY KEY(type, value, segment, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identity_frames_value ON identity_frames(value);
+CREATE TABLE IF NOT EXISTS observations(
+    id INTEGER PRIMARY KEY, event_id TEXT, time INTEGER, kind TEXT, identities TEXT, trusted INTEGER
+);
+CREATE TABLE IF NOT EXISTS refusals(
+    id INTEGER PRIMARY KEY, event_id TEXT, rule TEXT, identity_type TEXT, message TEXT
+);
+CREATE TABLE IF NOT EXISTS counts(name TEXT, outcome TEXT, n INTEGER, PRIMARY KEY(name, outcome)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine(
+    segment TEXT, offset INTEGER, idx INTEGER, event_id TEXT, name TEXT, rules TEXT, received_at INTEGER,
+    PRIMARY KEY(segment, offset, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replayed(segment TEXT, offset INTEGER, idx INTEGER, PRIMARY KEY(segment, offset, idx))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sdk_drops(source TEXT, reason TEXT, n INTEGER, PRIMARY KEY(source, reason)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sdk_drop_totals(reason TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
+"""
+# Readers and the server's indexer may hold the file at once; wait rather than fail.
+_BUSY_TIMEOUT_MS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What one `catch_up` indexed."""
+
+    frames: int
+    events: int
+    observations: int
+    refusals: list[Refusal]
+
+
+class IdentityFeed:
+    """Feeds the catalog's observations to the identity graph, in order, once each.
+
+    How far the graph has been fed is stored inside the graph's own transaction
+    (`observe_many(..., checkpoint=)`), so a crash between the two files costs
+    at most a replay, which the graph ignores (it is idempotent per event).
+    """
+
+    def __init__(self, data: DataDir, policy: IdentityPolicy) -> None:
+        self.path = data.identity
+        self.graph = IdentityGraph(self.path, policy)
+        self.fed = int(self.graph.checkpoint() or 0)
+
+    @classmethod
+    def for_plan(cls, data: DataDir, plan: Plan) -> IdentityFeed:
+        return cls(data, IdentityPolicy.from_plan(plan))
+
+    def close(self) -> None:
+        self.graph.close()
+
+
+class Catalog:
+    """The derived catalog of one data directory."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.data = data
+        # One thread at a time uses it (the server's indexer thread), not always the one that opened it.
+        self.db = sqlite3.connect(
+            data.catalog, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- following the logs -------------------------------------------------------
+
+    def lag_bytes(self) -> int:
+        """Log bytes not yet indexed."""
+        done = {(log, seg): off for log, seg, off in self.db.execute("SELECT log, segment, offset FROM progress")}
+        lag = 0
+        for log, directory in (("raw", self.data.raw), ("quarantine", self.data.quarantine)):
+            for path in segment_files(directory):
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                lag += max(0, size - done.get((log, path.name), 0))
+        return lag
+
+    def catch_up(self, feed: IdentityFeed | None = None) -> CatchUp:
+        """Index every frame written since the last call, then feed the identity graph."""
+        frames = events = 0
+        for log, directory in (("raw", self.data.raw), ("quarantine", self.data.quarantine)):
+            for path in segment_files(directory):
+                f, e = self._index_segment(log, path)
+                frames += f
+                events += e
+        observed = 0
+        refusals: list[Refusal] = []
+        if feed is not None:
+            observed, refusals = self._feed(feed)
+        return CatchUp(frames, events, observed, refusals)
+
+    def _index_segment(self, log: str, path: Path) -> tuple[int, int]:
+        row = self.db.execute("SELECT offset FROM progress WHERE log=? AND segment=?", (log, path.name)).fetchone()
+        start = row[0] if row else 0
+        try:
+            if path.stat().st_size <= start:
+                return 0, 0
+        except FileNotFoundError:
+            return 0, 0
+        found, end = read_frames(path, start)
+        if not found:
+            return 0, 0
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT offset FROM progress WHERE log=? AND segment=?", (log, path.name)).fetchone()
+            if (row[0] if row else 0) != start:  # another process got here first
+                db.execute("ROLLBACK")
+                return 0, 0
+            events = 0
+            counts: Counter[tuple[str, str]] = Counter()
+            for frame in found:
+                events += self._index_raw(frame, counts) if log == "raw" else self._index_quarantine(frame, counts)
+            # One upsert per event name for the whole pass: a frame of a large plan names hundreds.
+            db.executemany(
+                "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)"
+                " ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
+                [(name, outcome, n, n) for (name, outcome), n in counts.items()],
+            )
+            db.execute("INSERT OR REPLACE INTO progress(log, segment, offset) VALUES (?, ?, ?)", (log, path.name, end))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(found), events
+
+    def _index_raw(self, frame: Frame, counts: Counter[tuple[str, str]]) -> int:
+        head = frame.head
+        trusted = 1 if head.get("trusted") else 0
+        pairs: set[tuple[str, str]] = set()
+        rows = []
+        for time, event_id, kind, identities in head.get("obs", ()):
+            rows.append((event_id, time, kind, json.dumps(identities, ensure_ascii=False, sort_keys=True), trusted))
+            pairs.update((str(t), str(v)) for t, v in identities.items())
+        self.db.executemany(
+            "INSERT INTO observations(event_id, time, kind, identities, trusted) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        self.db.executemany(
+            "INSERT OR IGNORE INTO identity_frames(type, value, segment, offset) VALUES (?, ?, ?, ?)",
+            [(t, v, frame.segment, frame.offset) for t, v in pairs],
+        )
+        for name, n in head.get("names", {}).items():
+            counts[name, "accepted"] += n
+        for seg, off, idx in head.get("replay", ()):
+            self.db.execute("INSERT OR IGNORE INTO replayed(segment, offset, idx) VALUES (?, ?, ?)", (seg, off, idx))
+        self._note_drops(head)
+        return int(head.get("n", 0))
+
+    def _note_drops(self, head: dict[str, Any]) -> None:
+        """Keep the largest count a sender reported per reason; counts are cumulative, so repeats change nothing."""
+        report = head.get("dropped")
+        if not isinstance(report, dict):
+            return
+        source = report.get("source")
+        for reason, n in (report.get("counts") or {}).items():
+            row = self.db.execute("SELECT n FROM sdk_drops WHERE source=? AND reason=?", (source, reason)).fetchone()
+            old = row[0] if row else 0
+            if n <= old:
+                continue
+            self.db.execute("INSERT OR REPLACE INTO sdk_drops(source, reason, n) VALUES (?, ?, ?)", (source, reason, n))
+            self.db.execute(
+                "INSERT INTO sdk_drop_totals(reason, n) VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET n = n + ?",
+                (reason, n - old, n - old),
+            )
+
+    def _index_quarantine(self, frame: Frame, counts: Counter[tuple[str, str]]) -> int:
+        head = frame.head
+        rows = []
+        for idx, entry in enumerate(head.get("q", ())):
+            if entry is None:  # a record deleted on request (privacy.py)
+                continue
+            event_id, name, rules = entry
+            rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))
+            counts[name or "?", "quarantined"] += 1
+        self.db.executemany("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._note_drops(head)
+        return len(rows)
+
+    # -- the identity graph --------------------------------------------------------
+
+    def _feed(self, feed: IdentityFeed) -> tuple[int, list[Refusal]]:
+        """Feed new observations; mirror the graph's refusal record (withdrawals included) in `refusals`."""
+        if feed.fed == 0:
+            # A graph fed from the start (new, or rebuilt) reports every refusal again.
+            self.db.execute("DELETE FROM refusals")
+        observed = 0
+        changes: list[Refusal] = []
+        while True:
+            rows = self.db.execute(
+                "SELECT id, event_id, time, kind, identities, trusted FROM observations WHERE id > ? ORDER BY id"
+                " LIMIT 5000",
+                (feed.fed,),
+            ).fetchall()
+            if not rows:
+                break
+            batch = [
+                Observation(event_id=r[1], time=r[2], kind=r[3], identities=json.loads(r[4]), trusted=bool(r[5]))
+                for r in rows
+            ]
+            found = feed.graph.observe_many(batch, checkpoint=str(rows[-1][0]))
+            observed += len(batch)
+            feed.fed = rows[-1][0]
+            changes.extend(found)
+            self.record_refusals(found)
+        return observed, changes
+
+    def record_refusals(self, changes: list[Refusal]) -> None:
+        """Mirror changes to the graph's refusal record (a withdrawn one is deleted), in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in changes:
+                key = (r.event_id, r.rule, r.identity_type)
+                if r.withdrawn:
+                    self.db.execute("DELETE FROM refusals WHERE event_id=? AND rule=? AND identity_type=?", key)
+                else:
+                    self.db.execute(
+                        "INSERT INTO refusals(event_id, rule, identity_type, message) VALUES (?, ?, ?, ?)",
+                        (*key, r.message),
+                    )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- reading ---------------------------------------------------------------------
+
+    def frames_of(self, identities: set[tuple[str, str]]) -> list[tuple[str, int]]:
+        """The raw-log frames (segment, offset) that carry any of these identities, in log order."""
+        found: set[tuple[str, int]] = set()
+        for t, v in identities:
+            found.update(
+                self.db.execute("SELECT segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v))
+            )
+        return sorted(found)
+
+    def identity_types_of(self, value: str) -> list[str]:
+        """The identity types under which `value` was seen."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT type FROM identity_frames WHERE value=?", (value,))]
+
+    def quarantined(self, rule: str | None = None) -> Iterator[dict[str, Any]]:
+        """Quarantine records in log order, with whether a replay moved them."""
+        sql = (
+            "SELECT q.segment, q.offset, q.idx, q.event_id, q.name, q.rules, q.received_at,"
+            " r.segment IS NOT NULL FROM quarantine q LEFT JOIN replayed r"
+            " ON r.segment=q.segment AND r.offset=q.offset AND r.idx=q.idx ORDER BY q.segment, q.offset, q.idx"
+        )
+        for seg, off, idx, eid, name, rules, at, replayed in self.db.execute(sql):
+            rule_list = rules.split(",") if rules else []
+            if rule is not None and rule not in rule_list:
+                continue
+            yield {
+                "segment": seg,
+                "offset": off,
+                "index": idx,
+                "event_id": eid,
+                "event": name,
+                "rules": rule_list,
+                "received_at": at,
+                "replayed": bool(replayed),
+            }
+
+    def refusals(self) -> list[tuple[str, str, str, str]]:
+        return list(self.db.execute("SELECT event_id, rule, identity_type, message FROM refusals ORDER BY id"))
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return {(n, o): c for n, o, c in self.db.execute("SELECT name, outcome, n FROM counts")}
+
+    def sdk_drops(self) -> list[tuple[str, str, int]]:
+        """(source, reason, count): the largest loss count each sender reported, by source then reason."""
+        return list(self.db.execute("SELECT source, reason, n FROM sdk_drops ORDER BY source, reason"))
+
+    def sdk_drop_totals(self) -> dict[str, int]:
+        """Events senders reported dropped, summed over senders, by reason."""
+        return dict(self.db.execute("SELECT reason, n FROM sdk_drop_totals"))
