@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster.kafka import KafkaCluster  # noqa: E402
+from tests.cluster.kafka import KafkaCluster
 
 BATCH = 500
 
@@ -127,7 +127,7 @@ def main() -> None:
         cpu = statistics.median(c for _, c in figures)
         runs = "; ".join(f"{r:,.0f}, {c:.1f}" for r, c in figures)
         print(f"| {name} | {rate:,.0f} | {cpu:.1f} | {runs} |")
-    print(json.dumps({name: figures for name, figures in rows.items()}))
+    print(json.dumps(rows))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from maidian.collector.cli.cluster import add_cluster_commands
 from maidian.collector.cli.commands import add_collector_commands
 from maidian.collector.cli.privacy import add_privacy_commands
 from maidian.collector.cli.qa import add_qa_commands
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_collector_commands(sub)
     add_qa_commands(sub)
     add_privacy_commands(sub)
+    add_cluster_commands(sub)
     return parser
 
 

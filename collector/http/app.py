@@ -200,10 +200,11 @@ async def _readyz(request: web.Request) -> web.Response:
     collector = request.app[COLLECTOR]
     if collector.is_ready():
         return web.json_response({"status": "ready"})
-    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else "disk")
+    log_down = "disk" if collector.config.sink.kind == "local" else "brokers"
+    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else log_down)
     detail = collector.raw.last_error or collector.quarantine.last_error
     body = {"status": "unavailable", "reason": reason}
-    if detail and reason == "disk":
+    if detail and reason == log_down:
         body["error"] = detail
     return web.json_response(body, status=503, headers={"Retry-After": "5"})
 
