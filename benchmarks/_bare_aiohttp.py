@@ -12,6 +12,7 @@ import signal
 import sys
 
 from aiohttp import web
+
 from maidian.collector.run.serve import loop_factory
 
 

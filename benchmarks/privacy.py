@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
 from maidian.collector.identity.types import IdentityPolicy
 from maidian.collector.pipeline.dedup import id_ranges
 from maidian.collector.pipeline.ingest import build_accepted_frame

@@ -321,6 +321,7 @@ def floors() -> dict[str, float]:
 
     import msgspec
     import zstandard
+
     from maidian.tracking_plan.envelope import make_event_id, make_source_id
 
     out: dict[str, float] = {}

@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+from plangen import events_for, generate_plan
+
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.lint import lint_file
 from maidian.tracking_plan.validator import PRESETS_SCHEMA, build_schemas, reference_schema
-from plangen import events_for, generate_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_LOAD_COMPILE_S = 1.0  # issue #2: a 3,000-event plan loads and compiles in under a second

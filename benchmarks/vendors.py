@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import msgspec
+
 from maidian.collector.vendors import segment, sensors
 from maidian.tracking_plan import Validator, load_plan
 

@@ -8,8 +8,11 @@ a bug.
 
     CollectorError                      root of this package's errors
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
-     ├── DataDirError                    the data directory cannot be used (locked, unreadable)
+     ├── DataDirError                    the data directory cannot be used (locked, unreadable, full)
+ │    └── DerivedFileError           catalog.sqlite or identity.sqlite is damaged: `maidian rebuild`
      ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
+ ├── PrivacyError                    a privacy operation could not be carried out (deletion, retention)
+ ├── IdentityGraphError              the identity graph cannot do what was asked (identity/types.py)
      └── RequestError                    a request is refused; carries `status` and `code`
           ├── BadRequest                 400: the body is not a batch (undecodable, bad_batch, bad_encoding)
           ├── Unauthenticated            401: no key, unknown key, bad signature, replay
@@ -38,9 +41,11 @@ __all__ = [
     "CollectorError",
     "ConfigError",
     "DataDirError",
+    "DerivedFileError",
     "Forbidden",
     "NoSuchPerson",
     "PayloadTooLarge",
+    "PrivacyError",
     "RateLimited",
     "RequestError",
     "RequestTimeout",
@@ -54,12 +59,20 @@ class CollectorError(Exception):
     """Root of the errors raised by `maidian.collector`."""
 
 
+class PrivacyError(CollectorError):
+    """A privacy operation could not be carried out; the message says where."""
+
+
 class ConfigError(CollectorError):
     """The configuration (file, environment or flags) is wrong; the message names the setting."""
 
 
 class DataDirError(CollectorError):
     """The data directory cannot be used (missing, unreadable, or locked by another writer)."""
+
+
+class DerivedFileError(DataDirError):
+    """A file derived from the logs (catalog.sqlite, identity.sqlite) is damaged; `maidian rebuild` recreates it."""
 
 
 class NoSuchPerson(CollectorError):

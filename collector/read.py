@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+
 from maidian.collector.errors import CollectorError, NoSuchPerson
 from maidian.collector.pipeline.dedup import SeenIds, id_ranges
-from maidian.collector.pipeline.ingest import build_accepted_frame
-from maidian.collector.service import load_dedup_state, pid_writer_id
+from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
-from maidian.collector.store.log import DataDir, LogWriter
+from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
 from maidian.tracking_plan import Plan, Validator
 
 __all__ = [

@@ -21,91 +21,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+
 from maidian.collector.config import Config
 from maidian.collector.errors import DataDirError
 from maidian.collector.metrics import Metrics
-from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.ingest import Ingest
 from maidian.collector.pipeline.judge import Judge
-from maidian.collector.privacy.operations import load_suppression
+from maidian.collector.pipeline.recovery import DedupState, follow_segments, load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.durable import DurableLog
-from maidian.collector.store.frames import read_frames, segment_files
 from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
+from maidian.collector.store.suppression import load_suppression
 from maidian.tracking_plan import Plan, Validator, load_plan
 
-__all__ = ["Collector", "DedupState", "load_dedup_state"]
+__all__ = ["Collector"]
 
 log = logging.getLogger("maidian.collector")
 
 _LOGS: Final = ("raw", "quarantine")
 _PROBE_BYTES: Final = 64 << 10
-
-
-@dataclass(slots=True)
-class DedupState:
-    """What deduplication knows, and the log offsets that knowledge covers."""
-
-    seen: SeenIds
-    quarantined: SeenIds
-    # (log, segment) -> offset read up to
-    offsets: dict[tuple[str, str], int] = field(default_factory=dict)
-
-
-def load_dedup_state(data: DataDir, writer: str | None, window_s: float, now_ms: int) -> DedupState:
-    """Restore dedup from a snapshot (when `writer` has one) plus every frame head after it."""
-    state = DedupState(SeenIds(window_s), SeenIds(window_s))
-    if writer is not None:
-        path = data.snapshot(writer)
-        try:
-            snap = msgspec.msgpack.decode(path.read_bytes())
-        except FileNotFoundError:
-            snap = None
-        except (msgspec.DecodeError, OSError):
-            log.warning("dedup snapshot %s is unreadable; rebuilding from the log", path.name)
-            snap = None
-        if snap is not None:
-            state.seen.restore(snap["seen"])
-            state.quarantined.restore(snap["quarantined"])
-            state.offsets = {(lg, seg): int(off) for lg, seg, off in snap["offsets"]}
-    follow_segments(data, state, None)
-    state.seen.expire(now_ms)
-    state.quarantined.expire(now_ms)
-    return state
-
-
-def follow_segments(data: DataDir, state: DedupState, skip_writer: str | None) -> int:
-    """Read frame heads past the known offsets into `state`; returns the frames read."""
-    count = 0
-    for log_name, directory in (("raw", data.raw), ("quarantine", data.quarantine)):
-        target = state.seen if log_name == "raw" else state.quarantined
-        for path in segment_files(directory):
-            if skip_writer is not None and path.name.startswith(skip_writer + "-"):
-                continue
-            key = (log_name, path.name)
-            start = state.offsets.get(key, 0)
-            try:
-                if path.stat().st_size <= start:
-                    continue
-            except FileNotFoundError:
-                continue
-            frames, end = read_frames(path, start)
-            for frame in frames:
-                head = frame.head
-                target.add_head(head.get("seq", {}), head.get("oid", ()), int(head.get("at", 0)))
-            count += len(frames)
-            if frames or start == 0:
-                state.offsets[key] = max(end, start)
-    return count
 
 
 class Collector:
@@ -404,8 +345,3 @@ class Collector:
         if self._feed is not None:
             self._feed.close()
             self._feed = None
-
-
-def pid_writer_id(prefix: str = "w") -> str:
-    """A writer id unique to this process (tools that write while a server may be running)."""
-    return f"{prefix}{os.getpid()}"

@@ -38,6 +38,7 @@ from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+
 from maidian.tracking_plan import envelope
 from maidian.tracking_plan.pii import apply_pii, hash_value, mask_value
 from maidian.tracking_plan.signing import make_nonce, sign

@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
 from maidian.tracking_plan.envelope import make_source_id
 
 from ._api import BaseClient, _load_plan

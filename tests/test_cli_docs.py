@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Iterator
 
 import pytest
+
 from maidian.collector.cli import build_parser, main
 
 

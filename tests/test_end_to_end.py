@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.collector.cli import main as maidian
 from maidian.sdk import AsyncClient, Client, InvalidEvent
-
 from tests.conftest import ROOT
 
 PLAN = ROOT / "examples" / "securities_app.plan.json"

@@ -25,11 +25,11 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.cli import main
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import EVENT_NAME_RE, PRESET_SCHEMAS, PROPERTY_NAME_RE
 from maidian.tracking_plan.pii import PII_TAGS, apply_pii, hash_value
-
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from maidian.collector.config import hash_key, resolve_config
 
+from maidian.collector.config import hash_key, resolve_config
 from tests.conftest import MINI_PLAN, ROOT
 
 DOCS = ROOT / "docs"

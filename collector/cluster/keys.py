@@ -11,18 +11,18 @@ function that built the original, so the ledger and the loader see ordinary fram
 
 from __future__ import annotations
 
-import struct
 import zlib
 from typing import Any, Final
 
 import msgspec
 import zstandard
+
 from maidian.collector.pipeline.dedup import id_ranges, split_event_id
-from maidian.collector.pipeline.ingest import build_accepted_frame
+from maidian.collector.store.frames import FRAME_HEADER, VERSION, frame_of
+from maidian.collector.store.heads import build_accepted_frame
 
 __all__ = ["frame_head", "frame_keeping", "frame_with_head", "keyed_frames"]
 
-_HEADER: Final = struct.Struct("<II")
 _payload: Final = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], bytes])
 _body: Final = msgspec.msgpack.Decoder(dict[str, Any])
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -33,8 +33,8 @@ _PER_EVENTS: Final = ("n", "seq", "oid", "obs", "names", "tmin", "tmax")
 
 def frame_head(frame: bytes) -> tuple[dict[str, Any], bytes]:
     """A frame's head and its still-compressed body (the frame is checked: length and CRC)."""
-    length, crc = _HEADER.unpack_from(frame)
-    payload = memoryview(frame)[_HEADER.size : _HEADER.size + length]
+    length, crc = FRAME_HEADER.unpack_from(frame)
+    payload = memoryview(frame)[FRAME_HEADER.size : FRAME_HEADER.size + length]
     if len(payload) != length or zlib.crc32(payload) != crc:
         raise ValueError("not one whole frame")
     _version, head, body = _payload.decode(payload)
@@ -84,5 +84,4 @@ def frame_keeping(head: dict[str, Any], body: bytes, new_ids: set[str]) -> bytes
 
 def frame_with_head(head: dict[str, Any], body: bytes) -> bytes:
     """A frame with a new head and the same compressed body (the loader records its Kafka position so)."""
-    payload = _encoder.encode((1, head, body))
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return frame_of(_encoder.encode((VERSION, head, body)))

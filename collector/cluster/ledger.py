@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
+
 from maidian.collector.cluster.keys import frame_head, frame_keeping
 from maidian.collector.config import DEFAULT_DEDUP_WINDOW_S
 from maidian.collector.errors import CollectorError

@@ -35,6 +35,7 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
+
 from maidian.collector.config import Config
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout, Unavailable
 from maidian.collector.http.vendor_routes import (

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 from aiohttp import web
+
 from maidian.collector.config import LiveConfig, hash_key
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
 

@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+
 from maidian.collector.errors import RequestError
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.pipeline.decode import decoded_batch

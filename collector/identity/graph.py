@@ -32,14 +32,13 @@ lookup: no SQLite work.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 from maidian.collector.identity.rules import Key, unusable
-from maidian.collector.identity.store import DEFAULT_BUSY_TIMEOUT_S, Store, StoreError
+from maidian.collector.identity.store import DEFAULT_BUSY_TIMEOUT_S, Store
 from maidian.collector.identity.types import (
     ANONYMOUS_ALREADY_BOUND,
     BIND,
@@ -130,10 +129,7 @@ class IdentityGraph:
         self._young: dict[object, Key] = {}
         self._old: dict[object, Key] = {}
         self._lock = threading.Lock()
-        try:
-            self._store = Store(self.path, self.policy, busy_timeout_s)
-        except (sqlite3.Error, StoreError) as e:
-            raise IdentityGraphError(f"cannot open the identity graph at {self.path}: {e}") from e
+        self._store = Store(self.path, self.policy, busy_timeout_s)
         self._generation = self._store.meta("generation")
         # Changes from replaying the store under a new policy, reported by the next observe_many.
         self._pending = self._store.pending
@@ -158,10 +154,7 @@ class IdentityGraph:
             self._stats["slow"] += len(todo)
             if not todo and checkpoint is None:
                 return self._take_pending()
-            try:
-                changes, cacheable = store.ingest(todo, checkpoint)
-            except sqlite3.Error as e:
-                raise IdentityGraphError(f"identity graph {self.path}: {e}") from e
+            changes, cacheable = store.ingest(todo, checkpoint)
             young = self._young
             for obs, first in cacheable:
                 young[tuple(obs.identities.items())] = first
@@ -179,10 +172,7 @@ class IdentityGraph:
         """
         with self._lock:
             store = self._ready()
-            try:
-                removed, changes = store.forget(person)
-            except sqlite3.Error as e:
-                raise IdentityGraphError(f"identity graph {self.path}: {e}") from e
+            removed, changes = store.forget(person)
             self._young.clear()
             self._old.clear()
             self._generation = store.meta("generation")
@@ -294,20 +284,17 @@ class IdentityGraph:
 
     def _ready(self) -> Store:
         """The store, reopened after fork; caches dropped when another process forgot someone."""
-        try:
-            store = self._store
-            if store.pid != os.getpid():
+        store = self._store
+        if store.pid != os.getpid():
+            self._young.clear()
+            self._old.clear()
+        store.ensure()
+        if self.path is not None:
+            generation = store.meta("generation")
+            if generation != self._generation:
                 self._young.clear()
                 self._old.clear()
-            store.ensure()
-            if self.path is not None:
-                generation = store.meta("generation")
-                if generation != self._generation:
-                    self._young.clear()
-                    self._old.clear()
-                    self._generation = generation
-        except StoreError as e:
-            raise IdentityGraphError(str(e)) from e
+                self._generation = generation
         return store
 
     def _sort_out(self, observations: Iterable[Observation]) -> tuple[list[Observation], int]:

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Final
 
 from maidian.collector.identity.rules import Key, Link, Node, Rules, person_id
-from maidian.collector.identity.types import IdentityPolicy, Observation
+from maidian.collector.identity.types import IdentityGraphError, IdentityPolicy, Observation
 from maidian.collector.identity.unit import Change, Unit, members_of
+from maidian.collector.sqlite import connect
 
 SCHEMA_VERSION: Final = 1
 
@@ -99,7 +100,7 @@ CREATE INDEX IF NOT EXISTS refusal_link ON refusal (link) WHERE link IS NOT NULL
 DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
 
 
-class StoreError(Exception):
+class StoreError(IdentityGraphError):
     """The store cannot be used as asked (a closed graph, a schema from another version, a fork)."""
 
 
@@ -143,7 +144,7 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         target = ":memory:" if self.path is None else str(self.path)
-        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_s)
+        conn = connect(target, timeout_s=self.busy_timeout_s)
         if self.path is not None:
             conn.execute("PRAGMA journal_mode=WAL")
             # The raw log is the source of truth; a commit lost to power failure is

@@ -38,6 +38,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import zstandard
+
 from maidian.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Limits

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
+
 from maidian.collector.pipeline.decode import Batch, check_decoded_limits, check_limits, decode_event, event_too_large
 from maidian.tracking_plan import Plan, Validator, Violation
 from maidian.tracking_plan.envelope import Limits

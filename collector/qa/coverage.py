@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import msgspec
 import zstandard
+
 from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.store.frames import Frame, decode_body, read_frames, segment_files
 from maidian.tracking_plan import Plan

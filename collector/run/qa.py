@@ -133,6 +133,7 @@ def _banner(plan: Plan, session: _Session, port: int, moved: bool) -> str:
 
 async def _serve(plan: Plan, session: _Session, out: TextIO) -> CoverageReport:
     from aiohttp import web
+
     from maidian.collector.http.app import make_app
     from maidian.collector.http.live_routes import LIVE
     from maidian.collector.service import Collector

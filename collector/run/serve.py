@@ -47,6 +47,7 @@ def _say(message: str) -> None:
 
 async def _run(config: Config, source: ConfigSource | None) -> None:
     from aiohttp import web
+
     from maidian.collector.http.app import AUTH, COLLECTOR, make_app
 
     app = make_app(config)

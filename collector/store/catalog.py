@@ -31,7 +31,6 @@ new one) is fed every observation again, which the graph takes idempotently.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any, Final
 
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
+from maidian.collector.sqlite import connect
 from maidian.collector.store.frames import Frame, read_frames, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
@@ -110,9 +110,7 @@ class Catalog:
     def __init__(self, data: DataDir) -> None:
         self.data = data
         # One thread at a time uses it (the server's indexer thread), not always the one that opened it.
-        self.db = sqlite3.connect(
-            data.catalog, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
+        self.db = connect(data.catalog, timeout_s=_BUSY_TIMEOUT_MS / 1000)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)

@@ -40,11 +40,13 @@ import msgspec
 import zstandard
 
 __all__ = [
+    "FRAME_HEADER",
     "MAGIC",
     "Body",
     "Frame",
     "decode_body",
     "encode_frame",
+    "frame_of",
     "iter_log",
     "read_frame_at",
     "read_frames",
@@ -53,7 +55,8 @@ __all__ = [
 ]
 
 MAGIC: Final = b"MDNLOG01"
-_HEADER: Final = struct.Struct("<II")
+FRAME_HEADER: Final = struct.Struct("<II")
+"""Each frame's header: payload length and CRC-32 of the payload, both u32 little-endian."""
 VERSION: Final = 1
 # Level 1: twice as fast as level 3 for about the same size on batches (DESIGN.md).
 _LEVEL: Final = 1
@@ -91,8 +94,12 @@ class Body:
 def encode_frame(head: dict[str, Any], body: dict[str, Any]) -> bytes:
     """One frame, ready to append. `body["e"]` may hold `msgspec.Raw` events, copied as they are."""
     packed = _compressor.compress(_encoder.encode(body))
-    payload = _encoder.encode((VERSION, head, packed))
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return frame_of(_encoder.encode((VERSION, head, packed)))
+
+
+def frame_of(payload: bytes) -> bytes:
+    """A frame around an encoded payload: its header, then the payload."""
+    return FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def decode_body(frame: Frame) -> Body:
@@ -116,9 +123,9 @@ def scan_frames(data: bytes | memoryview, segment: str, base: int = 0) -> tuple[
         pos = len(MAGIC)
     frames: list[Frame] = []
     size = len(view)
-    while pos + _HEADER.size <= size:
-        length, crc = _HEADER.unpack_from(view, pos)
-        begin = pos + _HEADER.size
+    while pos + FRAME_HEADER.size <= size:
+        length, crc = FRAME_HEADER.unpack_from(view, pos)
+        begin = pos + FRAME_HEADER.size
         end = begin + length
         if length > MAX_FRAME_BYTES or end > size:
             break
@@ -171,10 +178,10 @@ def read_frame_at(path: Path, offset: int) -> Frame | None:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            header = f.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+            header = f.read(FRAME_HEADER.size)
+            if len(header) < FRAME_HEADER.size:
                 return None
-            length, _crc = _HEADER.unpack(header)
+            length, _crc = FRAME_HEADER.unpack(header)
             if length > MAX_FRAME_BYTES:
                 return None
             data = header + f.read(length)

@@ -98,9 +98,13 @@ class DataDir:
         return self
 
 
+# What `write_atomically` names its new file before the rename; a crash may leave one behind.
+TMP_SUFFIX: Final = ".tmp"
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file, synced."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(path.suffix + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, data)
@@ -456,3 +460,8 @@ def _number_of(name: str) -> int:
         return int(name.rsplit("-", 1)[1].split(".", 1)[0])
     except (IndexError, ValueError):
         return 0
+
+
+def pid_writer_id(prefix: str = "w") -> str:
+    """A writer id unique to this process (tools that write while a server may be running)."""
+    return f"{prefix}{os.getpid()}"

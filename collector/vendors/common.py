@@ -41,6 +41,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import msgspec
+
 from maidian.collector.errors import RequestError
 from maidian.tracking_plan import Plan, VendorMapping, Violation
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS, PRESET_SCHEMAS

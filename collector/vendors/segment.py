@@ -59,6 +59,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
+
 from maidian.collector.errors import RequestError
 from maidian.collector.vendors.common import (
     DEFAULT_VENDOR_LIMITS,

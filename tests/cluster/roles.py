@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
+
 from maidian.collector.cluster.keys import frame_head
 from maidian.collector.store.frames import Frame, decode_body
-
 from tests.cluster.kafka import KafkaCluster
 from tests.conftest import ROOT
 from tests.reliability.ledger import Stored

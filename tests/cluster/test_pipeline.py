@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from maidian.collector.cluster.topics import TopicPlan, create_topics
 
+from maidian.collector.cluster.topics import TopicPlan, create_topics
 from tests.cluster.kafka import KafkaCluster, free_port
 from tests.cluster.roles import ledger, loader, sink_config, start_collector, topic_ids, wait_loaded
 from tests.cluster.traffic import SpreadLoad

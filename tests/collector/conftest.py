@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from maidian.collector.http.app import make_app
 
+from maidian.collector.http.app import make_app
 from tests.collector.helpers import make_config
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

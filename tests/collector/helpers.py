@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import zstandard
+
 from maidian.collector.config import (
     AuthConfig,
     Config,
@@ -21,7 +22,6 @@ from maidian.collector.config import (
     hash_key,
 )
 from maidian.tracking_plan import signing
-
 from tests.conftest import MINI_PLAN
 
 KEY = "mk_test_current_0001"

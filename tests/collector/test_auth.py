@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.collector.config import WriteKey
 from maidian.collector.errors import RateLimited
 from maidian.collector.pipeline.auth import NonceCache, RateLimiter
-
 from tests.collector.helpers import body_of, filled, headers_for, order, signed_headers, statuses
 from tests.conftest import ROOT
 

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from maidian.collector.read import export_events
-
 from tests.collector.helpers import (
     DEVICE,
     body_of,

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.collector.cli import main
 from maidian.collector.qa.coverage import Scope, Tally, build_report, coverage_of_data
 from maidian.collector.qa.report import render_html, render_text
 from maidian.collector.read import replay_quarantine
 from maidian.tracking_plan import load_plan, parse_plan
-
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, now_ms, order, statuses
 from tests.collector.qa_data import session

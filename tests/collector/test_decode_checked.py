@@ -16,11 +16,11 @@ from typing import Any
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.pipeline.decode import check_decoded_limits, check_limits, decode_batch
 from maidian.collector.pipeline.judge import Judge
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import Limits
-
 from tests.conftest import MINI_PLAN
 
 LIMITS = Limits(max_properties=4, max_depth=2, max_string_bytes=24, max_event_bytes=400)

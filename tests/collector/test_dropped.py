@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 import zstandard
+
 from maidian.collector.http.app import COLLECTOR
 from maidian.collector.pipeline.decode import read_dropped
 from maidian.collector.read import rebuild, sdk_drops
-
 from tests.collector.helpers import DEVICE, headers_for, now_ms, order, statuses
 from tests.conftest import ROOT
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from maidian.collector.identity.graph import IdentityGraph, observations_from
 from maidian.collector.identity.types import RULES, IdentityGraphError, IdentityPolicy, Observation, Refusal
 from maidian.tracking_plan import load_plan
 from maidian.tracking_plan.envelope import JUNK_IDENTITY_VALUES
-
 from tests.collector.identity_model import person_id
 from tests.conftest import MINI_PLAN
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
 from maidian.collector.store import catalog as catalog_module
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.log import DataDir
-
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, login_event, now_ms, order
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation
-
 from tests.collector.identity_model import Ledger, graph_state, reference
 
 # Small pools, a small cap and a narrow time range, so that links collide,

@@ -9,9 +9,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityGraphError, IdentityPolicy, Observation
-
 from tests.collector.identity_model import graph_state, reference
 
 

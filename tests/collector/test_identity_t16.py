@@ -8,7 +8,6 @@ from pathlib import Path
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
 from maidian.tracking_plan.envelope import BUILTIN_IDENTITIES, JUNK_IDENTITY_VALUES
-
 from tests.collector.identity_model import Ledger
 
 HOUR_MS = 3_600_000

@@ -19,18 +19,19 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.metrics import Metrics
-from maidian.collector.pipeline import ingest as ingest_module
 from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import decode_batch
 from maidian.collector.pipeline.dedup import SeenIds, split_event_id, split_one_source
-from maidian.collector.pipeline.ingest import Ingest, Outcome, build_accepted_frame
+from maidian.collector.pipeline.ingest import Ingest, Outcome
 from maidian.collector.pipeline.judge import Judge
+from maidian.collector.store import heads as heads_module
 from maidian.collector.store.frames import read_frames, segment_files
+from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.log import LogWriter
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS
-
 from tests.conftest import MINI_PLAN
 
 SOURCES = ["0193a5b2c3d4e5f60718293a4b5c6d7e", "0193a5b2c3d4e5f60718293a4b5c6d7f", "short"]
@@ -111,7 +112,7 @@ async def _run(batches: list[dict[str, Any]], directory: Path, *, fast: bool) ->
     patch = pytest.MonkeyPatch()
     if not fast:
         patch.setattr(ingest, "_fresh", lambda valid: None)
-        patch.setattr(ingest_module, "_one_identity_set", lambda stored: None)
+        patch.setattr(heads_module, "_one_identity_set", lambda stored: None)
     try:
         answers = []
         for body in batches:
@@ -147,10 +148,10 @@ def test_ingest_gives_the_same_answers_and_logs_either_way(batches: list[dict[st
 def test_the_fast_paths_are_taken_for_an_sdk_batch(tmp_path: Path) -> None:
     """Without this the comparison above could pass with the fast paths never running."""
     taken: list[str] = []
-    fresh, summary = Ingest._fresh, ingest_module._one_identity_set
+    fresh, summary = Ingest._fresh, heads_module._one_identity_set
     patch = pytest.MonkeyPatch()
     patch.setattr(Ingest, "_fresh", lambda self, valid: taken.append("fresh") or fresh(self, valid))
-    patch.setattr(ingest_module, "_one_identity_set", lambda stored: taken.append("summary") or summary(stored))
+    patch.setattr(heads_module, "_one_identity_set", lambda stored: taken.append("summary") or summary(stored))
     device = SOURCES[0]
     evs = [
         {
@@ -192,7 +193,7 @@ def test_the_one_identity_set_summary_makes_the_same_frame(items: list[Any]) -> 
     head = {"rid": "r", "at": NOW_MS}
     fast = build_accepted_frame(head, stored, {}, [])
     patch = pytest.MonkeyPatch()
-    patch.setattr(ingest_module, "_one_identity_set", lambda stored: None)
+    patch.setattr(heads_module, "_one_identity_set", lambda stored: None)
     try:
         slow = build_accepted_frame(head, stored, {}, [])
     finally:

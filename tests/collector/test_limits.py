@@ -14,8 +14,8 @@ import msgspec
 import pytest
 import zstandard
 from aiohttp import ClientSession
-from maidian.collector.errors import PayloadTooLarge
 
+from maidian.collector.errors import PayloadTooLarge
 from tests.collector.helpers import DEVICE, body_of, headers_for, now_ms, order, statuses
 
 MiB = 1 << 20

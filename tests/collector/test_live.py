@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
+
 from maidian.collector.config import LiveConfig, hash_key, resolve_config
 from maidian.collector.errors import ConfigError
 from maidian.collector.http.app import COLLECTOR, ROUTES, make_app
@@ -22,7 +23,6 @@ from maidian.collector.qa.coverage import coverage_of_data
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord, Subscriber
 from maidian.collector.read import export_events
 from maidian.tracking_plan import load_plan
-
 from tests.collector.helpers import KEY, body_of, headers_for, make_config, order, statuses
 from tests.collector.qa_data import session
 from tests.conftest import MINI_PLAN

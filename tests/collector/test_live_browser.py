@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.sdk import Client
 
+from maidian.sdk import Client
 from tests.collector.qa_process import QaSession, start_qa
 from tests.conftest import MINI_PLAN, ROOT
 

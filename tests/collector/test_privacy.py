@@ -27,18 +27,18 @@ import zstandard
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.cli import build_parser
 from maidian.collector.http.app import make_app
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.pipeline.dedup import id_ranges
-from maidian.collector.pipeline.ingest import build_accepted_frame
 from maidian.collector.privacy import operations as privacy
 from maidian.collector.privacy.operations import delete_person, write_csv
 from maidian.collector.read import export_events, person_events, quarantine_records, rebuild
 from maidian.collector.service import Collector
 from maidian.collector.store.frames import encode_frame, read_frames, scan_frames, segment_files
+from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.log import DataDir, LogWriter
-
 from tests.collector.helpers import body_of, headers_for, make_config
 from tests.conftest import ROOT
 
@@ -522,7 +522,7 @@ def test_a_run_stopped_between_steps_is_completed_by_the_next(
     events = [a.event(t0), b.event(t0 + 1), a.event(t0 + 2, login=False), refused, b.event(t0 + 4)]
     write_store(data, events, 2)
     if failing == "catalog":
-        monkeypatch.setattr(privacy, "_clean_catalog", _fail)
+        monkeypatch.setattr(privacy, "clean_catalog", _fail)
     else:
         monkeypatch.setattr(IdentityGraph, "forget", _fail)
     with pytest.raises(RuntimeError):

@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from maidian.collector.errors import ConfigError
 from maidian.collector.read import export_events
 from maidian.collector.run.serve import loop_factory
-
 from tests.collector.helpers import KEY, body_of, headers_for, order
 from tests.conftest import MINI_PLAN, ROOT
 

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from maidian.sdk import Client
 
+from maidian.sdk import Client
 from tests.collector.qa_process import start_qa
 from tests.conftest import MINI_PLAN
 

@@ -13,11 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.cli import main
 from maidian.collector.http.app import make_app
 from maidian.collector.read import export_events, person_events, quarantine_records, replay_quarantine
 from maidian.tracking_plan import parse_plan
-
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, login_event, make_config, now_ms, order, statuses
 from tests.conftest import MINI_PLAN

@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 import pytest
-from maidian.collector.http.app import COLLECTOR
 
+from maidian.collector.http.app import COLLECTOR
 from tests.collector.helpers import (
     KEY,
     LIMITED_KEY,

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.collector.errors import DataDirError
 from maidian.collector.read import export_events, quarantine_records
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import MAGIC, encode_frame, read_frames, segment_files
 from maidian.collector.store.log import DataDir, LogWriter
-
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import DEVICE, body_of, headers_for, order, statuses
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from maidian.collector.http.app import COLLECTOR, make_app
-
 from tests.collector.helpers import KEY, body_of, headers_for, make_config, order, statuses
 from tests.reliability.procs import CollectorProcess, write_config
 

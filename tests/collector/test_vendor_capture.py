@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import segment.analytics as segment_sdk
 import sensorsanalytics.sdk as sa_sdk
+
 from maidian.collector.identity.graph import IdentityGraph, observations_from
 from maidian.collector.vendors import segment, sensors
 from maidian.collector.vendors.common import Mapped, VendorResponse
-
 from tests.collector.vendor_capture import Captured, CaptureServer
 from tests.collector.vendor_helpers import validator, vendor_plan
 

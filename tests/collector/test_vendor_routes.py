@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient
+
 from maidian.collector import CollectorError, RequestError, VendorError
 from maidian.collector.config import (
     AuthConfig,
@@ -32,7 +33,6 @@ from maidian.collector.http.app import COLLECTOR, make_app
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.read import export_events, person_events
 from maidian.collector.store.frames import read_frames, segment_files
-
 from tests.collector.vendor_helpers import basic, securities_vendor_plan, segment_json, sensors_form, sensors_payload
 from tests.conftest import ROOT
 

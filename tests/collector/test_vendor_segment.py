@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from maidian.collector.vendors import segment
 from maidian.collector.vendors.common import (
     MappedRecord,
@@ -18,7 +19,6 @@ from maidian.collector.vendors.common import (
     VendorLimits,
 )
 from maidian.tracking_plan import Validator, parse_plan
-
 from tests.collector.vendor_helpers import NOW_MS, VENDOR_PLAN, basic, segment_json, validator, vendor_plan
 
 KEY = "wk_9f2c"

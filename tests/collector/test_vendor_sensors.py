@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+
 from maidian.collector.vendors import sensors
 from maidian.collector.vendors.common import (
     MappedRecord,
@@ -20,7 +21,6 @@ from maidian.collector.vendors.common import (
     VendorLimits,
 )
 from maidian.tracking_plan import Violation, parse_plan
-
 from tests.collector.vendor_helpers import (
     NOW_MS,
     VENDOR_PLAN,

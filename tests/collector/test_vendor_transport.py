@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from maidian.collector.pipeline.decode import decoded_batch
 from maidian.collector.vendors import segment, sensors
 from maidian.collector.vendors.common import (
@@ -30,7 +31,6 @@ from maidian.collector.vendors.common import (
     preflight_response,
     split_records,
 )
-
 from tests.collector.vendor_helpers import NOW_MS, basic, vendor_plan
 
 SMALL = VendorLimits(max_decoded_bytes=4096)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
 from maidian.collector.vendors.common import VendorResponse
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from maidian.tracking_plan import Plan, Validator, load_plan
-
 from tests.conftest import DATA, ROOT
 
 VENDOR_PLAN = DATA / "vendor.plan.json"

@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from maidian.sdk import BatchLimits, Client, QueueLimits, SpoolConfig, Timeouts
-
 from tests.reliability.constants import KEY
 
 ORDER = {"stock_code": "600519", "side": "buy", "price": 1688.5, "quantity": 100}

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from maidian.collector.config import hash_key
-
 from tests.conftest import MINI_PLAN, ROOT
 from tests.reliability.constants import KEY, SECRET, SOURCE
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
 from maidian.collector.read import export_events
 from maidian.collector.store.frames import decode_body, read_frames, segment_files
-
 from tests.reliability.ledger import Stored
 
 __all__ = ["Segments", "read_store", "scan_segments", "sqlite_integrity"]

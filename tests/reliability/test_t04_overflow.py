@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from maidian.sdk import BatchLimits, Client, QueueLimits, SpoolConfig
 
+from maidian.sdk import BatchLimits, Client, QueueLimits, SpoolConfig
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors

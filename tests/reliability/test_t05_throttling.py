@@ -23,7 +23,6 @@ from pathlib import Path
 
 from maidian.sdk import BatchLimits, Client, RetryPolicy
 from maidian.sdk.core import Response
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors

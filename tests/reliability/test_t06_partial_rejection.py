@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from maidian.sdk import BatchLimits, Client
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from maidian.collector.config import DEFAULT_DEDUP_WINDOW_S, resolve_config
 from maidian.sdk import BatchLimits, Client, SpoolConfig
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors

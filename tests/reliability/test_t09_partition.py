@@ -16,7 +16,6 @@ from pathlib import Path
 
 from maidian.collector.store.frames import decode_body, iter_log
 from maidian.sdk import BatchLimits, Client, RetryPolicy
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors

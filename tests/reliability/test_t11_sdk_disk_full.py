@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.sdk import BatchLimits, Client, QueueLimits, SpoolConfig, _spool
 
+from maidian.sdk import BatchLimits, Client, QueueLimits, SpoolConfig, _spool
 from tests.reliability.constants import KEY
 from tests.reliability.disks import Filler, small_disk
 from tests.reliability.figures import Figures

@@ -20,9 +20,9 @@ from pathlib import Path
 import msgspec
 import pytest
 import zstandard
+
 from maidian.collector.read import export_events
 from maidian.sdk import BatchLimits, Client, _api
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger

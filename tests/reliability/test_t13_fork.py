@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import Observation
 from maidian.sdk import BatchLimits, Client
-
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger, server_errors

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from functools import cache
 
 from maidian.tracking_plan.envelope import Limits
-
 from tests.collector.test_limits import zstd_bomb
 from tests.reliability.figures import Figures
 from tests.reliability.load import order_event

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import msgspec
 import zstandard
+
 from maidian.collector.read import export_events, quarantine_records
 from maidian.collector.store.frames import decode_body, read_frames, segment_files
-
 from tests.reliability.figures import Figures
 from tests.reliability.load import order_event
 from tests.reliability.probe import percentile, post

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from typing import Any
 
 from maidian.collector.identity.graph import IdentityGraph
-
 from tests.reliability.figures import Figures
 from tests.reliability.ledger import Ledger
 from tests.reliability.probe import percentile, post

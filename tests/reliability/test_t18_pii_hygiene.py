@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
 from maidian.collector.read import quarantine_records
 from maidian.sdk import Client
 from maidian.tracking_plan import signing
-
 from tests.conftest import MINI_PLAN
 from tests.reliability.constants import KEY, SECRET, SOURCE
 from tests.reliability.figures import Figures

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from maidian.sdk import AsyncClient, Client
 from maidian.tracking_plan import load_plan
 from maidian.tracking_plan.model import Plan
-
 from tests.conftest import MINI_PLAN
 from tests.sdk.sink import Sink
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import zstandard
+
 from maidian.sdk._buffer import Buffer, MemoryBuffer
 from maidian.sdk.config import BatchLimits, QueueLimits, RetryPolicy, resolve_config
 from maidian.sdk.core import Batch, Callbacks, PlanChecks, Response, SdkCore

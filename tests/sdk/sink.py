@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 import zstandard
 from aiohttp import web
+
 from maidian.tracking_plan import envelope, signing
 
 __all__ = ["Fault", "RequestLog", "Sink"]

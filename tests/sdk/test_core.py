@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from maidian.sdk.config import BatchLimits, QueueLimits, RetryPolicy
 from maidian.sdk.core import Callbacks, Response, compile_plan
 from maidian.sdk.errors import InvalidEvent
@@ -18,7 +19,6 @@ from maidian.sdk.retry import backoff_s, classify, parse_retry_after
 from maidian.tracking_plan import envelope, signing
 from maidian.tracking_plan.model import Plan
 from maidian.tracking_plan.pii import hash_value
-
 from tests.sdk.conftest import ORDER
 from tests.sdk.fakes import SOURCE, answer, decode, ids, make_core, send_now
 

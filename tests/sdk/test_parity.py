@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import pytest
+
 from maidian.sdk import BatchLimits, InvalidEvent, QueueLimits, RetryPolicy, ServerRejected, Timeouts
 from maidian.sdk.utm import utm_properties
 from maidian.tracking_plan import Validator, build_plan
 from maidian.tracking_plan.model import Plan
 from maidian.tracking_plan.pii import hash_value
-
 from tests.conftest import MINI_PLAN
 from tests.sdk.conftest import ORDER, Shell
 from tests.sdk.sink import Fault, Sink

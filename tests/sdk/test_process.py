@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from maidian.sdk import BatchLimits, Client
 
+from maidian.sdk import BatchLimits, Client
 from tests.sdk.conftest import ORDER
 from tests.sdk.sink import Sink
 

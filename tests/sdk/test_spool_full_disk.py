@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.sdk import _spool
 from maidian.sdk._spool import Spool
 from maidian.sdk.config import QueueLimits, SpoolConfig

@@ -15,10 +15,10 @@ import tempfile
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from maidian.sdk._spool import Spool
 from maidian.sdk.config import BatchLimits, QueueLimits, RetryPolicy, SpoolConfig
 from maidian.sdk.core import Batch, Response, SdkCore
-
 from tests.sdk.fakes import answer, ids, make_core
 
 T0 = 1_763_800_000_000

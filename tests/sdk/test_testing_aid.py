@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
 from maidian.sdk import InvalidEvent
 from maidian.sdk.testing import TEST_PII_KEY, Recorder
 from maidian.tracking_plan.model import Plan
 from maidian.tracking_plan.pii import hash_value
-
 from tests.conftest import MINI_PLAN
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.collector.cli import main
 
+from maidian.collector.cli import main
 from tests.conftest import MINI_PLAN
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from benchmarks.plangen import generate_plan
 from maidian.collector.cli import main
 from maidian.tracking_plan import Plan, Validator, load_plan, parse_plan
 from maidian.tracking_plan.codegen import LINE_WIDTH, generate_module
-
-from benchmarks.plangen import generate_plan
 from tests.conftest import MINI_PLAN, ROOT
 
 MINI = load_plan(MINI_PLAN)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from maidian.tracking_plan import Validator, parse_plan
 from maidian.tracking_plan.diff import check_version, diff_plans
-
 from tests.conftest import MINI_PLAN
 
 MINI: dict[str, Any] = json.loads(MINI_PLAN.read_text())

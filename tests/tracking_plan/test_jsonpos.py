@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from maidian.tracking_plan._jsonpos import Locator, join_pointer, line_col, locate, split_pointer
 
 keys = st.text(alphabet=st.sampled_from('ab/~"\\ 中'), min_size=0, max_size=4)

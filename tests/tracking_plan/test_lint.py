@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from maidian.tracking_plan import PlanLoadError
 from maidian.tracking_plan.lint import RULES, SUCCESS_WORDS, lint_document, lint_file, pii_meaning
-
 from tests.conftest import MINI_PLAN, ROOT
 
 MINI: dict[str, Any] = json.loads(MINI_PLAN.read_text())

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from maidian.tracking_plan import PlanLoadError, load_plan, parse_plan
 from maidian.tracking_plan.errors import PlanProblem
-
 from tests.conftest import MINI_PLAN
 
 

@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
+
 from maidian.tracking_plan import EventMapping, PlanLoadError, VendorMapping, load_plan, parse_plan
 from maidian.tracking_plan.errors import PlanProblem
-
 from tests.conftest import DATA, MINI_PLAN
 
 VENDOR_PLAN = DATA / "vendor.plan.json"

@@ -7,6 +7,7 @@ import re
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from maidian.tracking_plan.pii import HASH_PATTERN, apply_pii, hash_value, mask_value
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maidian.collector.cli import main
 
+from maidian.collector.cli import main
 from tests.conftest import MINI_PLAN
 
 MINI: dict[str, Any] = json.loads(MINI_PLAN.read_text())

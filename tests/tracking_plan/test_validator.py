@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 import pytest
+
 from maidian.tracking_plan import Validator, load_plan, parse_plan
 from maidian.tracking_plan.pii import hash_value, mask_value
-
 from tests.conftest import MINI_PLAN
 
 PLAN = load_plan(MINI_PLAN)

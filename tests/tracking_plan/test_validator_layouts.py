@@ -22,10 +22,10 @@ import jsonschema_rs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from maidian.tracking_plan import Validator, load_plan, parse_plan
 from maidian.tracking_plan import validator as validator_module
 from maidian.tracking_plan.envelope import PRESET_SCHEMAS
-
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from maidian.tracking_plan import Validator, load_plan, parse_plan
 
+from maidian.tracking_plan import Validator, load_plan, parse_plan
 from tests.conftest import MINI_PLAN, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
