@@ -52,7 +52,7 @@ __all__ = [
 Durability = Literal["fsync", "write"]
 EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
 
-# RELIABILITY.md: the SDK spools events for at most 7 days, so the collector
+# docs/reliability.md: the SDK spools events for at most 7 days, so the collector
 # must remember event ids for longer than that.
 DEFAULT_DEDUP_WINDOW_S: Final = 8 * 86_400
 # Vector's disk buffer syncs every 500 ms; we halve it for `write` mode's loss bound.
@@ -68,13 +68,13 @@ DEFAULT_MAX_UNSYNCED_BYTES: Final = 64 << 20
 # (up to ~10 ms on a busy disk), so many must be in flight to keep the disk busy;
 # each holds at most a 16 MiB decoded body: 256 bound memory at 4 GiB in the worst case.
 DEFAULT_MAX_IN_FLIGHT: Final = 256
-# RELIABILITY.md T8: idle and header timeouts of at most 10 s (nginx's client_header_timeout is 60 s, Go
+# docs/reliability.md, T8: idle and header timeouts of at most 10 s (nginx's client_header_timeout is 60 s, Go
 # servers are commonly given 10 s); an SDK sends at least every second while it has events.
 DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
 # Between two reads of a body (nginx's client_body_timeout semantics); a stalled body holds a slot of
 # max_in_flight, so 256 of them would otherwise shut everyone else out.
 DEFAULT_BODY_TIMEOUT_S: Final = 10.0
-# RELIABILITY.md T12: events more than an hour in the future are clamped and flagged.
+# docs/reliability.md, T12: events more than an hour in the future are clamped and flagged.
 DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
 
 
@@ -146,7 +146,7 @@ class ServerConfig:
     # here (docs/decisions.md, "Collector: measured throughput, and where the time goes").
     event_loop: str = "auto"
     # A connection that has not sent a whole request head this long after it opened or after its last
-    # answer is closed: idle keep-alive, and slowloris headers (RELIABILITY.md T8: at most 10 s).
+    # answer is closed: idle keep-alive, and slowloris headers (docs/reliability.md, T8: at most 10 s).
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     # A request whose body makes no progress for this long is answered 408 and its slot freed.
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
@@ -192,7 +192,7 @@ class TimeConfig:
     future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S
 
 
-# The live view (live.py): a page shows the last few hundred events; 2,000 cover a test session's recent past.
+# The live view (qa/live.py): a page shows the last few hundred events; 2,000 cover a test session's recent past.
 DEFAULT_LIVE_HISTORY_EVENTS: Final = 2000
 # Per page, about 1 MiB of JSON at ~500 bytes per event before the oldest is dropped.
 DEFAULT_LIVE_QUEUE_EVENTS: Final = 2000

@@ -22,7 +22,7 @@ a bug.
           ├── UnsupportedMediaType       415: unknown content type or encoding
           ├── RateLimited                429: this key is over its quota (Retry-After)
           ├── Unavailable                503: overloaded, disk full, writer behind, stopping (Retry-After)
-          └── VendorError                a Sensors or Segment request refused (`_vendor.py`), answered in
+          └── VendorError                a Sensors or Segment request refused (`vendors/common.py`), answered in
                │                          the vendor's own shape by the vendor routes (docs/migration.md)
                ├── Undecodable           400: a malformed form field, base64, gzip or JSON
                ├── Unauthenticated       401: no usable Segment write key (Sensors answers it 403)

@@ -25,11 +25,12 @@ from typing import Any, Final
 import msgspec
 
 from maidian.collector.errors import CollectorError, NoSuchPerson
-from maidian.collector.pipeline.dedup import SeenIds, id_ranges
+from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
 from maidian.tracking_plan import Plan, Validator
 
@@ -180,7 +181,7 @@ def _quarantine_records(frame: Frame, lo: int, hi: int) -> Iterator[dict[str, An
     fmt = frame.head.get("fmt", "msgpack")
     for i, raw in enumerate(body.events):
         t = body.times[i] if i < len(body.times) else 0
-        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy.py)
+        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy/operations.py)
             continue
         yield {
             "quarantined": True,

@@ -49,7 +49,7 @@ class BatchLimits(msgspec.Struct, frozen=True):
     # mostly idle and a QA live view current.
     linger_s: float = 1.0
     # Two requests in flight double throughput against a slow collector; more
-    # only deepens queues there (RELIABILITY.md T8 bounds in-flight at 2).
+    # only deepens queues there (docs/reliability.md, T8 bounds in-flight at 2).
     max_in_flight: int = 2
     # zstd level 1: the same ratio as 3 on repetitive event batches at about
     # twice the speed (benchmarks/sdk_peers.py measures both).
@@ -61,7 +61,7 @@ class RetryPolicy(msgspec.Struct, frozen=True):
 
     # First retry after up to 0.5 s, doubling per consecutive failure.
     base_s: float = 0.5
-    # A 90 s outage then costs about 10 attempts (RELIABILITY.md T3: <= outage/20 s + 10).
+    # A 90 s outage then costs about 10 attempts (docs/reliability.md, T3: <= outage/20 s + 10).
     cap_s: float = 30.0
     # The protocol's cap on honouring Retry-After (docs/protocol.md).
     max_retry_after_s: float = 600.0
@@ -86,7 +86,7 @@ class SpoolConfig(msgspec.Struct, frozen=True):
     path: str
     # 64 MiB is about 200,000 order events: a day of a busy trading client.
     max_bytes: int = 64 << 20
-    # The collector deduplicates for >= 8 days (RELIABILITY.md): a spooled
+    # The collector deduplicates for >= 8 days (docs/reliability.md): a spooled
     # event older than 7 days could be stored twice, so it is dropped, counted.
     max_age_s: float = 7 * 24 * 3600.0
     # Segments are dropped whole at the caps: 1/16 of the default cap.
@@ -99,7 +99,7 @@ class SpoolConfig(msgspec.Struct, frozen=True):
 class Timeouts(msgspec.Struct, frozen=True):
     """Time budgets."""
 
-    # RELIABILITY.md T8: a blackholed collector is detected within 10.5 s.
+    # docs/reliability.md, T8: a blackholed collector is detected within 10.5 s.
     request_s: float = 10.0
     # The exit hook's budget; peers were seen holding exit for 13 s.
     exit_s: float = 2.0

@@ -9,13 +9,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _reporting
+from maidian.collector.cli.output import reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
 __all__ = ["add_cluster_commands"]
 
 
-@_reporting
+@reporting
 def _topics(args: argparse.Namespace) -> int:
     from maidian.collector.cluster.topics import create_topics, topic_plan
 
@@ -25,7 +25,7 @@ def _topics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _ledger(args: argparse.Namespace) -> int:
     from maidian.collector.cluster.ledger import LedgerConfig, run_ledger
     from maidian.collector.cluster.topics import topic_plan
@@ -42,7 +42,7 @@ def _ledger(args: argparse.Namespace) -> int:
     return run_ledger(config)
 
 
-@_reporting
+@reporting
 def _load(args: argparse.Namespace) -> int:
     from maidian.collector.cluster.loader import LoaderConfig, run_loader
     from maidian.collector.cluster.topics import topic_plan

@@ -9,52 +9,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from maidian.collector.errors import CollectorError, NoSuchPerson
-from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, add_command, print_plan_problems
-from maidian.tracking_plan.errors import PlanLoadError
+from maidian.collector.cli.output import emit_json_line, reporting
+from maidian.tracking_plan.cli import EXIT_OK, add_command
 
 __all__ = ["add_collector_commands"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _reporting(handler: Handler) -> Handler:
-    """Turn the errors a command expects into a message and its exit code."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except NoSuchPerson as exc:
-            print(f"maidian {args.command}: {exc}", file=sys.stderr)
-            return EXIT_FINDINGS
-        except PlanLoadError as exc:
-            return print_plan_problems(exc)
-        except (CollectorError, argparse.ArgumentTypeError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_UNUSABLE
-
-    return run
-
-
-def _emit(record: Any, out: TextIO) -> None:
-    out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_jsonable))
-    out.write("\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        import base64
-
-        return {"base64": base64.b64encode(value).decode()}
-    return str(value)
 
 
 def _time_ms(text: str | None) -> int | None:
@@ -80,7 +45,7 @@ def _load_plan(path: str | None) -> Any:
     return load_plan(path)
 
 
-@_reporting
+@reporting
 def _serve(args: argparse.Namespace) -> int:
     from maidian.collector.config import ConfigSource, with_storage
     from maidian.collector.run.serve import serve
@@ -102,13 +67,13 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config, source)
 
 
-@_reporting
+@reporting
 def _events(args: argparse.Namespace) -> int:
     from maidian.collector.read import person_events
 
     records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
     for record in records:
-        _emit(record, sys.stdout)
+        emit_json_line(record, sys.stdout)
     return EXIT_OK
 
 
@@ -131,7 +96,7 @@ class _Progress:
         self.stream.flush()
 
 
-@_reporting
+@reporting
 def _export(args: argparse.Namespace) -> int:
     from maidian.collector.read import export_events
 
@@ -144,21 +109,21 @@ def _export(args: argparse.Namespace) -> int:
         quarantined=args.quarantined,
         progress=progress,
     ):
-        _emit(record, sys.stdout)
+        emit_json_line(record, sys.stdout)
         count += 1
     if progress is not None:
         progress.finish(count)
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _quarantine_list(args: argparse.Namespace) -> int:
     from maidian.collector.read import quarantine_records
 
     rows = quarantine_records(Path(args.data), args.rule)
     for row in rows:
         if args.format == "json":
-            _emit(row, sys.stdout)
+            emit_json_line(row, sys.stdout)
         else:
             state = "replayed" if row["replayed"] else "waiting"
             where = f"{row['segment']}:{row['offset']}:{row['index']}"
@@ -169,7 +134,7 @@ def _quarantine_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _quarantine_replay(args: argparse.Namespace) -> int:
     from maidian.collector.read import replay_quarantine
 
@@ -181,7 +146,7 @@ def _quarantine_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _drops(args: argparse.Namespace) -> int:
     from maidian.collector.read import sdk_drops
 
@@ -190,7 +155,7 @@ def _drops(args: argparse.Namespace) -> int:
     for source, reason, n in rows:
         totals[reason] = totals.get(reason, 0) + n
         if args.format == "json":
-            _emit({"source": source, "reason": reason, "dropped": n}, sys.stdout)
+            emit_json_line({"source": source, "reason": reason, "dropped": n}, sys.stdout)
         else:
             print(f"{source}  {reason}  {n}")
     if args.format != "json":
@@ -199,7 +164,7 @@ def _drops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _rebuild(args: argparse.Namespace) -> int:
     from maidian.collector.read import rebuild
 

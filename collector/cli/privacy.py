@@ -1,4 +1,4 @@
-"""The `maidian privacy` commands: delete a person, export a person, apply retention (privacy.py)."""
+"""The `maidian privacy` commands: delete a person, export a person, apply retention (privacy/operations.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _emit, _load_plan, _reporting, _time_ms
+from maidian.collector.cli.commands import _load_plan, _time_ms
+from maidian.collector.cli.output import emit_json_line, reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
 __all__ = ["add_privacy_commands"]
 
 
-@_reporting
+@reporting
 def _delete(args: argparse.Namespace) -> int:
     from maidian.collector.privacy.operations import delete_person
 
@@ -22,9 +23,10 @@ def _delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _export(args: argparse.Namespace) -> int:
-    from maidian.collector.privacy.operations import export_person, write_csv
+    from maidian.collector.cli.output import write_csv
+    from maidian.collector.privacy.operations import export_person
 
     records = export_person(Path(args.data), args.person, plan=_load_plan(args.plan), quarantined=args.quarantined)
     out = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
@@ -33,7 +35,7 @@ def _export(args: argparse.Namespace) -> int:
             write_csv(records, out)
         else:
             for record in records:
-                _emit(record, out)
+                emit_json_line(record, out)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -41,7 +43,7 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_reporting
+@reporting
 def _retention(args: argparse.Namespace) -> int:
     import time
 

@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _reporting, _time_ms
+from maidian.collector.cli.commands import _time_ms
+from maidian.collector.cli.output import reporting
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
 __all__ = ["add_qa_commands"]
 
 
-@_reporting
+@reporting
 def _qa(args: argparse.Namespace) -> int:
     from maidian.collector.run.qa import QaOptions, run_qa
 
@@ -34,7 +35,7 @@ def _qa(args: argparse.Namespace) -> int:
     return run_qa(options)
 
 
-@_reporting
+@reporting
 def _coverage(args: argparse.Namespace) -> int:
     from maidian.collector.qa.coverage import coverage_of_data
     from maidian.collector.qa.report import render_html, render_text

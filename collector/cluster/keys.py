@@ -17,9 +17,9 @@ from typing import Any, Final
 import msgspec
 import zstandard
 
-from maidian.collector.pipeline.dedup import id_ranges, split_event_id
 from maidian.collector.store.frames import FRAME_HEADER, VERSION, frame_of
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges, split_event_id
 
 __all__ = ["frame_head", "frame_keeping", "frame_with_head", "keyed_frames"]
 

@@ -8,17 +8,18 @@ Routes (docs/protocol.md; docs/openapi.json describes them):
     GET  /readyz     200 when events can be accepted and persisted, else 503
     GET  /metrics    Prometheus text
 
-and the vendor routes (`_vendor_routes.py`, docs/migration.md): Sensors
+and the vendor routes (`vendor_routes.py`, docs/migration.md): Sensors
 Analytics' `/sa`, `/sa.gif` and `/debug`, and Segment's API under `/segment`,
-which feed the same pipeline. These two modules are the HTTP edge, the only
-ones that import aiohttp.
+which feed the same pipeline, and the live page (`live_routes.py`). This
+folder is the HTTP edge: with the process runners (`run/`), the only code
+that imports aiohttp (an import contract in pyproject.toml checks it).
 
 One middleware turns every `RequestError` into its status and the protocol's
 error body (`{"error": {"code", "message"}}`, with Retry-After on 429 and 503),
 and anything else into a logged 500 that says it is a bug; nothing a sender
 can put in a request is meant to reach that branch. Request bodies are read
 raw (aiohttp's own decompression is off: `auto_decompress=False`), capped at
-`max_body_bytes` as they arrive, and decompressed by `decode.py` under its own
+`max_body_bytes` as they arrive, and decompressed by `pipeline/decode.py` under its own
 cap.
 """
 
@@ -221,7 +222,7 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
     line_bytes = max_line_bytes(bool(config.auth.sensors_projects))
     app = web.Application(
         middlewares=[_errors],
-        # Read bodies raw: decompression happens in decode.py, capped (aiohttp would inflate zstd unbounded).
+        # Read bodies raw: decompression happens in pipeline/decode.py, capped (aiohttp would inflate zstd unbounded).
         handler_args={"auto_decompress": False, "max_field_size": 8190, "max_line_size": line_bytes},
         client_max_size=config.limits.max_body_bytes,
     )

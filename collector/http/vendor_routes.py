@@ -10,7 +10,7 @@ Each handler is thin and runs the same stages as `POST /v1/batch`, in the same
 order where the vendor allows it: admission (readiness, requests in flight),
 the body read raw and capped, decoding (the vendor module, capped), the
 sender (a Sensors project or a Segment write key, resolved to a write key by
-`auth.py`), its quota, mapping onto maidian events with one mapper per plan,
+`pipeline/auth.py`), its quota, mapping onto maidian events with one mapper per plan,
 and then the native `Ingest`: `decode.decoded_batch` encodes the mapped events
 once, and the records no event came of travel as `ingest.Refused`. So the
 limits, validation, the trigger rule, time correction (`_flush_time` and

@@ -1,0 +1,1 @@
+"""The write pipeline, one verb a module: auth, decode, judge, dedup (and its recovery), ingest."""

@@ -1,9 +1,9 @@
 """The ingest pipeline after decoding: judge, deduplicate, append, and say what happened.
 
-    judge (judge.py) -> dedupe (dedup.py) -> append (storage.py) -> wait for the commit -> mark seen -> results
+    judge (judge.py) -> dedupe (dedup.py) -> append (store/log.py) -> wait for the commit -> mark seen -> results
 
 Stitching identities happens off the request path: every accepted frame's head
-carries its identity observations, and the catalog indexer (catalog.py) feeds
+carries its identity observations, and the catalog indexer (store/catalog.py) feeds
 them to the identity graph as it follows the log.
 
 Promises kept here:
@@ -42,11 +42,12 @@ import msgspec
 from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import Batch
-from maidian.collector.pipeline.dedup import SeenIds, id_ranges, split_event_id, split_one_source, to_ranges
+from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.judge import Judge, event_summary, reason_dicts
 from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.frames import encode_frame
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges, split_event_id, split_one_source, to_ranges
 from maidian.collector.store.log import Appended
 from maidian.tracking_plan import Violation
 
@@ -146,9 +147,9 @@ class Ingest:
         # Frames appended whose ids are not marked seen yet: (log, segment, offset).
         self._inflight: dict[int, tuple[str, str, int]] = {}
         self._next_ticket = 0
-        # The live view's hook (live.py): called with each request's verdicts while a page watches, else None.
+        # The live view's hook (qa/live.py): called with each request's verdicts while a page watches, else None.
         self.observer: Callable[[Batch, Principal, Outcome, bool, int], None] | None = None
-        # The suppression list (privacy.py): events whose identities it covers are answered as usual, never stored.
+        # The suppression list (store/suppression.py): events it covers are answered as usual, never stored.
         self.suppress: Callable[[Any], bool] | None = None
         self.suppressed = 0
 

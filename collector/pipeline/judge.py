@@ -4,7 +4,7 @@ This stage decides each event's fate on its own merits (deduplication, which
 needs the collector's state, comes after it in `ingest.py`). It is pure: the
 plan, the sender and the receive time go in, verdicts come out.
 
-Time (RELIABILITY.md T12): when the sender's clock is more than
+Time (docs/reliability.md, T12): when the sender's clock is more than
 `_SKEW_TOLERANCE_MS` away from the collector's (`sent_at` against the receive
 time), the corrected time is `received_at - (sent_at - time)`, the event's age
 on the device's clock added to the collector's clock, so a device whose clock

@@ -38,13 +38,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import msgspec
 
@@ -53,18 +50,15 @@ from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.log import DataDir
 from maidian.collector.store.rewrite import (
     Cleared,
-    clean_catalog,
     held_exclusively,
     open_data_dir,
     remove_leftovers,
     rewrite_logs,
-    truncate_wal,
 )
 from maidian.collector.store.suppression import Suppression, add_suppressed, load_suppression
 from maidian.tracking_plan import Plan
 
 __all__ = [
-    "CSV_ENVELOPE_COLUMNS",
     "Cleared",
     "PrivacyError",
     "Suppression",
@@ -72,7 +66,6 @@ __all__ = [
     "export_person",
     "load_suppression",
     "retain",
-    "write_csv",
 ]
 
 _DAY_MS: Final = 86_400_000
@@ -158,14 +151,14 @@ def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: P
         scan = rewrite_logs(
             data, drop, cleared, raw_needs=lambda head: any(match({"identities": o[3]}) for o in head.get("obs", ()))
         )
-        cleared.catalog_rows = clean_catalog(
-            catalog, scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
+        cleared.catalog_rows = catalog.forget_removed(
+            scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
         )
         if person is not None:
             forgotten = feed.graph.forget(person)
             cleared.identities = sum(len(v) for v in forgotten.identities.values())
             catalog.record_refusals(forgotten.refusals)
-            truncate_wal(catalog.db)
+            catalog.truncate_wal()
     return cleared
 
 
@@ -183,7 +176,7 @@ def retain(data_dir: Path, days: float, *, now_ms: int, plan: Plan | None = None
     cutoff = now_ms - int(days * _DAY_MS)
     with _session(data_dir, plan) as (data, catalog, _, cleared):
         scan = rewrite_logs(data, lambda _event, t: t < cutoff, cleared, cutoff_ms=cutoff)
-        cleared.catalog_rows = clean_catalog(catalog, scan)
+        cleared.catalog_rows = catalog.forget_removed(scan)
     cleared.notes.append(f"cutoff: events with a corrected time before {cutoff} (epoch ms) were removed")
     return cleared
 
@@ -212,81 +205,3 @@ def export_person(
         match = _Match(frozenset(identities), value)
         records += [r for r in export_events(data_dir, quarantined=True, accepted=False) if match(r["event"])]
     return records
-
-
-# -- CSV ----------------------------------------------------------------------------------------
-
-CSV_ENVELOPE_COLUMNS: Final = (
-    "event_id",
-    "type",
-    "event",
-    "time",
-    "device_time",
-    "received_at",
-    "source",
-    "flags",
-    "quarantined",
-    "reasons",
-    "undecodable_base64",
-)
-# Cells a spreadsheet would run as a formula (OWASP "CSV injection").
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value) if isinstance(value, float) else str(value)
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}", v, out)
-    else:
-        out[prefix] = value
-
-
-def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A quarantined record (`export --quarantined` form) in the shape of an event, for the CSV's columns."""
-    if not record.get("quarantined"):
-        return record
-    event = record.get("event")
-    flat = dict(event) if isinstance(event, dict) else {}
-    flat.update(
-        device_time=flat.get("time"),
-        time=record.get("time"),
-        received_at=record.get("received_at"),
-        source=record.get("source"),
-        quarantined=True,
-        reasons=record.get("reasons"),
-    )
-    return flat
-
-
-def write_csv(records: list[dict[str, Any]], out: TextIO) -> None:
-    """Records as CSV: the envelope columns, then identities.* and properties.* (sorted), formula-safe."""
-    rows: list[dict[str, Any]] = []
-    extra: set[str] = set()
-    for record in map(_flat_record, records):
-        row = {k: record.get(k) for k in CSV_ENVELOPE_COLUMNS}
-        for part in ("identities", "properties"):
-            flat: dict[str, Any] = {}
-            _flatten(part, record.get(part) or {}, flat)
-            flat.pop(part, None)
-            row.update(flat)
-            extra.update(flat)
-        rows.append(row)
-    columns = [*CSV_ENVELOPE_COLUMNS, *sorted(c for c in extra if c.startswith("identities."))]
-    columns += sorted(c for c in extra if c.startswith("properties."))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in columns])
-    out.write(buffer.getvalue())

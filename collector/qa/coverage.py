@@ -495,7 +495,7 @@ def _tally_quarantine(frame: Frame, tally: Tally, seen: SeenIds, *, lo: int, hi:
     decoder = _json if frame.head.get("fmt") == "json" else _msgpack
     for i, raw in enumerate(body.events):
         t = body.times[i] if i < len(body.times) else 0
-        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy.py)
+        if not lo <= t < hi or raw == b"":  # b"": a record deleted on request (privacy/operations.py)
             continue
         try:
             event = decoder.decode(raw) if isinstance(raw, bytes) else raw

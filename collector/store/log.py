@@ -1,4 +1,8 @@
-"""The raw and quarantine logs on local disk: the only module that writes them.
+"""The raw and quarantine logs on local disk: the writer that appends to them.
+
+Appending happens here only; the privacy operations' segment rewrites
+(rewrite.py) replace whole segments through `write_atomically`, with every
+writer lock held.
 
 A data directory (docs/collector.md, "Data directory")::
 

@@ -2,7 +2,7 @@
 
 Apps instrumented with a vendor SDK (Sensors Analytics, Segment) point it at the
 collector unchanged (docs/migration.md). Each vendor has a module that turns its
-requests into records (`_sensors.py`, `_segment.py`) and its records into
+requests into records (`sensors.py`, `segment.py`) and its records into
 maidian wire events (docs/protocol.md). This module holds the parts they have in
 common, as pure functions and frozen data:
 

@@ -1,4 +1,4 @@
-"""Signed server sources (RELIABILITY T17): tampering, wrong path, old timestamps and replays are refused."""
+"""Signed server sources (docs/reliability.md, T17): tampering, wrong path, old timestamps and replays are refused."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_secrets_are_compared_in_constant_time_only() -> None:
 
 
 async def test_stray_signing_headers_next_to_a_write_key_are_refused(client: Any) -> None:
-    """Found by schemathesis (RELIABILITY T20): a timestamp or nonce alone was ignored, and the key accepted."""
+    """Found by schemathesis (docs/reliability.md, T20): a lone timestamp or nonce was ignored, the key accepted."""
     body = body_of([order(1)])
     for header, value in (("X-Maidian-Timestamp", "not-a-time"), ("X-Maidian-Nonce", "n" * 200)):
         resp = await client.post("/v1/batch", data=body, headers={**headers_for(), header: value})

@@ -35,7 +35,7 @@ def stored_ids(data_dir: Any) -> list[str]:
 
 
 async def test_t6_partial_rejection(client: Any, data_dir: Any) -> None:
-    """RELIABILITY T6: 100 events, 7 violations, 1 oversize, 2 known duplicates."""
+    """docs/reliability.md, T6: 100 events, 7 violations, 1 oversize, 2 known duplicates."""
     first = await post(client, [order(1), order(2)])
     assert statuses(first) == ["accepted", "accepted"]
     events: list[Any] = [order(1), order(2)]  # the two known duplicates

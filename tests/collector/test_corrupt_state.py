@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from maidian.collector.pipeline.dedup import id_ranges
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter
 
 LOGIN = "u_corrupt_1"

@@ -1,6 +1,6 @@
 """The batch's `dropped` report (docs/protocol.md, "A batch"): kept per sender and reason, largest count wins.
 
-RELIABILITY.md T4 needs a sender's losses visible at the collector, not only on
+docs/reliability.md, T4 needs a sender's losses visible at the collector, not only on
 the device: in the catalog (`maidian drops`), in /metrics, and rebuilt from the
 log. A malformed report is ignored and never costs the batch its events.
 """

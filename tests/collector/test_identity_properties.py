@@ -196,7 +196,7 @@ class ObserveReopenReplay(RuleBasedStateMachine):
 
 
 TestObserveReopenReplay = ObserveReopenReplay.TestCase
-# RELIABILITY.md T20 asks for at least 500 stateful examples in CI.
+# docs/reliability.md, T20 asks for at least 500 stateful examples in CI.
 TestObserveReopenReplay.settings = settings(
     max_examples=500, stateful_step_count=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

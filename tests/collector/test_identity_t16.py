@@ -1,4 +1,4 @@
-"""RELIABILITY.md T16, identity poisoning: caps and first-binding under attack-sized input, in shuffled batches."""
+"""docs/reliability.md, T16, identity poisoning: caps and first binding under attack-sized, shuffled input."""
 
 from __future__ import annotations
 

@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import decode_batch
-from maidian.collector.pipeline.dedup import SeenIds, split_event_id, split_one_source
+from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.pipeline.ingest import Ingest, Outcome
 from maidian.collector.pipeline.judge import Judge
 from maidian.collector.store import heads as heads_module
 from maidian.collector.store.frames import read_frames, segment_files
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import split_event_id, split_one_source
 from maidian.collector.store.log import LogWriter
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS

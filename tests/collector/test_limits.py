@@ -1,4 +1,4 @@
-"""Decompression bombs and hostile payloads (RELIABILITY T14, T15): 4xx or per-event quarantine, never 5xx."""
+"""Decompression bombs and hostile payloads (docs/reliability.md, T14, T15): 4xx or per-event quarantine, never 5xx."""
 
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ async def test_a_batch_of_non_events(client: Any) -> None:
 
 
 def test_a_gzip_bomb_holds_at_most_the_cap_in_memory() -> None:
-    """RELIABILITY T14 (found by the battery): gzip is inflated in steps, like zstd.
+    """docs/reliability.md, T14 (found by the battery): gzip is inflated in steps, like zstd.
 
     One call asking for the whole cap allocated a second cap-sized buffer next
     to the output: 32 MiB held for a 16 MiB cap, and twice the event-loop time.

@@ -1,4 +1,4 @@
-"""Privacy operations (RELIABILITY.md T19): delete a person, export a person, retention, suppression.
+"""Privacy operations (docs/reliability.md, T19): delete a person, export a person, retention, suppression.
 
 Real collectors on 127.0.0.1 fill real data directories; the commands run as
 real subprocesses (`python -m maidian.collector.cli privacy ...`); every file
@@ -29,15 +29,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maidian.collector.cli import build_parser
+from maidian.collector.cli.output import write_csv
 from maidian.collector.http.app import make_app
 from maidian.collector.identity.graph import IdentityGraph
-from maidian.collector.pipeline.dedup import id_ranges
-from maidian.collector.privacy import operations as privacy
-from maidian.collector.privacy.operations import delete_person, write_csv
+from maidian.collector.privacy.operations import delete_person
 from maidian.collector.read import export_events, person_events, quarantine_records, rebuild
 from maidian.collector.service import Collector
+from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import encode_frame, read_frames, scan_frames, segment_files
 from maidian.collector.store.heads import build_accepted_frame
+from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter
 from tests.collector.helpers import body_of, headers_for, make_config
 from tests.conftest import ROOT
@@ -522,7 +523,7 @@ def test_a_run_stopped_between_steps_is_completed_by_the_next(
     events = [a.event(t0), b.event(t0 + 1), a.event(t0 + 2, login=False), refused, b.event(t0 + 4)]
     write_store(data, events, 2)
     if failing == "catalog":
-        monkeypatch.setattr(privacy, "clean_catalog", _fail)
+        monkeypatch.setattr(Catalog, "forget_removed", _fail)
     else:
         monkeypatch.setattr(IdentityGraph, "forget", _fail)
     with pytest.raises(RuntimeError):

@@ -118,7 +118,7 @@ async def post_batches(url: str, batches: list[list[dict[str, Any]]], acked: dic
 async def test_sigkill_under_load_loses_no_acknowledged_event(
     servers: list[Server], tmp_path: Path, durability: str
 ) -> None:
-    """RELIABILITY T1 (process crashes): both durability modes keep every acknowledged event."""
+    """docs/reliability.md, T1 (process crashes): both durability modes keep every acknowledged event."""
     data_dir = tmp_path / "data"
     batches = [[order(b * 100 + k) for k in range(1, 101)] for b in range(60)]
     acked: dict[str, str] = {}
@@ -206,7 +206,7 @@ async def test_two_workers_share_a_port_and_a_data_directory(servers: list[Serve
 
 
 async def test_sighup_rotates_and_revokes_keys_without_a_restart(servers: list[Server], tmp_path: Path) -> None:
-    """RELIABILITY T17: both keys work during the overlap; the old one is refused once revoked."""
+    """docs/reliability.md, T17: both keys work during the overlap; the old one is refused once revoked."""
     from maidian.collector.config import hash_key
 
     config = tmp_path / "maidian.toml"

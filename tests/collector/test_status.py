@@ -164,7 +164,7 @@ async def test_unknown_paths_and_methods_are_4xx(client: Any) -> None:
 
 
 async def test_a_connection_cut_mid_body_stores_nothing(client: Any, data_dir: Any) -> None:
-    """RELIABILITY T9: a reset after part of the body appends no partial batch."""
+    """docs/reliability.md, T9: a reset after part of the body appends no partial batch."""
     import asyncio
     import socket
     import struct

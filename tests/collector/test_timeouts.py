@@ -1,4 +1,4 @@
-"""Slow senders cannot hold the collector's connections or request slots (RELIABILITY.md T8).
+"""Slow senders cannot hold the collector's connections or request slots (docs/reliability.md, T8).
 
 Found by the reliability battery: a body that stopped arriving held one of the
 `max_in_flight` slots for ever, and a connection that never finished its

@@ -7,7 +7,7 @@ name with `FaultyOs` before the collector starts, so the layer exists only in
 processes started through it (`python -m tests.reliability.faultfs ...`);
 production code has no switch for it (docs/reliability.md, "The fault file
 layer"). `test_faultfs_sees_every_log_write` checks that the seam still
-catches every segment write, so a change in storage.py cannot silently
+catches every segment write, so a change in collector/store/log.py cannot silently
 bypass it.
 
 What it does:
@@ -37,7 +37,7 @@ __all__ = ["FaultyOs", "Lost", "install", "lose_unsynced", "synced_sizes"]
 
 
 class FaultyOs:
-    """The `os` module as storage.py sees it, with a sync journal and an optional capacity."""
+    """The `os` module as collector/store/log.py sees it, with a sync journal and an optional capacity."""
 
     def __init__(self, real: Any, journal: str | None, capacity: str | None) -> None:
         self._real = real

@@ -1,4 +1,4 @@
-"""Fuzz targets for the collector's decode path (RELIABILITY.md T20), for atheris and for hypothesis.
+"""Fuzz targets for the collector's decode path (docs/reliability.md, T20), for atheris and for hypothesis.
 
 Two targets, each a function of bytes that raises only on a finding:
 
@@ -44,9 +44,9 @@ if str(_ROOT) not in sys.path:
 def _imports() -> tuple[Any, ...]:
     from maidian.collector.errors import RequestError
     from maidian.collector.pipeline import decode, judge
-    from maidian.collector.pipeline.dedup import id_ranges
     from maidian.collector.pipeline.ingest import _quarantine_frame, build_accepted_frame
     from maidian.collector.store import frames
+    from maidian.collector.store.ids import id_ranges
     from maidian.tracking_plan import Validator, load_plan
 
     return decode, frames, judge, id_ranges, RequestError, _quarantine_frame, build_accepted_frame, Validator, load_plan

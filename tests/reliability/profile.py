@@ -1,11 +1,11 @@
 """The battery's two profiles: the CI one (part of the plain `pytest` run) and the long one (`pytest --long`).
 
-RELIABILITY.md sizes each test for "2 shared cores". The CI profile keeps the
+docs/reliability.md sizes each test for 2 shared cores. The CI profile keeps the
 counts it asks for (20 collector kills, 50 SDK kills, 200 partitions, 500
 stateful examples) and shrinks the durations that would not fit a 30-minute CI
 run: every shrunk figure is listed in docs/reliability.md next to its full
 value, which the long profile uses. The long profile takes the nightly figures
-where RELIABILITY.md gives them (200 kills, 5,000 ev/s, a 10-minute outage,
+where docs/reliability.md gives them (200 kills, 5,000 ev/s, a 10-minute outage,
 10x fuzzing budgets) and the full durations elsewhere.
 """
 
@@ -54,16 +54,16 @@ CI = Profile(
     t1_power_kills=10,
     t2_kills=50,
     t2_events=10_000,
-    t3_outage_s=30.0,  # RELIABILITY.md: 90 s
-    t5_throttle_s=12.0,  # RELIABILITY.md: 30 s
-    t5_fleet_outage_s=20.0,  # RELIABILITY.md: 60 s
-    t7_duration_s=20.0,  # RELIABILITY.md: 60 s
+    t3_outage_s=30.0,  # long profile: 90 s
+    t5_throttle_s=12.0,  # long profile: 30 s
+    t5_fleet_outage_s=20.0,  # long profile: 60 s
+    t7_duration_s=20.0,  # long profile: 60 s
     t7_rate_ev_s=1000,
-    t8_slow_s=12.0,  # RELIABILITY.md: 60 s
-    t8_blackhole_s=12.0,  # RELIABILITY.md: 60 s
+    t8_slow_s=12.0,  # long profile: 60 s
+    t8_blackhole_s=12.0,  # long profile: 60 s
     t9_resets=200,
     t20_examples=500,
-    t20_fuzz_s=20,  # RELIABILITY.md: 5 min per target
+    t20_fuzz_s=20,  # long profile: 5 min per target
     t20_api_examples=40,
     test_timeout_s=300.0,
 )

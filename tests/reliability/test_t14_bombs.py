@@ -2,7 +2,7 @@
 
 tests/collector/test_limits.py already proves, in-process, that each bomb is
 answered 413 and that decompression is capped. This module adds what only a
-separate process shows, with RELIABILITY.md's numbers: every hostile body is
+separate process shows, with docs/reliability.md's numbers: every hostile body is
 refused (413, or 400 for a chain of codings) within 200 ms, the collector's
 peak RSS (VmHWM) grows by at most 64 MiB over the whole run, its event loop
 never stalls for more than 100 ms (`/healthz` asked every 20 ms meanwhile,

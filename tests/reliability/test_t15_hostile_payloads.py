@@ -1,7 +1,7 @@
 """T15, the hostile payload corpus against a real `maidian serve` process.
 
 tests/collector/test_limits.py checks a sample of these in-process (one of
-each kind). Here the whole corpus RELIABILITY.md lists goes to a separate
+each kind). Here the whole corpus docs/reliability.md lists goes to a separate
 collector process, with its numbers: every ext code from -128 to 127, NaN and
 both infinities, uint64 max, int64 min and min - 1, a 5,000-digit integer,
 invalid UTF-8, lone surrogates, NUL, non-string and duplicate keys, 10,000-deep

@@ -13,7 +13,7 @@ Added here:
 - every credential parameter name the collector refuses in a URL, on a real
   process, each with a valid key in the header too (the URL alone decides);
 - the static check over every module of the three packages, not only
-  auth.py and signing.py: no `==`/`!=` (or `in`) on a value named like a
+  collector/pipeline/auth.py and signing.py: no `==`/`!=` (or `in`) on a value named like a
   secret, signature, digest, token or write key; comparisons of secrets go
   through `hmac.compare_digest`;
 - one key flooding at 10x its quota: it gets 429 with a Retry-After, and the
@@ -89,7 +89,7 @@ def test_secrets_are_compared_only_in_constant_time(figures: Figures) -> None:
     figures.inputs += comparisons
     figures.note(f"static check: {comparisons:,} comparisons in {len(files)} modules, {len(findings)} on secrets")
     assert not findings, findings
-    for must in (ROOT / "collector" / "pipeline" / "auth.py", ROOT / "tracking_plan" / "signing.py"):
+    for must in (ROOT / "collector" / "pipeline" / "collector/pipeline/auth.py", ROOT / "tracking_plan" / "signing.py"):
         assert "hmac.compare_digest" in must.read_text(), must
 
 

@@ -1,4 +1,4 @@
-"""A fork while a sender thread is still importing its modules (RELIABILITY.md T13, found by the battery).
+"""A fork while a sender thread is still importing its modules (docs/reliability.md, T13, found by the battery).
 
 gunicorn `--preload` makes the app (and its client) in the master and forks
 the workers at once. The sender threads import http.client and ssl when they

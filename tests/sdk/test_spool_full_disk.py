@@ -1,4 +1,4 @@
-"""A full disk that refuses the spool's next segment file (RELIABILITY.md T11, found by the battery).
+"""A full disk that refuses the spool's next segment file (docs/reliability.md, T11, found by the battery).
 
 Rotation used to close the active segment's descriptor before creating the
 next file; when the disk refused the file, the spool kept the closed
