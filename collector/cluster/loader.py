@@ -99,7 +99,7 @@ class Loader:
             self.writers[partition] = writer
         return writer
 
-    async def step(self, timeout_s: float = 0.5) -> int:
+    async def step(self, timeout_s: float = 0.1) -> int:
         """Load one batch: every frame appended and fsynced (group commit) before the next batch."""
         messages = await asyncio.to_thread(self.consumer.consume, self.config.batch_messages, timeout_s)
         commits = []
