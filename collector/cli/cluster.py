@@ -56,8 +56,22 @@ def _load(args: argparse.Namespace) -> int:
     return run_loader(config)
 
 
+@reporting
+def _stitch(args: argparse.Namespace) -> int:
+    from maidian.collector.cluster.stitcher import StitcherConfig, run_stitcher
+    from maidian.collector.cluster.topics import topic_plan
+
+    config = StitcherConfig(
+        bootstrap=args.kafka_bootstrap,
+        dsn=args.postgres,
+        events_topic=topic_plan(args.topic_prefix).events_topic,
+        plan=Path(args.plan) if args.plan else None,
+    )
+    return run_stitcher(config)
+
+
 def add_cluster_commands(sub: Any) -> None:
-    """Register `topics`, `ledger` and `load`."""
+    """Register `topics`, `ledger`, `load` and `stitch`."""
     p = add_command(
         sub,
         "topics",
@@ -101,3 +115,20 @@ def add_cluster_commands(sub: Any) -> None:
     p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
     p.add_argument("--data", required=True, help="the data directory to load into")
     p.add_argument("--group", help="the consumer group (default PREFIX-loader)")
+
+    p = add_command(
+        sub,
+        "stitch",
+        help="feed the deduplicated events to the identity graph in PostgreSQL (one active writer)",
+        description=(
+            "Wait for the leader lock (a PostgreSQL advisory lock; a standby keeps waiting), take a new\n"
+            "fencing token, rebuild the graph from the stored observations, and stitch the events topic with\n"
+            "the offsets stored in the graph's own transaction. Exit 3 when another stitcher fenced this one."
+        ),
+        example="maidian stitch --kafka-bootstrap kafka1:9092 --postgres 'host=pg1 dbname=maidian' --plan plan.json",
+        handler=_stitch,
+    )
+    p.add_argument("--kafka-bootstrap", required=True, help="the Kafka brokers, HOST:PORT,...")
+    p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
+    p.add_argument("--postgres", required=True, help="the PostgreSQL connection string (libpq form or URL)")
+    p.add_argument("--plan", help="the tracking plan, for its identity rules (default: the built-in rules)")
