@@ -11,6 +11,8 @@ For each row: events/s acknowledged, CPU µs per event of the collectors (all th
 of the broker JVM, and the cores the load processes took. Then, over everything the Kafka rows produced:
 - `ledger`: `maidian ledger` catching up on the raw topic (dedup + transactions), CPU µs per event;
 - `loader`: `maidian load` catching up on the events topic into a data directory, CPU µs per event;
+- `stitcher`: `maidian stitch` taking in every head of the events topic into a PostgreSQL 15 server
+  (tests/cluster/postgres.py), CPU µs per event of the stitcher and of PostgreSQL (all its processes);
 - end to end: a paced load (5,000 events/s, 50-event batches) through one Kafka collector with the
   ledger and loader running; the time from the collector receiving a request (the frame head's `at`)
   to the loader's frame being readable in the data directory, polled every 20 ms.
@@ -154,28 +156,107 @@ def role(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def started_cpu(proc: subprocess.Popen[bytes], log: Path, line: str, timeout_s: float = 120) -> float:
+    """Wait for the role's start-up line; its CPU seconds then (start-up excluded from the figures)."""
+    deadline = time.monotonic() + timeout_s
+    while line not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log.name}: no {line!r}: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.02)
+    return float(single.cpu_seconds(proc.pid))
+
+
 def catch_up(cluster: KafkaCluster, tmp: Path, events: int) -> dict[str, Any]:
     """CPU of the ledger and then the loader catching up on everything the Kafka rows produced."""
     boot = ["--kafka-bootstrap", cluster.bootstrap, "--topic-prefix", PREFIX]
     out: dict[str, Any] = {}
+    frames = _topic_records(cluster, f"{PREFIX}.raw")
+    out["frames"] = frames
     ledger = role(["ledger", *boot, "--group", "bench-ledger"], tmp / "ledger.log")
     try:
+        base = started_cpu(ledger, tmp / "ledger.log", "running")
         started = time.monotonic()
         while committed_lag(cluster, "bench-ledger", f"{PREFIX}.raw") > 0:
             time.sleep(0.5)
         out["ledger_s"] = time.monotonic() - started
-        out["ledger_cpu_us_per_event"] = single.cpu_seconds(ledger.pid) / events * 1e6
+        used = single.cpu_seconds(ledger.pid) - base
+        out["ledger_cpu_us_per_event"] = used / events * 1e6
+        out["ledger_cpu_us_per_frame"] = used / frames * 1e6
     finally:
         single._stop(ledger)  # type: ignore[arg-type]
     loader = role(["load", *boot, "--group", "bench-loader", "--data", str(tmp / "loaded")], tmp / "loader.log")
     try:
-        out.update(_loader_done(cluster, loader, events))
+        base = started_cpu(loader, tmp / "loader.log", "running")
+        out.update(_loader_done(cluster, loader, events, frames, base))
     finally:
         single._stop(loader)  # type: ignore[arg-type]
+    out.update(_stitcher_catch_up(cluster, tmp, events))
     return out
 
 
-def _loader_done(cluster: KafkaCluster, loader: subprocess.Popen[bytes], events: int) -> dict[str, float]:
+def _stitcher_catch_up(cluster: KafkaCluster, tmp: Path, events: int) -> dict[str, float]:
+    """CPU of `maidian stitch` (and of PostgreSQL) taking in every head of the events topic."""
+    import psycopg
+
+    from tests.cluster.postgres import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        frames = _topic_records(cluster, f"{PREFIX}.events")
+        args = ["stitch", "--kafka-bootstrap", cluster.bootstrap, "--topic-prefix", PREFIX, "--postgres", server.dsn]
+        stitcher = role(args, tmp / "stitch.log")
+        base = started_cpu(stitcher, tmp / "stitch.log", "leading with epoch")
+        pg_before = _postgres_cpu(server)
+        started = time.monotonic()
+        try:
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
+                # Each partition's last commit marker stays after the stitcher's next offset: done when
+                # the offsets are within that of the end and stop moving.
+                last = -1
+                while True:
+                    try:
+                        row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM maidian_stitch_offset").fetchone()
+                    except psycopg.errors.UndefinedTable:
+                        row = (0,)
+                    done = int(row[0]) if row is not None else 0
+                    if done >= frames - 12 and done == last:
+                        break
+                    last = done
+                    time.sleep(1.0)
+            took = time.monotonic() - started - 1.0
+            used = single.cpu_seconds(stitcher.pid) - base
+        finally:
+            single._stop(stitcher)  # type: ignore[arg-type]
+        return {
+            "stitcher_s": took,
+            "stitcher_cpu_us_per_event": used / events * 1e6,
+            "stitcher_cpu_us_per_frame": used / max(1, frames) * 1e6,
+            "postgres_cpu_us_per_event": (_postgres_cpu(server) - pg_before) / events * 1e6,
+        }
+    finally:
+        server.stop()
+
+
+def _postgres_cpu(server: Any) -> float:
+    pid = int((server.data / "postmaster.pid").read_text().split()[0])
+    return float(single.cpu_seconds(pid))
+
+
+def _topic_records(cluster: KafkaCluster, topic: str) -> int:
+    """The offsets a reader of `topic` ends at (the transactions' commit markers included)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "bench-count", "log_level": 0})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
+def _loader_done(
+    cluster: KafkaCluster, loader: subprocess.Popen[bytes], events: int, frames: int, base: float
+) -> dict[str, float]:
     out = {}
     started = time.monotonic()
     # One commit marker per partition stays after the loader's last committed offset: done when the lag is at
@@ -188,7 +269,9 @@ def _loader_done(cluster: KafkaCluster, loader: subprocess.Popen[bytes], events:
         last = lag
         time.sleep(1.0)
     out["loader_s"] = time.monotonic() - started - 1.0
-    out["loader_cpu_us_per_event"] = single.cpu_seconds(loader.pid) / events * 1e6
+    used = single.cpu_seconds(loader.pid) - base
+    out["loader_cpu_us_per_event"] = used / events * 1e6
+    out["loader_cpu_us_per_frame"] = used / frames * 1e6
     return out
 
 
@@ -384,9 +467,13 @@ def main() -> int:
             f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} |"
         )
     print(
-        f"\nledger: {roles['ledger_cpu_us_per_event']:.2f} CPU µs/event "
-        f"({kafka_events:,} events in {roles['ledger_s']:.1f} s); "
-        f"loader: {roles['loader_cpu_us_per_event']:.2f} CPU µs/event ({roles['loader_s']:.1f} s); stitcher: not built"
+        f"\n{kafka_events:,} events in {roles['frames']:,} frames; ledger: {roles['ledger_cpu_us_per_event']:.2f} "
+        f"CPU µs/event ({roles['ledger_cpu_us_per_frame']:.0f} µs/frame, {roles['ledger_s']:.1f} s); "
+        f"loader: {roles['loader_cpu_us_per_event']:.2f} CPU µs/event ({roles['loader_cpu_us_per_frame']:.0f} "
+        f"µs/frame, {roles['loader_s']:.1f} s); "
+        f"stitcher: {roles['stitcher_cpu_us_per_event']:.2f} CPU µs/event "
+        f"({roles['stitcher_cpu_us_per_frame']:.0f} µs/frame, {roles['stitcher_s']:.1f} s), "
+        f"PostgreSQL {roles['postgres_cpu_us_per_event']:.2f} µs/event"
     )
     print(
         f"end to end (request -> loaded, 5,000 ev/s paced): p50 {e2e['e2e_p50_ms']} ms, "

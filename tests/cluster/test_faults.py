@@ -9,9 +9,12 @@ duplicates after dedup 0, every tracked event delivered, while the raw topic hol
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from maidian.collector.cluster.topics import create_topics, topic_plan
 from tests.cluster.kafka import KafkaCluster
@@ -87,4 +90,27 @@ def test_a_broker_of_three_sigkilled_under_traffic_loses_no_acknowledged_event(
         kafka3.restart(0)
 
     load, _raw = _run_with_fault(kafka3, "faults", tmp_path, kill_and_restart_broker, replication=3)
+    assert load.ledger.acked
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_long_every_broker_and_a_collector_sigkilled_in_turn_under_traffic(
+    kafka3: KafkaCluster, tmp_path: Path
+) -> None:
+    """The long profile: each of the three brokers SIGKILLed and restarted in turn, then a collector, over
+    a longer run of traffic; the same set check."""
+
+    def rolling_kills(collectors: list[CollectorProcess]) -> None:
+        for index in range(3):
+            kafka3.kill(index)
+            time.sleep(3.0)  # traffic runs on the two brokers left
+            kafka3.restart(index)
+            kafka3.wait_in_sync("long.raw")
+        collectors[1].kill()
+        collectors[1].start()
+
+    load, _raw = _run_with_fault(
+        kafka3, "long", tmp_path, rolling_kills, replication=3, seconds_before=5.0, seconds_after=10.0
+    )
     assert load.ledger.acked
