@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from maidian.collector.cli.cluster import add_cluster_commands
 from maidian.collector.cli.commands import add_collector_commands
 from maidian.collector.cli.imports import add_import_commands
 from maidian.collector.cli.lake import add_lake_commands
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_commands(sub)
     add_support_commands(sub)
     add_lake_commands(sub)
+    add_cluster_commands(sub)
     return parser
 
 
