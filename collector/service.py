@@ -257,7 +257,7 @@ class Collector:
         m.gauge(
             "maidian_queue_depth_events",
             "Events appended and waiting for their fsync.",
-            lambda: len(self.ingest.pending) if self.ingest else 0,
+            lambda: sum(map(len, self.ingest.pending.values())) if self.ingest else 0,
         )
         m.gauge("maidian_unsynced_bytes", "Log bytes written but not yet fsynced.", lambda: self.raw.unsynced_bytes)
         m.gauge(

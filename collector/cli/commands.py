@@ -182,10 +182,10 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 @reporting
 def _verify(args: argparse.Namespace) -> int:
-    from maidian.collector.read import _open
+    from maidian.collector.store.log import DataDir
     from maidian.collector.store.verify import verify
 
-    result = verify(_open(Path(args.data)))
+    result = verify(DataDir.existing(args.data))
     for item in result.damaged:
         d = item.damage
         if args.format == "json":

@@ -69,6 +69,7 @@ __all__ = [
     "iter_log",
     "read_frame_at",
     "read_frames",
+    "read_heads_at",
     "scan",
     "scan_frames",
     "scan_segment",
@@ -92,6 +93,8 @@ _payload_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], bytes])
 _body_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 # The content checksum (4 bytes) tells an intact body from a damaged one when a frame fails its CRC.
 _compressor = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True)
+# The head alone: the compressed body stays a view into the payload, never copied.
+_head_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], msgspec.Raw])
 _decompressor = zstandard.ZstdDecompressor()
 _event_decoder = msgspec.msgpack.Decoder()
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
@@ -425,3 +428,29 @@ def read_frame_at(path: Path, offset: int) -> Frame | None:
         return None
     frames, _ = scan_frames(data, path.name, offset)
     return frames[0] if frames else None
+
+
+def read_heads_at(path: Path, offsets: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, head) of the valid frames at these offsets of one segment: one open, bodies left undecoded."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115  # closed below; a generator keeps it open between frames
+    except FileNotFoundError:
+        return
+    with f:
+        for offset in sorted(offsets):
+            f.seek(offset)
+            header = f.read(FRAME_HEADER.size)
+            if len(header) < FRAME_HEADER.size:
+                continue
+            length, crc = FRAME_HEADER.unpack(header)
+            if length > MAX_FRAME_BYTES:
+                continue
+            payload = f.read(length)
+            if len(payload) < length or zlib.crc32(payload) != crc:
+                continue
+            try:
+                version, head, _body = _head_decoder.decode(payload)
+            except msgspec.DecodeError:
+                continue
+            if version == VERSION:
+                yield offset, head

@@ -96,6 +96,14 @@ class DataDir:
     def snapshot(self, writer: str) -> Path:
         return self.state / f"dedup-{writer}.snap"
 
+    @classmethod
+    def existing(cls, path: Path | str) -> DataDir:
+        """The data directory at `path`, for readers: refused when it is not one (it has no `raw/`)."""
+        data = cls(Path(path))
+        if not data.raw.is_dir():
+            raise DataDirError(f"{path}: not a maidian data directory (no raw/ in it)")
+        return data
+
     def create(self) -> DataDir:
         for d in (self.root, self.raw, self.quarantine, self.state):
             d.mkdir(parents=True, exist_ok=True)
