@@ -50,11 +50,13 @@ class Tables:
     entry: Table
 
 
-def group(kind: type[Any]) -> Table:
-    """A settings group's shape, from its dataclass: each field's type is its default value's."""
+def group(kind: type[Any], **shapes: Any) -> Table:
+    """A settings group's shape, from its dataclass: each field's type is its default value's, or `shapes[name]`."""
     defaults = kind()
-    keys: dict[str, str] = {}
+    keys: dict[str, Any] = dict(shapes)
     for f in fields(kind):
+        if f.name in shapes:
+            continue
         value = getattr(defaults, f.name)
         if isinstance(value, bool):
             keys[f.name] = BOOL

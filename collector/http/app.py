@@ -34,6 +34,7 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from maidian.collector.config import Config
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout
@@ -58,6 +59,7 @@ log = logging.getLogger("maidian.collector")
 COLLECTOR: Final = web.AppKey("collector", Collector)
 AUTH: Final = web.AppKey("auth", Authenticator)
 GATE: Final = web.AppKey("gate", Gate)
+VENDORS: Final = web.AppKey("vendors", VendorRoutes)
 ROUTES: Final = (
     ("POST", BATCH_PATH),
     ("POST", DEBUG_PATH),
@@ -97,7 +99,10 @@ async def _errors(
         return _error_response(error)
     except web.HTTPException as exc:
         status = exc.status
-        raise
+        vendor = request.app[VENDORS].unrouted(request, status) if status in (404, 405) else None
+        if vendor is None:
+            raise
+        return vendor
     except (ConnectionError, asyncio.CancelledError):
         status = _CLIENT_GONE  # the sender went away mid-request; nothing of it was stored
         raise
@@ -189,10 +194,11 @@ async def _readyz(request: web.Request) -> web.Response:
     if collector.is_ready():  # every slot is taken: an authenticated request would be refused now
         body: dict[str, object] = {"status": "unavailable", "reason": "overloaded", **slots}
         return web.json_response(body, status=503, headers={"Retry-After": "1"})
-    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else "disk")
+    log_down = "disk" if collector.config.sink.kind == "local" else "brokers"
+    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else log_down)
     detail = collector.raw.last_error or collector.quarantine.last_error
     body = {"status": "unavailable", "reason": reason}
-    if detail and reason == "disk":
+    if detail and reason == log_down:
         body["error"] = detail
     return web.json_response(body, status=503, headers={"Retry-After": "5"})
 
@@ -202,8 +208,27 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Format": "0.0.4"})
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a line over the limit) as an ERROR with a traceback:
+    a sender's doing, not the collector's. One WARNING line instead, without the request's text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg, record.args = "refused a malformed request: %s (HTTP %d)", (type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED: Final = _MalformedRequests()
+
+
 def make_app(config: Config, collector: Collector | None = None) -> web.Application:
     """The aiohttp application; the collector opens on startup and closes (draining, syncing) on cleanup."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server_log.filters:
+        server_log.addFilter(_MALFORMED)
     # Sensors image beacons put their record in the URL: longer request lines only when Sensors is served.
     line_bytes = max_line_bytes(bool(config.auth.sensors_projects))
     app = web.Application(
@@ -237,6 +262,7 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
         lambda: {(pool,): n for pool, n in admission.refused.items()},
     )
     vendors = VendorRoutes(owned, app[AUTH], app[GATE], read_body=read_body)
+    app[VENDORS] = vendors
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         c = app[COLLECTOR]
@@ -251,6 +277,10 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
         from maidian.collector.http.live_routes import mount_live
 
         mount_live(app, owned)
+    if config.support.enabled:  # the support agents' view (docs/guide-support.md): off unless configured
+        from maidian.collector.http.support_routes import mount_support
+
+        mount_support(app, owned)
     app.router.add_post(BATCH_PATH, _batch)
     app.router.add_post(DEBUG_PATH, _debug)
     app.router.add_get("/healthz", _healthz)

@@ -82,6 +82,8 @@ class Principal:
     kind: str  # "key" or "source"; "sensors" or "segment" for vendor traffic
     trusted: bool
     key: WriteKey | None = None
+    # Vendor traffic: what the collector derives for this sender (its binding's `derive`; None: the default).
+    derive: tuple[str, ...] | None = None
 
     @property
     def sender(self) -> str:
@@ -304,7 +306,7 @@ class Authenticator:
         if key is None:
             raise Forbidden("the write key this Sensors project is bound to has been revoked")
         _check_peer(binding, peer)
-        return Principal(key.name, "sensors", trusted=binding.trusted, key=key)
+        return Principal(key.name, "sensors", trusted=binding.trusted, key=key, derive=binding.derive)
 
     def segment_key(self, presented: str, peer: str | None) -> Principal:
         """The sender of a Segment request with this write key, from `peer`; 401 unknown, 403 revoked or refused."""
@@ -312,7 +314,20 @@ class Authenticator:
         binding = self._segment.get(by_key.name)
         if binding is not None:
             _check_peer(binding, peer)
-        return Principal(by_key.name, "segment", trusted=binding is not None and binding.trusted, key=by_key.key)
+        trusted = binding is not None and binding.trusted
+        derive = binding.derive if binding is not None else None
+        return Principal(by_key.name, "segment", trusted=trusted, key=by_key.key, derive=derive)
+
+    def segment_source(self, key_name: str) -> Principal:
+        """The sender of imported Segment messages: the `[[write_keys]]` entry named `key_name` (403 when
+        unknown or revoked), trusted when its Segment binding is; the importer runs on the collector's host."""
+        key = next((k for k in self._named.get(key_name, ()) if not k.revoked), None)
+        if key is None:
+            raise Forbidden(f"no active write key is named {key_name!r} in [[write_keys]]")
+        binding = self._segment.get(key.name)
+        trusted = binding is not None and binding.trusted
+        derive = binding.derive if binding is not None else None
+        return Principal(key.name, "segment", trusted=trusted, key=key, derive=derive)
 
     def take(self, principal: Principal, events: int, now_s: float) -> None:
         """Charge `events` to the principal's rate limit (429 when over)."""
