@@ -543,7 +543,7 @@ def _support_account(entry: Any, i: int) -> SupportAccount:
 
 def file_shape() -> Table:
     """Every key the TOML file may hold, and its type (config_file.py checks the file against it)."""
-    vendor = {"write_key": STR, "trusted": BOOL, "allow_from": STRINGS}
+    vendor = {"write_key": STR, "trusted": BOOL, "allow_from": STRINGS, "derive": STRINGS}
     return Table(
         {
             "plan": STR,
@@ -581,6 +581,8 @@ def file_shape() -> Table:
             ),
             "vendors": Table(
                 {
+                    "derive": STRINGS,
+                    "trusted_proxies": STRINGS,
                     "sensors": Table({"projects": Tables(Table({"name": STR, **vendor}))}),
                     "segment": Table({"sources": Tables(Table(vendor))}),
                 }
