@@ -8,7 +8,7 @@ shape below and refuses, at start-up (and on SIGHUP, which then keeps the old
 keys), any key it does not know and any value of another type, with the
 file, the line and the dotted key:
 
-    collector.toml:14: write_keys[1].revokd: unknown setting; known: burst_events, name, ...
+    collector.toml:14: write_keys[1].revokd: unknown setting 'revokd'; known: burst_events, name, ...
 
 Types are TOML's own: a boolean is `true` or `false` (never a string), an
 integer is an integer, a number may be either, a string is a string. The
@@ -101,7 +101,7 @@ def _check(
         here = (*path, key)
         expected = shape.keys.get(key)
         if expected is None:
-            return here, f"unknown setting; known: {', '.join(sorted(shape.keys))}"
+            return here, f"unknown setting {key!r}; known: {', '.join(sorted(shape.keys))}"
         if isinstance(expected, Table):
             if not isinstance(value, dict):
                 return here, "expected a table"
