@@ -24,13 +24,21 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.errors import CollectorError, NoSuchPerson
+from maidian.collector.errors import NoSuchPerson
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import PersonId
 from maidian.collector.pipeline.dedup import ScopedSeenIds, head_scope
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
-from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
+from maidian.collector.store.frames import (
+    Damage,
+    Frame,
+    decode_body,
+    read_frame_at,
+    scan_segment,
+    sealed,
+    segment_files,
+)
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges, split_event_id
 from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
@@ -43,6 +51,7 @@ __all__ = [
     "ReplayReport",
     "event_order",
     "export_events",
+    "frame_records",
     "person_events",
     "person_view",
     "quarantine_records",
@@ -56,13 +65,6 @@ _decoder = msgspec.msgpack.Decoder()
 _json_decoder = msgspec.json.Decoder()
 # Far beyond any window: a reader must never forget an id it has printed.
 _FOREVER_S: Final = 1e12
-
-
-def _open(data_dir: Path) -> DataDir:
-    data = DataDir(Path(data_dir))
-    if not data.raw.is_dir():
-        raise CollectorError(f"{data_dir}: not a maidian data directory (no raw/ in it)")
-    return data
 
 
 def _records(frame: Frame) -> Iterator[dict[str, Any]]:
@@ -208,7 +210,7 @@ def person_events(
     teller on a shared pad, a link the graph refused): `IdentityGraph.attribute`
     decides each event.
     """
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog, feed = _catch_up(data, plan)
     try:
         view = person_view(data, catalog, feed.graph, value, identity_type)
@@ -228,17 +230,21 @@ def export_events(
     quarantined: bool = False,
     progress: Callable[[int, int], None] | None = None,
     accepted: bool = True,
+    on_damage: Callable[[str, Damage], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every accepted event (and quarantined ones when asked), in log order, deduplicated.
 
     `accepted=False` leaves the accepted events out (only quarantined ones).
+    A damaged frame is skipped and the frames after it are read
+    (store/frames.py); `on_damage(log, damage)` hears of each one, and of the
+    tail of a segment no writer appends to any more.
 
     `since_ms`/`until_ms` bound the corrected time (inclusive, exclusive).
     Frames whose time range misses the bounds are skipped without
     decompressing them. `progress(done_bytes, total_bytes)` is called as the
     segments are read.
     """
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     logs = ([("raw", data.raw)] if accepted else []) + ([("quarantine", data.quarantine)] if quarantined else [])
     paths = [(name, p) for name, d in logs for p in segment_files(d)]
     total = sum(p.stat().st_size for _n, p in paths)
@@ -247,8 +253,12 @@ def export_events(
     lo = since_ms if since_ms is not None else -(1 << 62)
     hi = until_ms if until_ms is not None else 1 << 62
     for name, path in paths:
-        frames, _end = read_frames(path)
-        for frame in frames:
+        scanned = scan_segment(path)
+        if on_damage is not None:
+            tail = [scanned.tail] if scanned.tail is not None and sealed(path) else []
+            for damage in [*scanned.damaged, *tail]:
+                on_damage(name, damage)
+        for frame in scanned.frames:
             done_here = frame.end
             if progress is not None:
                 progress(done + done_here, total)
@@ -303,7 +313,7 @@ def _b64(raw: bytes) -> str:
 
 def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
     """(source, reason, count): what each sender reported it dropped, the largest count per reason."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -314,7 +324,7 @@ def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
 
 def quarantine_records(data_dir: Path, rule: str | None = None) -> list[dict[str, Any]]:
     """The quarantine index: one summary per quarantined event (no event values)."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -347,7 +357,7 @@ def replay_quarantine(
     from maidian.collector.pipeline.decode import decode_event
     from maidian.collector.pipeline.judge import Judge
 
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -435,7 +445,7 @@ def _one_event_batch(raw: msgspec.Raw, fmt: str) -> Any:
 
 def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     """Delete every derived file (catalog, dedup snapshots, identity graph) and rebuild from the logs."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     for path in (data.catalog, data.identity):
         for suffix in ("", "-wal", "-shm"):
             p = path.with_name(path.name + suffix)
@@ -455,3 +465,8 @@ def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     finally:
         catalog.close()
         feed.close()
+
+
+def frame_records(frame: Frame) -> Iterator[dict[str, Any]]:
+    """The events of one raw-log frame as readers print them (see the module docstring)."""
+    return _records(frame)

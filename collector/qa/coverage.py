@@ -47,6 +47,7 @@ import zstandard
 
 from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, head_scope
 from maidian.collector.store.frames import Frame, decode_body, read_frames, segment_files
+from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 
 __all__ = [
@@ -461,9 +462,7 @@ def tally_data(
     tag: str | None = None,
 ) -> Tally:
     """Count every stored event of a data directory in the window (and with the tag), each once."""
-    from maidian.collector.read import _open
-
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     lo = since_ms if since_ms is not None else -_FAR
     hi = until_ms if until_ms is not None else _FAR
     scoped = ScopedSeenIds(_FOREVER_S)

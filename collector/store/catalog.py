@@ -12,6 +12,8 @@
 - `counts`: events per name and outcome (coverage);
 - `quarantine` and `replayed`: every quarantined event and which of them a
   replay has moved into the raw log;
+- `damaged`: frames that failed their checks while being indexed (frames.py,
+  "Damage"), with the event ids their heads still name; skipped, never fatal;
 - `sdk_drops`: the largest loss count each sender reported per reason (the
   batch's `dropped` field, cumulative per source), and `sdk_drop_totals`, their
   sum per reason, kept as the counts grow.
@@ -42,7 +44,7 @@ from maidian.collector.errors import DataDirError
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal, order_time
 from maidian.collector.sqlite import connect
-from maidian.collector.store.frames import Frame, read_frame_at, read_frames, segment_files
+from maidian.collector.store.frames import Damage, Frame, read_frame_at, scan_segment, sealed, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 
@@ -72,6 +74,10 @@ CREATE TABLE IF NOT EXISTS replayed(segment TEXT, offset INTEGER, idx INTEGER, P
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sdk_drops(source TEXT, reason TEXT, n INTEGER, PRIMARY KEY(source, reason)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sdk_drop_totals(reason TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS damaged(
+    log TEXT, segment TEXT, offset INTEGER, length INTEGER, events INTEGER, event_ids TEXT,
+    PRIMARY KEY(log, segment, offset)
+) WITHOUT ROWID;
 """
 # The layout `_SCHEMA` makes. A catalog of another layout is derived data: it is emptied and rebuilt.
 _LAYOUT: Final = 2
@@ -235,8 +241,13 @@ class Catalog:
                 return 0, 0
         except FileNotFoundError:
             return 0, 0
-        found, end = read_frames(path, start)
-        if not found:
+        scanned = scan_segment(path, start)
+        found, end = scanned.frames, scanned.end
+        damage = list(scanned.damaged)
+        if scanned.tail is not None and sealed(path):  # never appended to again: the tail is final
+            damage.append(scanned.tail)
+            end = scanned.size
+        if not found and not damage:
             return 0, 0
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -254,6 +265,11 @@ class Catalog:
                 "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)"
                 " ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
                 [(name, outcome, n, n) for (name, outcome), n in counts.items()],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO damaged(log, segment, offset, length, events, event_ids)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(log, d.segment, d.offset, d.length, d.events, json.dumps(d.event_ids)) for d in damage],
             )
             db.execute("INSERT OR REPLACE INTO progress(log, segment, offset) VALUES (?, ?, ?)", (log, path.name, end))
             db.execute("COMMIT")
@@ -429,6 +445,16 @@ class Catalog:
     def sdk_drops(self) -> list[tuple[str, str, int]]:
         """(source, reason, count): the largest loss count each sender reported, by source then reason."""
         return list(self.db.execute("SELECT source, reason, n FROM sdk_drops ORDER BY source, reason"))
+
+    def damaged(self) -> list[tuple[str, Damage]]:
+        """(log, damage) for every damaged frame indexing met, in log order."""
+        rows = self.db.execute(
+            "SELECT log, segment, offset, length, events, event_ids FROM damaged ORDER BY log, segment, offset"
+        )
+        return [(lg, Damage(seg, off, length, n, tuple(json.loads(ids)))) for lg, seg, off, length, n, ids in rows]
+
+    def damaged_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM damaged").fetchone()[0])
 
     def sdk_drop_totals(self) -> dict[str, int]:
         """Events senders reported dropped, summed over senders, by reason."""

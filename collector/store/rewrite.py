@@ -48,7 +48,6 @@ __all__ = [
     "Drop",
     "HeadFilter",
     "held_exclusively",
-    "open_data_dir",
     "remove_leftovers",
     "rewrite_logs",
 ]
@@ -107,14 +106,6 @@ class Cleared:
 # -- the data directory, held exclusively --------------------------------------------------
 
 
-def open_data_dir(data_dir: Path) -> DataDir:
-    """The data directory at `data_dir`, refused when it is not one."""
-    data = DataDir(Path(data_dir))
-    if not data.raw.is_dir():
-        raise PrivacyError(f"{data_dir}: not a maidian data directory (no raw/ in it)")
-    return data
-
-
 @contextlib.contextmanager
 def held_exclusively(data: DataDir) -> Iterator[None]:
     """Hold every writer lock of the data directory (and w0's), or refuse: a writer is running."""
@@ -154,7 +145,7 @@ def remove_leftovers(data: DataDir) -> int:
 def _compress(data: bytes, level: int) -> bytes:
     c = _compressors.get(level)
     if c is None:
-        c = _compressors[level] = zstandard.ZstdCompressor(level=level)
+        c = _compressors[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
     return c.compress(data)
 
 
