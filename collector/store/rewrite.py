@@ -88,6 +88,8 @@ class Cleared:
     kept_events: int = 0
     leftovers: int = 0
     notes: list[str] = field(default_factory=list)
+    # The pseudonymous id of the person a deletion was for (the audit log names them so), else "".
+    person: str = ""
 
     def lines(self) -> list[str]:
         """One line per kind, for the command's output."""

@@ -11,6 +11,9 @@ needs its next answers.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,10 @@ from maidian.collector.read import export_events, person_events
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import load_plan
+from maidian.tracking_plan.pii import hash_value
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, now_ms, signed_headers, statuses
-from tests.collector.test_privacy import hits
+from tests.collector.test_privacy import hits, maidian
 from tests.conftest import MINI_PLAN
 
 DAY_MS = 86_400_000
@@ -201,3 +205,47 @@ async def test_deletion_reaches_records_of_unknown_types_and_stray_spaces(start:
     delete_person(data_dir, "13800138000", suppress=True)
     assert hits(data_dir, ["13800138000", "zoe-phone"]) == {}  # every file, segments decompressed
     assert list(export_events(data_dir, quarantined=True)) == []
+
+
+async def test_an_officer_reads_by_raw_mobile_number_in_sequence_order_and_is_audited(
+    start: ClientFactory, data_dir: Path
+) -> None:
+    """Item 9 and the audit: a raw mobile number for a hashed identity type; same-millisecond order; the log."""
+    key = "bank-pii-key-0123456789"
+    mobile = "13912345678"
+    hashed = hash_value(mobile, key.encode())
+    client = await start(MINI_PLAN)
+    phone = Device("9")
+    t = now_ms()
+    ids = {"anonymous_id": "ivy-phone", "login_id": "ivy", "mobile_hash": hashed}
+    same_ms = [track(phone.next_id(), "stock_order_submit", ids, t) for _ in range(11)]
+    assert await send(client, same_ms) == ["accepted"] * 11
+    await client.close()
+
+    env = {**os.environ, "MAIDIAN_PII_KEY": key}
+    command = ["events", "--data", str(data_dir), "--person", mobile, "--type", "mobile_hash"]
+    command += ["--plan", str(MINI_PLAN), "--reason", "TICKET-7 call from the customer"]
+    read = subprocess.run(
+        [sys.executable, "-m", "maidian.collector.cli", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert read.returncode == 0, read.stderr
+    assert [json.loads(line)["event_id"] for line in read.stdout.splitlines()] == [e["event_id"] for e in same_ms]
+    exported = maidian("privacy", "export", "--data", str(data_dir), "--person", "ivy", "--reason", "PIPL-45 copy")
+    assert exported.returncode == 0, exported.stderr
+    listed = maidian("privacy", "audit", "--data", str(data_dir))
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["action"], r["reason"]) for r in records] == [
+        ("read", "TICKET-7 call from the customer"),
+        ("export", "PIPL-45 copy"),
+    ]
+    assert records[0]["person"] == records[1]["person"]
+    assert records[0]["person"].startswith("p_")
+    audit_file = (data_dir / "audit" / "privacy.jsonl").read_bytes()
+    assert mobile.encode() not in audit_file
+    assert hashed.encode() not in audit_file
