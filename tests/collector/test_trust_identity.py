@@ -249,3 +249,29 @@ async def test_an_officer_reads_by_raw_mobile_number_in_sequence_order_and_is_au
     audit_file = (data_dir / "audit" / "privacy.jsonl").read_bytes()
     assert mobile.encode() not in audit_file
     assert hashed.encode() not in audit_file
+
+
+async def test_an_app_key_cannot_write_what_only_the_bank_may(start: ClientFactory, tmp_path: Path) -> None:
+    """Scenario 7 (profile half): suitability fields and `$server` from the public app key are quarantined."""
+    doc = json.loads(MINI_PLAN.read_text())
+    doc["user_properties"]["properties"]["investor_type"] = {
+        "type": "string",
+        "enum": ["retail", "professional"],
+        "x-trigger": "server",
+    }
+    plan = tmp_path / "suitability.plan.json"
+    plan.write_text(json.dumps(doc))
+    client = await start(plan)
+    app = Device("7")
+    upgrade = {
+        "type": "profile_set",
+        "event_id": app.next_id(),
+        "time": now_ms(),
+        "identities": {"login_id": "victim-login"},
+        "properties": {"investor_type": "professional"},
+    }
+    forged = track(app.next_id(), "stock_order_submit", {"anonymous_id": "app-1"}, **{"$server": True})
+    honest = track(app.next_id(), "stock_order_submit", {"anonymous_id": "app-1"})
+    assert await send(client, [upgrade, forged, honest]) == ["quarantined", "quarantined", "accepted"]
+    from_bank = dict(upgrade, event_id="kyc-1")
+    assert await send(client, [from_bank], signed=True) == ["accepted"]
