@@ -25,7 +25,7 @@ from maidian.collector.read import export_events, person_events
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import load_plan
-from maidian.tracking_plan.pii import hash_value
+from maidian.tracking_plan.pii import hash_value, mask_value
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, now_ms, signed_headers, statuses
 from tests.collector.test_privacy import hits, maidian
@@ -275,3 +275,29 @@ async def test_an_app_key_cannot_write_what_only_the_bank_may(start: ClientFacto
     assert await send(client, [upgrade, forged, honest]) == ["quarantined", "quarantined", "accepted"]
     from_bank = dict(upgrade, event_id="kyc-1")
     assert await send(client, [from_bank], signed=True) == ["accepted"]
+
+
+async def test_clear_pii_is_never_at_rest_in_the_quarantine(start: ClientFactory, data_dir: Path) -> None:
+    """Scenario 5: values the plan tags hash or mask, sent in clear, are quarantined in their tagged form."""
+    client = await start(MINI_PLAN)
+    app = Device("6")
+    mobile, name = "13712345678", "王小明"
+    clear = track(app.next_id(), "stock_order_submit", {"anonymous_id": "old-app", "mobile_hash": mobile})
+    profile = {
+        "type": "profile_set",
+        "event_id": app.next_id(),
+        "time": now_ms(),
+        "identities": {"login_id": "old-app-user"},
+        "properties": {"real_name": name, "risk_level": "C9"},
+    }
+    assert await send(client, [clear, profile]) == ["quarantined", "quarantined"]
+    await client.close()
+
+    assert hits(data_dir, [mobile, name]) == {}  # every file, segments decompressed
+    records = list(export_events(data_dir, quarantined=True, accepted=False))
+    shown = json.dumps(records, ensure_ascii=False)
+    assert mobile not in shown
+    assert name not in shown
+    assert {r["event"]["event_id"] for r in records} == {clear["event_id"], profile["event_id"]}
+    assert records[1]["event"]["properties"]["real_name"] == mask_value(name)
+    assert "enum" in {r["rule"] for r in records[1]["reasons"]}
