@@ -14,6 +14,13 @@ which is the point: the quarantine is for diagnosis, not analysis. A value
 already hashed or masked is kept, so a replay still passes. The reasons were
 never a leak: validation messages name the rule and the path, never a value.
 
+Values in properties the plan does not declare for the event get no tag, so
+they are checked for personal data the plan never planned for
+(`tracking_plan.pii_detect`: mainland mobile numbers, resident ID numbers with
+their check digit, bank cards passing Luhn, e-mail addresses), and what is
+found is masked. Identity values are left as sent: they are how
+`privacy delete` finds the person's quarantined records.
+
 Records that do not decode stay as their bytes: nothing in them can be found
 to transform.
 """
@@ -30,6 +37,7 @@ from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 from maidian.tracking_plan.envelope import PROFILE_TYPES
 from maidian.tracking_plan.pii import PiiPaths, settle_pii
+from maidian.tracking_plan.pii_detect import find_pii, mask_found
 
 __all__ = ["QuarantinePii", "quarantine_key"]
 
@@ -68,12 +76,27 @@ class QuarantinePii:
         self.key = key
         self.identity_tags = plan.identity_pii()
         self._paths: dict[str | None, PiiPaths] = {}
+        self._declared: dict[str | None, frozenset[str]] = {}
 
     @classmethod
-    def for_plan(cls, plan: Plan, data: DataDir) -> QuarantinePii | None:
-        """None when the plan tags nothing (then there is nothing to do)."""
-        tagged = plan.identity_pii() or plan.pii_paths(None) or any(plan.pii_paths(n) for n in plan.events)
-        return cls(plan, quarantine_key(data)) if tagged else None
+    def for_plan(cls, plan: Plan, data: DataDir) -> QuarantinePii:
+        return cls(plan, quarantine_key(data))
+
+    def _declared_for(self, record: dict[str, Any]) -> frozenset[str]:
+        kind = record.get("type")
+        name = record.get("event") if kind == "track" else None
+        key = name if isinstance(name, str) else None
+        declared = self._declared.get(key)
+        if declared is None:
+            if kind == "track":
+                spec = self.plan.events.get(key or "")
+                own = spec.schema.get("properties", {}) if spec is not None else {}
+                common = self.plan.common_properties.get("properties", {})
+                declared = frozenset(own) | frozenset(common)
+            else:
+                declared = frozenset(self.plan.user_properties.get("properties", {}))
+            self._declared[key] = declared
+        return declared
 
     def _paths_for(self, record: dict[str, Any]) -> PiiPaths:
         kind = record.get("type")
@@ -91,6 +114,11 @@ class QuarantinePii:
         if not isinstance(record, dict):
             return raw
         settled = settle_pii(record, self._paths_for(record), self.identity_tags, self.key)
+        props = settled.get("properties")
+        declared = self._declared_for(record)
+        if isinstance(props, dict) and find_pii(props, declared=declared):
+            masked = {k: (v if k in declared else mask_found(v)) for k, v in props.items()}
+            settled = {**settled, "properties": masked}
         if settled is record:
             return raw
         return msgspec.Raw((_msgpack if fmt == "msgpack" else _json).encode(settled))

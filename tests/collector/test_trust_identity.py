@@ -281,8 +281,9 @@ async def test_clear_pii_is_never_at_rest_in_the_quarantine(start: ClientFactory
     """Scenario 5: values the plan tags hash or mask, sent in clear, are quarantined in their tagged form."""
     client = await start(MINI_PLAN)
     app = Device("6")
-    mobile, name = "13712345678", "王小明"
+    mobile, name, other = "13712345678", "王小明", "15811112222"
     clear = track(app.next_id(), "stock_order_submit", {"anonymous_id": "old-app", "mobile_hash": mobile})
+    unplanned = track(app.next_id(), "stock_order_submit", {"anonymous_id": "old-app"}, remark=f"call {other}")
     profile = {
         "type": "profile_set",
         "event_id": app.next_id(),
@@ -290,14 +291,15 @@ async def test_clear_pii_is_never_at_rest_in_the_quarantine(start: ClientFactory
         "identities": {"login_id": "old-app-user"},
         "properties": {"real_name": name, "risk_level": "C9"},
     }
-    assert await send(client, [clear, profile]) == ["quarantined", "quarantined"]
+    assert await send(client, [clear, profile, unplanned]) == ["quarantined"] * 3
     await client.close()
 
-    assert hits(data_dir, [mobile, name]) == {}  # every file, segments decompressed
+    assert hits(data_dir, [mobile, name, other]) == {}  # every file, segments decompressed
     records = list(export_events(data_dir, quarantined=True, accepted=False))
     shown = json.dumps(records, ensure_ascii=False)
     assert mobile not in shown
     assert name not in shown
-    assert {r["event"]["event_id"] for r in records} == {clear["event_id"], profile["event_id"]}
+    assert {r["event"]["event_id"] for r in records} == {e["event_id"] for e in (clear, profile, unplanned)}
+    assert records[2]["event"]["properties"]["remark"].startswith("call 158")
     assert records[1]["event"]["properties"]["real_name"] == mask_value(name)
     assert "enum" in {r["rule"] for r in records[1]["reasons"]}
