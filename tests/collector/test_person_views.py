@@ -202,3 +202,20 @@ def test_deleting_one_person_leaves_every_other_view_unchanged(
     delete_person(data.root, victim_value, plan=PLAN)
     after = _views(data, values)
     assert set(after.values()) == {events for person, events in before.items() if person != victim}
+
+
+def test_a_catalog_of_the_previous_layout_is_rebuilt_and_the_graph_fed_again(tmp_path: Path) -> None:
+    history = [
+        Sent(((_identities(0, 0, False), T0),), False, T0 + 100),
+        Sent(((_identities(0, 0, True), T0),), True, T0),
+    ]
+    data, ledger = _store(tmp_path / "data", history)
+    values = _all_values(ledger)
+    before = _views(data, values)
+    catalog = Catalog(data)
+    try:  # what a catalog written before the layout meta looked like to this code
+        catalog.db.execute("DELETE FROM meta WHERE key = 'layout'")
+        catalog.db.execute("DELETE FROM observations")
+    finally:
+        catalog.close()
+    assert _views(data, values) == before
