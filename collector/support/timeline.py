@@ -188,7 +188,7 @@ class Timeline:
         lo = flt.since_ms if flt.since_ms is not None else -_FAR
         hi = min(flt.until_ms if flt.until_ms is not None else _FAR, top[0] + 1)
         members = found.members
-        attributed: dict[tuple[tuple[str, str], ...], bool] = {}
+        attributed: dict[tuple[bool, tuple[tuple[str, str], ...]], bool] = {}
         picked: dict[str, tuple[tuple[int, str], dict[str, Any]]] = {}
         floor: tuple[int, str] | None = None
         scanned = 0
@@ -201,13 +201,14 @@ class Timeline:
             if frame is None:
                 continue
             scanned += 1
+            trusted = bool(frame.head.get("trusted"))
             for record in frame_records(frame):
                 key = (record.get("time", 0), str(record.get("event_id")))
                 if before is not None and key >= top:
                     continue
                 if floor is not None and key <= floor:
                     continue
-                if not self._belongs(graph, found, members, record, attributed):
+                if not self._belongs(graph, found, members, record, attributed, trusted=trusted):
                     continue
                 line = self.line_of(_name(record))
                 if not flt.matches(record, line) or key[1] in picked:
@@ -243,16 +244,18 @@ class Timeline:
         found: Found,
         members: frozenset[tuple[str, str]],
         record: Mapping[str, Any],
-        attributed: dict[tuple[tuple[str, str], ...], bool],
+        attributed: dict[tuple[bool, tuple[tuple[str, str], ...]], bool],
+        *,
+        trusted: bool,
     ) -> bool:
         ids = record.get("identities")
         if not isinstance(ids, dict):
             return False
         pairs = tuple(sorted((str(t), str(v)) for t, v in ids.items()))
-        hit = attributed.get(pairs)
+        hit = attributed.get((trusted, pairs))
         if hit is None:
             carried = any(p in members for p in pairs)
-            hit = attributed[pairs] = carried and graph.attribute(dict(pairs)) == found.person
+            hit = attributed[trusted, pairs] = carried and graph.attribute(dict(pairs), trusted=trusted) == found.person
         return hit
 
     # -- the person's quarantined events -----------------------------------------------
