@@ -35,6 +35,7 @@ from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.ingest import Ingest
 from maidian.collector.pipeline.judge import Judge
 from maidian.collector.pipeline.recovery import DedupState, follow_segments, load_dedup_state
+from maidian.collector.pipeline.redact import QuarantinePii
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
@@ -146,6 +147,7 @@ class Collector:
         suppression = load_suppression(self.data)
         if suppression.pseudonyms:
             self.ingest.suppress = suppression.covers
+        self.ingest.redact = QuarantinePii.for_plan(self.plan, self.data)
         self._register_metrics()
         self.ready_after_s = time.perf_counter() - self.started_s
 

@@ -45,10 +45,10 @@ from aiohttp import web
 from maidian.collector.config import SupportConfig
 from maidian.collector.http.live_routes import LIVE
 from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
+from maidian.collector.privacy.audit import AuditLog
 from maidian.collector.qa.live import LiveFilter, LiveHub
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.support.access import Access, LockedOut, Session
-from maidian.collector.support.audit import AuditLog
 from maidian.collector.support.timeline import Found, PersonFrames, Timeline, TimelineFilter, find_person
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class _Support:
         self.settings = settings
         self.collector = collector
         self.access = Access(settings)
-        self.audit = AuditLog(collector.data.root)
+        self.audit = AuditLog(collector.data.root, name="support.jsonl")
         self.timeline = Timeline(collector.data.root, collector.plan, settings.time_zone)
         self.reader = _Reader(collector)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="maidian-support")

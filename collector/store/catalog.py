@@ -7,7 +7,10 @@
 - `identity_frames`: for each identity (type, value), the raw-log frames that
   carry it, so `maidian events --person` reads only that person's frames;
 - `observations`: one identity observation per distinct identity set per
-  frame (frames.py), the identity graph's input, fed to it in order;
+  frame (frames.py), with the frame's receive time and position, the identity
+  graph's input, fed to it in order (`observation_of` gives each its order
+  time: docs/identity.md, "Trust"); a deletion replaces the rows of the
+  frames it rewrote with their new heads';
 - `refusals`: the identity links the graph refused, with rule and type only;
 - `counts`: events per name and outcome (coverage);
 - `quarantine` and `replayed`: every quarantined event and which of them a
@@ -25,10 +28,12 @@ request path; readers do before answering). It runs in `BEGIN IMMEDIATE`
 transactions, so several processes following one data directory index each
 frame once. Deleting the file (`maidian rebuild`) loses nothing.
 
-The identity graph (identity/graph.py) persists itself at its own path. The catalog
-remembers how many observations it has fed it, and trusts that count only
-when the graph's file existed when it was opened; a graph with no file (or a
-new one) is fed every observation again, which the graph takes idempotently.
+The identity graph (identity/graph.py) persists itself at its own path. The
+catalog remembers how many observations it has fed it, as a checkpoint in the
+graph's own transaction that names the catalog's generation (a random number
+made with the catalog's tables). A graph fed from another generation (the
+catalog was rebuilt, or made by an older layout, which is emptied and rebuilt
+on open) is started again from nothing and fed every observation.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ _TABLES: Final = (
     "replayed",
     "sdk_drops",
     "sdk_drop_totals",
+    "damaged",
 )
 # Readers and the server's indexer may hold the file at once; wait rather than fail.
 _BUSY_TIMEOUT_MS: Final = 10_000
@@ -184,6 +190,10 @@ class Catalog:
     def _layout(self) -> str:
         """The catalog's generation; a catalog of an older layout is emptied first (it is rebuilt from the logs)."""
         db = self.db
+        layout = db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
+        generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        if layout is not None and int(layout[0]) == _LAYOUT and generation is not None:
+            return str(generation[0])  # the usual case: no write lock taken
         db.execute("BEGIN IMMEDIATE")
         try:
             layout = db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()

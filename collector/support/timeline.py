@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,12 +31,11 @@ from zoneinfo import ZoneInfo
 
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import PersonId
-from maidian.collector.read import export_events, frame_records
+from maidian.collector.read import export_events, frame_records, lookup_values
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import read_frame_at, read_heads_at
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
-from maidian.tracking_plan.pii import hash_value
 
 __all__ = [
     "Found",
@@ -49,7 +47,6 @@ __all__ = [
     "find_person",
 ]
 
-_HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 # Quarantined events shown per person: the newest; a person with more has a broken client, not a call.
 MAX_QUARANTINED: Final = 100
 _FAR: Final = 1 << 62
@@ -77,24 +74,6 @@ class Found:
         return frozenset((i.identity_type, i.value) for i in self.identities)
 
 
-def _lookup_values(plan: Plan, value: str, identity_type: str | None, pii_key: bytes | None) -> list[tuple[str, str]]:
-    """(type, value) pairs to look up: the value as typed, or its keyed hash for hashed types."""
-    types = [identity_type] if identity_type else list(plan.identities)
-    out = []
-    for t in types:
-        spec = plan.identities.get(t)
-        if spec is None:
-            continue
-        if spec.pii == "hash":
-            if _HEX64.match(value):
-                out.append((t, value))
-            elif pii_key:
-                out.append((t, hash_value(value, pii_key)))
-        else:
-            out.append((t, value))
-    return out
-
-
 def find_person(
     graph: IdentityGraph, plan: Plan, value: str, identity_type: str | None = None, *, pii_key: bytes | None = None
 ) -> Found | None:
@@ -103,7 +82,7 @@ def find_person(
     if not value:
         return None
     hits = []
-    for t, v in _lookup_values(plan, value, identity_type, pii_key):
+    for t, v in lookup_values(plan, value, identity_type, pii_key):
         person = graph.person_of(t, v)
         if person is not None:
             hits.append((plan.identities[t].priority, t, person))
@@ -209,7 +188,7 @@ class Timeline:
         lo = flt.since_ms if flt.since_ms is not None else -_FAR
         hi = min(flt.until_ms if flt.until_ms is not None else _FAR, top[0] + 1)
         members = found.members
-        attributed: dict[tuple[tuple[str, str], ...], bool] = {}
+        attributed: dict[tuple[bool, tuple[tuple[str, str], ...]], bool] = {}
         picked: dict[str, tuple[tuple[int, str], dict[str, Any]]] = {}
         floor: tuple[int, str] | None = None
         scanned = 0
@@ -222,13 +201,14 @@ class Timeline:
             if frame is None:
                 continue
             scanned += 1
+            trusted = bool(frame.head.get("trusted"))
             for record in frame_records(frame):
                 key = (record.get("time", 0), str(record.get("event_id")))
                 if before is not None and key >= top:
                     continue
                 if floor is not None and key <= floor:
                     continue
-                if not self._belongs(graph, found, members, record, attributed):
+                if not self._belongs(graph, found, members, record, attributed, trusted=trusted):
                     continue
                 line = self.line_of(_name(record))
                 if not flt.matches(record, line) or key[1] in picked:
@@ -264,16 +244,18 @@ class Timeline:
         found: Found,
         members: frozenset[tuple[str, str]],
         record: Mapping[str, Any],
-        attributed: dict[tuple[tuple[str, str], ...], bool],
+        attributed: dict[tuple[bool, tuple[tuple[str, str], ...]], bool],
+        *,
+        trusted: bool,
     ) -> bool:
         ids = record.get("identities")
         if not isinstance(ids, dict):
             return False
         pairs = tuple(sorted((str(t), str(v)) for t, v in ids.items()))
-        hit = attributed.get(pairs)
+        hit = attributed.get((trusted, pairs))
         if hit is None:
             carried = any(p in members for p in pairs)
-            hit = attributed[pairs] = carried and graph.attribute(dict(pairs)) == found.person
+            hit = attributed[trusted, pairs] = carried and graph.attribute(dict(pairs), trusted=trusted) == found.person
         return hit
 
     # -- the person's quarantined events -----------------------------------------------
