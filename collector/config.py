@@ -72,9 +72,17 @@ DEFAULT_MAX_IN_FLIGHT: Final = 256
 # docs/reliability.md, T8: idle and header timeouts of at most 10 s (nginx's client_header_timeout is 60 s, Go
 # servers are commonly given 10 s); an SDK sends at least every second while it has events.
 DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
-# Between two reads of a body (nginx's client_body_timeout semantics); a stalled body holds a slot of
-# max_in_flight, so 256 of them would otherwise shut everyone else out.
+# For the whole body, from admission to its last byte: a byte now and then does not renew it (nginx's
+# client_body_timeout is per read, which let 260 senders of a byte every 4 s hold every slot). The largest
+# body (1 MiB) arrives in 10 s at 100 KiB/s; an SDK's batches are tens of KiB.
 DEFAULT_BODY_TIMEOUT_S: Final = 10.0
+# Slots one sender (a write key, a signed source) may hold: half of them, so that one key's clients
+# (or someone holding its public app key) leave the other half to the other senders. 128 requests
+# in flight for one key are 10-20x what one process commits at its peak (group commit).
+DEFAULT_MAX_IN_FLIGHT_PER_SENDER: Final = 128
+# Slots for requests whose sender is known only from the body (Sensors, Segment's writeKey in the
+# body), outside the others.
+DEFAULT_MAX_IN_FLIGHT_UNAUTHENTICATED: Final = 32
 # docs/reliability.md, T12: events more than an hour in the future are clamped and flagged.
 DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
 
@@ -122,6 +130,8 @@ class VendorSource:
     write_key: str
     trusted: bool = False
     allow_from: tuple[Network, ...] = ()
+    # What the collector derives for this sender ("ip", "user_agent"); None: `[vendors] derive`.
+    derive: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,10 @@ class AuthConfig:
     # docs/migration.md: the Sensors projects served, and Segment write keys with a binding.
     sensors_projects: tuple[VendorSource, ...] = ()
     segment_sources: tuple[VendorSource, ...] = ()
+    # `[vendors] derive`: what the collector derives for vendor traffic unless a binding says otherwise.
+    vendor_derive: tuple[str, ...] = ("ip", "user_agent")
+    # `[vendors] trusted_proxies`: peers whose X-Forwarded-For is believed for `$ip`.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +163,12 @@ class ServerConfig:
     # A connection that has not sent a whole request head this long after it opened or after its last
     # answer is closed: idle keep-alive, and slowloris headers (docs/reliability.md, T8: at most 10 s).
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    # A request whose body makes no progress for this long is answered 408 and its slot freed.
+    # A request whose body has not arrived whole this long after admission is answered 408 and its slot freed.
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    # http/admission.py: at most this many of max_in_flight per sender, and a pool of its own for requests
+    # whose sender is known only from their body.
+    max_in_flight_per_sender: int = DEFAULT_MAX_IN_FLIGHT_PER_SENDER
+    max_in_flight_unauthenticated: int = DEFAULT_MAX_IN_FLIGHT_UNAUTHENTICATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,13 +375,38 @@ def _source(entry: Mapping[str, Any], i: int, env: Mapping[str, str]) -> ServerS
 
 
 _VENDOR_TABLES: Final = {"sensors": "projects", "segment": "sources"}
+_VENDOR_SETTINGS: Final = ("derive", "trusted_proxies")
+_DERIVATIONS: Final = ("ip", "user_agent")
+
+
+def _derive(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, str) and d in _DERIVATIONS for d in raw):
+        raise ConfigError(f"{where}: 'derive' must be a list of {', '.join(repr(d) for d in _DERIVATIONS)}")
+    return tuple(dict.fromkeys(raw))
+
+
+def _networks(raw: Any, where: str, name: str) -> tuple[Network, ...]:
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError(f"{where}: '{name}' must be a list of addresses or networks (\"10.20.0.0/16\")")
+    try:
+        return tuple(ipaddress.ip_network(a, strict=False) for a in raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+
+
+def vendor_settings(doc: Any) -> tuple[tuple[str, ...], tuple[Network, ...]]:
+    """`[vendors] derive` and `trusted_proxies` (docs/migration.md, "What maidian derives")."""
+    if not isinstance(doc, dict):
+        return _DERIVATIONS, ()
+    derive = _derive(doc["derive"], "vendors") if "derive" in doc else _DERIVATIONS
+    return derive, _networks(doc.get("trusted_proxies", []), "vendors", "trusted_proxies")
 
 
 def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSource, ...]]:
     """`[vendors]`: per vendor, its bindings, each checked against the write keys."""
     if not isinstance(doc, dict):
         raise ConfigError("vendors: expected a table ([vendors.sensors], [vendors.segment])")
-    unknown = sorted(set(doc) - set(_VENDOR_TABLES))
+    unknown = sorted(set(doc) - set(_VENDOR_TABLES) - set(_VENDOR_SETTINGS))
     if unknown:
         raise ConfigError(f"vendors: unknown vendor {unknown[0]!r}; known: {', '.join(_VENDOR_TABLES)}")
     names = {k.name for k in keys}
@@ -390,7 +433,7 @@ def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSou
 def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> VendorSource:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a table")
-    known = {"write_key", "trusted", "allow_from"} | ({"name"} if vendor == "sensors" else set())
+    known = {"write_key", "trusted", "allow_from", "derive"} | ({"name"} if vendor == "sensors" else set())
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -403,16 +446,11 @@ def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> 
     trusted = entry.get("trusted", False)
     if not isinstance(trusted, bool):
         raise ConfigError(f"{where}: 'trusted' must be true or false")
-    raw = entry.get("allow_from", [])
-    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-        raise ConfigError(f"{where}: 'allow_from' must be a list of addresses or networks (\"10.20.0.0/16\")")
-    try:
-        networks = tuple(ipaddress.ip_network(a, strict=False) for a in raw)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: allow_from: {exc}") from None
+    networks = _networks(entry.get("allow_from", []), where, "allow_from")
+    derive = _derive(entry["derive"], where) if "derive" in entry else None
     if trusted and not networks:
         raise ConfigError(f"{where}: a trusted source must list the addresses it may send from ('allow_from')")
-    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks)
+    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks, derive=derive)
 
 
 _SUPPORT_SCALARS: Final = frozenset(SupportConfig.__dataclass_fields__) - {"accounts", "sso_proxies"}
@@ -515,6 +553,7 @@ def resolve_config(
     keys += [WriteKey(name=f"key{len(keys) + i}", sha256=hash_key(k.strip())) for i, k in enumerate(plain)]
     sources = tuple(_source(e, i, env) for i, e in enumerate(doc.get("sources", [])))
     vendors = _vendor_sources(doc.get("vendors", {}), keys)
+    derive, proxies = vendor_settings(doc.get("vendors", {}))
     config = Config(
         plan=Path(top["plan"]),
         server=_group("server", ServerConfig, tables["server"]),
@@ -529,6 +568,8 @@ def resolve_config(
             sources=sources,
             sensors_projects=vendors["sensors"],
             segment_sources=vendors["segment"],
+            vendor_derive=derive,
+            trusted_proxies=proxies,
         ),
     )
     return check_config(config)
@@ -555,6 +596,11 @@ def check_config(config: Config) -> Config:
         )
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("server.workers: expected 1 to 64")
+    for name in ("max_in_flight", "max_in_flight_per_sender", "max_in_flight_unauthenticated"):
+        if getattr(config.server, name) < 1:
+            raise ConfigError(f"server.{name}: expected at least 1")
+    if config.server.body_timeout_s <= 0:
+        raise ConfigError("server.body_timeout_s: expected more than 0")
     live = config.live
     if live.enabled and not live.allow_loopback and len(live.token_sha256) != 64:
         raise ConfigError(

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from maidian.collector.cli.commands import add_collector_commands
+from maidian.collector.cli.imports import add_import_commands
 from maidian.collector.cli.privacy import add_privacy_commands
 from maidian.collector.cli.qa import add_qa_commands
 from maidian.collector.cli.support import add_support_commands
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_collector_commands(sub)
     add_qa_commands(sub)
     add_privacy_commands(sub)
+    add_import_commands(sub)
     add_support_commands(sub)
     return parser
 

@@ -418,6 +418,7 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
     if hub is None:
         return _error(503, "not_ready", "the collector is not following its pipeline yet")
     values = {v for _t, v in view.found.members}
+    signed = {source.name for source in state.collector.config.auth.sources}
     response = await open_event_stream(request)
     ready = asyncio.Event()
     sub = hub.subscribe(LiveFilter(), ready.set, after_seq=hub.history[-1].seq if hub.history else 0)
@@ -430,7 +431,11 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
             if not isinstance(event, dict):
                 continue
             ids = {str(t): str(v) for t, v in (doc.get("identities") or {}).items()}
-            if doc.get("verdict") == "accepted" and feed.graph.attribute(ids) not in (None, view.found.person):
+            trusted = doc.get("source") in signed
+            if doc.get("verdict") == "accepted" and feed.graph.attribute(ids, trusted=trusted) not in (
+                None,
+                view.found.person,
+            ):
                 continue
             shaped = state.timeline.shape({**event, "source": doc.get("source")})
             shaped["verdict"] = doc.get("verdict")

@@ -114,6 +114,7 @@ def policy_fingerprint(policy: IdentityPolicy) -> str:
             "priorities": sorted(policy.priorities.items()),
             "unbind_requires_trusted": policy.unbind_requires_trusted,
             "person_id_key": policy.person_id_key.hex(),
+            **({"signed_only_types": sorted(policy.signed_only_types)} if policy.signed_only_types else {}),
         },
         sort_keys=True,
     )

@@ -42,10 +42,10 @@ async def client(start: ClientFactory) -> TestClient[Any, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium, driven by playwright (tests/collector/browser.py); one per test module."""
+    """Headless Debian Chromium, driven by playwright (tests/browser.py); one per test module."""
     from playwright.sync_api import sync_playwright
 
-    from tests.collector.browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

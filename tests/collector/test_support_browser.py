@@ -1,6 +1,6 @@
 """The support view in headless Chromium against a real `maidian serve`: what an agent and an officer do.
 
-Needs Debian's Chromium and playwright (tests/collector/browser.py).
+Needs Debian's Chromium and playwright (tests/browser.py).
 Screenshots (1366x768, Chinese and English) go to test-artifacts/. The tests
 run in file order on one server: the lock-out test, which locks this
 machine's address out, comes last.
@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from maidian.tracking_plan.pii import hash_value
+from tests.browser import BROWSER_MARKS
 from tests.collector import support_data as sd
-from tests.collector.browser import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
 from tests.collector.helpers import now_ms
+from tests.collector.test_live_browser import ARTIFACTS, TIMEOUT_MS
 
 pytestmark = BROWSER_MARKS
 

@@ -1,4 +1,4 @@
-"""Timeline paging as a property: whatever the frames' time ranges, the pages hold the person's events once, in order."""
+"""Timeline paging as a property: whatever the frames' time ranges, pages hold the person's events once, in order."""
 
 from __future__ import annotations
 

@@ -1,22 +1,20 @@
-"""Headless Debian Chromium for the page tests: where it is, how it starts, where screenshots go.
+"""Debian's Chromium driven by playwright, for the browser tests (tests/collector/test_live_browser.py, tests/web).
 
-Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it)
-and the `playwright` package (the `dev` extra), which drives it; playwright's
-own browser downloads are never used. Without them the tests marked with
-`BROWSER_MARKS` skip and say why. The `browser` fixture is in conftest.py.
+playwright's own browser downloads are never used: `CHROMIUM` is Debian's
+(`apt-get install chromium`; .ci/run installs it). Without it, or without the
+playwright package (the `dev` extra), the tests marked `BROWSER_MARKS` skip
+and say why.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -27,9 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TIMEOUT_MS = 15_000
-
-BROWSER_MARKS = [
+BROWSER_MARKS: list[Any] = [
     pytest.mark.browser,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
