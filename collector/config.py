@@ -40,6 +40,7 @@ __all__ = [
     "LiveConfig",
     "ServerConfig",
     "ServerSource",
+    "SinkConfig",
     "StorageConfig",
     "SupportAccount",
     "SupportConfig",
@@ -188,6 +189,20 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """Where accepted frames go (docs/scaling.md): local segments (default) or Apache Kafka topics."""
+
+    kind: str = "local"
+    kafka_bootstrap: str = ""
+    raw_topic: str = "maidian.raw"
+    quarantine_topic: str = "maidian.quarantine"
+    # A request whose frames are not acknowledged by the brokers within this is answered 503.
+    delivery_timeout_ms: int = 10_000
+    # Frames waiting in the producer's queue beyond this answer 503 at once (backpressure).
+    queue_max_messages: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class DedupConfig:
     window_s: float = DEFAULT_DEDUP_WINDOW_S
 
@@ -271,6 +286,7 @@ class Config:
     limits: Limits = DEFAULT_LIMITS
     live: LiveConfig = LiveConfig()
     support: SupportConfig = SupportConfig()
+    sink: SinkConfig = SinkConfig()
 
 
 # -- resolving -----------------------------------------------------------------
@@ -282,6 +298,7 @@ _GROUPS: Final[dict[str, type[Any]]] = {
     "time": TimeConfig,
     "limits": Limits,
     "live": LiveConfig,
+    "sink": SinkConfig,
 }
 
 # Environment variable -> (group, field); the group "" is the top level.
@@ -295,6 +312,8 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "MAIDIAN_DURABILITY": ("storage", "durability"),
     "MAIDIAN_SYNC_INTERVAL_MS": ("storage", "sync_interval_ms"),
     "MAIDIAN_DEDUP_WINDOW_S": ("dedup", "window_s"),
+    "MAIDIAN_SINK": ("sink", "kind"),
+    "MAIDIAN_KAFKA_BOOTSTRAP": ("sink", "kafka_bootstrap"),
 }
 
 
@@ -563,6 +582,7 @@ def resolve_config(
         limits=_group("limits", Limits, tables["limits"]),
         live=_group("live", LiveConfig, tables["live"]),
         support=_support(doc.get("support", {})),
+        sink=_group("sink", SinkConfig, tables["sink"]),
         auth=AuthConfig(
             write_keys=tuple(keys),
             sources=sources,
@@ -609,6 +629,10 @@ def check_config(config: Config) -> Config:
     if live.history_events < 0 or live.queue_events < 1:
         raise ConfigError("live: history_events must be >= 0 and queue_events >= 1")
     _check_support(config.support)
+    if config.sink.kind not in ("local", "kafka"):
+        raise ConfigError("sink.kind: expected 'local' or 'kafka'")
+    if config.sink.kind == "kafka" and not config.sink.kafka_bootstrap:
+        raise ConfigError("sink.kafka_bootstrap: the kafka sink needs the brokers (--kafka-bootstrap HOST:PORT,...)")
     if not config.auth.write_keys and not config.auth.sources:
         raise ConfigError("no write key or server source: give --write-key, MAIDIAN_WRITE_KEYS or [[write_keys]]")
     return config

@@ -36,6 +36,7 @@ from maidian.collector.pipeline.ingest import Ingest
 from maidian.collector.pipeline.judge import Judge
 from maidian.collector.pipeline.recovery import DedupState, follow_segments, load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
 from maidian.collector.store.suppression import load_suppression
 from maidian.tracking_plan import Plan, Validator, load_plan
@@ -67,8 +68,15 @@ class Collector:
             "max_unsynced_bytes": st.max_unsynced_bytes,
             "clock": clock,
         }
-        self.raw = LogWriter(self.data.raw, st.writer_id, **common)
-        self.quarantine = LogWriter(self.data.quarantine, st.writer_id, **common)
+        self.raw: DurableLog
+        self.quarantine: DurableLog
+        if config.sink.kind == "kafka":
+            from maidian.collector.cluster.kafka_log import kafka_logs
+
+            self.raw, self.quarantine = kafka_logs(config.sink, st.writer_id)
+        else:
+            self.raw = LogWriter(self.data.raw, st.writer_id, **common)
+            self.quarantine = LogWriter(self.data.quarantine, st.writer_id, **common)
         self.metrics = Metrics()
         self.judge = Judge(
             self.plan,
@@ -202,6 +210,8 @@ class Collector:
 
     def _probe_disk(self) -> None:
         """Can the disk take a write again? Then let requests try (and /readyz say so)."""
+        if self.config.sink.kind != "local":
+            return  # the Kafka log's health follows the brokers (cluster/kafka_log.py)
         probe = self.data.state / "probe"
         try:
             write_atomically(probe, bytes(_PROBE_BYTES))

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ROOT
+
 CHROMIUM = Path("/usr/bin/chromium")
+# Screenshots and console logs the browser tests keep (not committed).
+ARTIFACTS = ROOT / "test-artifacts"
+# What a page gets to load, or an element to appear, before a browser test gives up.
+TIMEOUT_MS = 15_000
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

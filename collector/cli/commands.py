@@ -57,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "workers": args.workers,
         "durability": args.durability,
+        "sink": args.sink,
+        "kafka_bootstrap": args.kafka_bootstrap,
     }
     source = ConfigSource(args.config, tuple(flags.items()), tuple(args.write_key or ()))
     config = source.resolve()
@@ -246,6 +248,10 @@ def add_collector_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT); default 1")
     p.add_argument("--durability", choices=("fsync", "write"), help="fsync (default) or write; see docs/collector.md")
     p.add_argument("--writer-id", help="this process's writer id in the data directory (default w0)")
+    p.add_argument(
+        "--sink", choices=("local", "kafka"), help="local segments (default) or Apache Kafka; see docs/scaling.md"
+    )
+    p.add_argument("--kafka-bootstrap", help="the Kafka brokers, HOST:PORT,... (or MAIDIAN_KAFKA_BOOTSTRAP)")
 
     p = add_command(
         sub,

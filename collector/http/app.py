@@ -194,10 +194,11 @@ async def _readyz(request: web.Request) -> web.Response:
     if collector.is_ready():  # every slot is taken: an authenticated request would be refused now
         body: dict[str, object] = {"status": "unavailable", "reason": "overloaded", **slots}
         return web.json_response(body, status=503, headers={"Retry-After": "1"})
-    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else "disk")
+    log_down = "disk" if collector.config.sink.kind == "local" else "brokers"
+    reason = "stopping" if collector.stopping else ("starting" if not collector.ready else log_down)
     detail = collector.raw.last_error or collector.quarantine.last_error
     body = {"status": "unavailable", "reason": reason}
-    if detail and reason == "disk":
+    if detail and reason == log_down:
         body["error"] = detail
     return web.json_response(body, status=503, headers={"Retry-After": "5"})
 

@@ -209,6 +209,20 @@ class IdentityGraph:
             rows = self._ready().identities_seen(person)
         return {(t, v): first for t, v, first in rows}
 
+    def cluster_members(self, identities: Iterable[tuple[str, str]]) -> list[tuple[str, str, PersonId]]:
+        """(type, value, person) of every identity connected, by any link made or refused, to the given ones.
+
+        What a copy of the graph kept elsewhere (cluster mode's PostgreSQL table) must rewrite after the
+        given identities were observed: a late link can move any identity of its cluster to another person.
+        """
+        with self._lock:
+            return self._ready().cluster_members(identities)
+
+    def all_persons(self) -> dict[tuple[str, str], PersonId]:
+        """Every identity's person: (type, value) -> person id."""
+        with self._lock:
+            return self._ready().all_persons()
+
     def find(self, value: str, identity_type: str | None = None) -> PersonId | None:
         """The person that any identity with this value (of this type, if given) belongs to.
 

@@ -235,6 +235,23 @@ class Store:
         rows = self.conn.execute("SELECT type, value, first_time FROM node WHERE person = ?", (person,))
         return [(str(t), str(v), int(f)) for t, v, f in rows]
 
+    def cluster_members(self, identities: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(type, value, person) of every identity in the clusters of the given identities."""
+        conn = self.conn
+        clusters: set[int] = set()
+        for t, v in identities:
+            row = conn.execute("SELECT cluster FROM node WHERE value = ? AND type = ?", (v, t)).fetchone()
+            if row is not None:
+                clusters.add(int(row[0]))
+        out: list[tuple[str, str, str]] = []
+        for cluster in sorted(clusters):
+            rows = conn.execute("SELECT type, value, person FROM node WHERE cluster = ?", (cluster,))
+            out += [(str(t), str(v), str(p)) for t, v, p in rows]
+        return out
+
+    def all_persons(self) -> dict[tuple[str, str], str]:
+        return {(str(t), str(v)): str(p) for t, v, p in self.conn.execute("SELECT type, value, person FROM node")}
+
     def find(self, value: str) -> list[tuple[str, str]]:
         """(type, person) for every identity with this value."""
         return [

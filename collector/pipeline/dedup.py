@@ -140,6 +140,17 @@ class SeenIds:
             if self._opaque.get(eid, -1) < now_ms:
                 self._opaque[eid] = now_ms
 
+    def entry(self, key: str) -> tuple[int, list[int]] | None:
+        """(last seen ms, flat ranges) of one SDK source, or (last seen ms, []) of one opaque id; None if unseen."""
+        ranges = self._sources.get(key)
+        if ranges is not None:
+            return ranges.last_seen_ms, ranges.flat()
+        seen = self._opaque.get(key)
+        return None if seen is None else (seen, [])
+
+    def opaque_count(self) -> int:
+        return len(self._opaque)
+
     def expire(self, now_ms: int) -> int:
         """Forget sources and ids not seen within the window; returns how many were forgotten."""
         cutoff = now_ms - self.window_ms

@@ -44,10 +44,11 @@ from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import Batch
 from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, scope_of
 from maidian.collector.pipeline.judge import Judge, event_summary, reason_dicts
+from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.frames import encode_frame
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges, split_event_id, split_one_source, to_ranges
-from maidian.collector.store.log import Appended, LogWriter
+from maidian.collector.store.log import Appended
 from maidian.tracking_plan import Violation
 
 __all__ = ["Ingest", "Outcome", "Refused"]
@@ -127,8 +128,8 @@ class Ingest:
         self,
         judge: Judge,
         *,
-        raw: LogWriter,
-        quarantine: LogWriter,
+        raw: DurableLog,
+        quarantine: DurableLog,
         seen: ScopedSeenIds,
         quarantined: ScopedSeenIds,
         metrics: Metrics,

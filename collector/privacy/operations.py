@@ -151,6 +151,19 @@ def _own_values(view: PersonView, value: str) -> frozenset[str]:
     return frozenset(own - shared - {""})
 
 
+def _lake_of(data: DataDir) -> Any:
+    """The lake's privacy functions when the data directory has a lake (lake/privacy.py), else None."""
+    if not (data.root / "lake" / "state.json").exists():
+        return None
+    try:
+        from maidian.collector.lake import privacy
+    except ImportError as exc:
+        raise PrivacyError(
+            f"{data.root}/lake holds the lake, which needs the lake extra to be changed: pip install 'maidian[lake]'"
+        ) from exc
+    return privacy
+
+
 def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: Plan | None = None) -> Cleared:
     """Remove every stored trace of the person who owns identity `value`; see the module docstring.
 
@@ -185,6 +198,9 @@ def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: P
 
         scan = rewrite_logs(data, drop, cleared, raw_needs=raw_needs)
         cleared.catalog_rows = catalog.forget_removed(scan, identities=members, event_ids=frozenset(erased_ids))
+        lake = _lake_of(data)
+        if lake is not None:
+            cleared.notes.append(f"lake: {lake.forget(data.root, view.own, erased_ids)} rows removed")
         if person is not None:
             forgotten = feed.graph.forget(person)
             cleared.identities = sum(len(v) for v in forgotten.identities.values())
@@ -214,6 +230,9 @@ def retain(data_dir: Path, days: float, *, now_ms: int, plan: Plan | None = None
     with _session(data_dir, plan) as (data, catalog, _, cleared):
         scan = rewrite_logs(data, lambda _event, t, _head: t < cutoff, cleared, cutoff_ms=cutoff)
         cleared.catalog_rows = catalog.forget_removed(scan)
+        lake = _lake_of(data)
+        if lake is not None:
+            cleared.notes.append(f"lake: {lake.retain(data.root, cutoff)} rows removed")
     cleared.notes.append(f"cutoff: events with a corrected time before {cutoff} (epoch ms) were removed")
     return cleared
 

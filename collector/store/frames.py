@@ -91,10 +91,10 @@ FRAME_MAGIC: Final = bytes((0x93, VERSION))
 _encoder = msgspec.msgpack.Encoder()
 _payload_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], bytes])
 _body_decoder = msgspec.msgpack.Decoder(dict[str, Any])
-# The head alone: the compressed body stays a view into the payload, never copied.
-_head_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], msgspec.Raw])
 # The content checksum (4 bytes) tells an intact body from a damaged one when a frame fails its CRC.
 _compressor = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True)
+# The head alone: the compressed body stays a view into the payload, never copied.
+_head_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], msgspec.Raw])
 _decompressor = zstandard.ZstdDecompressor()
 _event_decoder = msgspec.msgpack.Decoder()
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"

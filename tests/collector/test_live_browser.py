@@ -1,9 +1,7 @@
 """The live page in headless Chromium: a real `maidian qa` collector, events sent with the SDK, the page checked.
 
-Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it) and
-the `playwright` package (the `dev` extra), which drives it; playwright's own
-browser downloads are never used. Without them these tests skip and say why.
-Screenshots go to test-artifacts/. The `browser` fixture is in conftest.py.
+Needs Debian's Chromium and playwright (tests/browser.py); without
+them these tests skip and say why. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -15,13 +13,11 @@ from typing import Any
 import pytest
 
 from maidian.sdk import Client
-from tests.browser import BROWSER_MARKS
+from tests.browser import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
 from tests.collector.qa_process import QaSession, start_qa
-from tests.conftest import MINI_PLAN, ROOT
+from tests.conftest import MINI_PLAN
 
-ARTIFACTS = ROOT / "test-artifacts"
 ORDER = {"stock_code": "600519", "side": "buy", "price": 1688.5, "quantity": 200}
-TIMEOUT_MS = 15_000
 
 pytestmark = BROWSER_MARKS
 

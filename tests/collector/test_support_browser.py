@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from maidian.tracking_plan.pii import hash_value
-from tests.browser import BROWSER_MARKS
+from tests.browser import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
 from tests.collector import support_data as sd
 from tests.collector.helpers import now_ms
-from tests.collector.test_live_browser import ARTIFACTS, TIMEOUT_MS
 
 pytestmark = BROWSER_MARKS
 
