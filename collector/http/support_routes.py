@@ -203,7 +203,7 @@ def _set_cookie(response: web.StreamResponse, request: web.Request, session: Ses
         path="/support",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=request.secure or state.settings.secure_cookie,
     )
 
 
@@ -237,7 +237,9 @@ async def _login(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
         return response
     if session is None:
+        log.warning("support: failed login from %s", address)
         return _error(401, "unauthenticated", "wrong name or password")
+    log.info("support: %s (%s) signed in from %s", session.account, session.role, address)
     response = json_response({"ok": True, "csrf": session.csrf})
     _set_cookie(response, request, session)
     return response
