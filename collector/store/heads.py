@@ -14,9 +14,18 @@ from collections import Counter
 from operator import itemgetter
 from typing import Any, Final
 
+import msgspec
+
 from maidian.collector.store.frames import encode_frame
 
-__all__ = ["build_accepted_frame"]
+__all__ = ["TimeSpan", "build_accepted_frame"]
+
+
+class TimeSpan(msgspec.Struct):
+    """A raw-log head's time range alone (corrected times, ms): decode a head as this to skip the rest."""
+
+    tmin: int = 0
+    tmax: int = 0
 
 
 def build_accepted_frame(

@@ -37,6 +37,7 @@ from maidian.collector.pipeline.dedup import head_scope
 from maidian.collector.read import Attribution, event_order, export_events, frame_records
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import read_frame_at, read_heads_at
+from maidian.collector.store.heads import TimeSpan
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 from maidian.tracking_plan.pii import hash_value
@@ -250,16 +251,16 @@ class Timeline:
 
     def _learn(self, catalog: Catalog, found: Found, memory: PersonFrames) -> None:
         """Read the heads of the person's frames not seen before; keep the list newest first."""
-        fresh = [f for f in catalog.frames_of(set(found.members)) if f not in memory.known]
+        fresh = set(catalog.frames_of(set(found.members))) - memory.known
         if not fresh:
             return
+        memory.known |= fresh
         by_segment: dict[str, list[int]] = {}
         for segment, offset in fresh:
             by_segment.setdefault(segment, []).append(offset)
-            memory.known.add((segment, offset))
         for segment, offsets in by_segment.items():
-            for offset, head in read_heads_at(self.data.raw / segment, offsets):
-                memory.frames.append((int(head.get("tmax", _FAR)), int(head.get("tmin", -_FAR)), segment, offset))
+            spans = read_heads_at(self.data.raw / segment, offsets, TimeSpan)
+            memory.frames.extend((span.tmax, span.tmin, segment, offset) for offset, span in spans)
         memory.frames.sort(reverse=True)
 
     # -- the person's quarantined events -----------------------------------------------
