@@ -22,10 +22,11 @@ __all__ = ["TimeSpan", "build_accepted_frame"]
 
 
 class TimeSpan(msgspec.Struct):
-    """A raw-log head's time range alone (corrected times, ms): decode a head as this to skip the rest."""
+    """A raw-log head's time range (corrected times, ms) and event-name counts, and nothing else of it."""
 
     tmin: int = 0
     tmax: int = 0
+    names: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def build_accepted_frame(

@@ -24,7 +24,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -135,6 +135,12 @@ class TimelineFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
+    def names_match(self, names: tuple[str, ...], line_of: Callable[[str], str]) -> bool:
+        """Whether a frame holding these event names may hold an event this filter keeps."""
+        return any(
+            (not self.events or n in self.events) and (not self.lines or line_of(n) in self.lines) for n in names
+        )
+
     def matches(self, record: Mapping[str, Any], line: str) -> bool:
         t = record.get("time", 0)
         return (
@@ -152,10 +158,14 @@ def _name(record: Mapping[str, Any]) -> str:
 
 @dataclass(slots=True)
 class PersonFrames:
-    """A view's memory of the person's frames: (tmax, tmin, segment, offset), newest first, grown as frames arrive."""
+    """A view's memory of the person's frames, newest first, grown as frames arrive.
+
+    Each frame as (tmax, tmin, segment, offset, the event names it holds): a
+    filter by line or event skips the frames that hold none without reading them.
+    """
 
     known: set[tuple[str, int]] = field(default_factory=set)
-    frames: list[tuple[int, int, str, int]] = field(default_factory=list)
+    frames: list[tuple[int, int, str, int, tuple[str, ...]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +229,9 @@ class Timeline:
         picked: dict[Key, dict[str, Any]] = {}
         floor: Key | None = None
         scanned = 0
-        for tmax, tmin, segment, offset in memory.frames:
-            if tmin >= hi or tmax < lo:
+        named = flt.names_match if flt.lines or flt.events else None
+        for tmax, tmin, segment, offset, names in memory.frames:
+            if tmin >= hi or tmax < lo or (named is not None and not named(names, self.line_of)):
                 continue
             if floor is not None and tmax < floor[0]:
                 break
@@ -260,7 +271,7 @@ class Timeline:
             by_segment.setdefault(segment, []).append(offset)
         for segment, offsets in by_segment.items():
             spans = read_heads_at(self.data.raw / segment, offsets, TimeSpan)
-            memory.frames.extend((span.tmax, span.tmin, segment, offset) for offset, span in spans)
+            memory.frames.extend((span.tmax, span.tmin, segment, offset, tuple(span.names)) for offset, span in spans)
         memory.frames.sort(reverse=True)
 
     # -- the person's quarantined events -----------------------------------------------
