@@ -357,7 +357,7 @@ async def _timeline(request: web.Request, session: Session, view: _View) -> web.
         out: dict[str, Any] = {"events": page.events, "cursor": page.cursor}
         names = {e["event"] for e in page.events}
         if cursor is None:
-            out["quarantined"] = state.timeline.quarantined(view.found, flt)
+            out["quarantined"] = state.timeline.quarantined(feed.graph, view.found, flt)
             names |= {e["event"] for e in out["quarantined"]}
         out["notes"] = state.timeline.notes(names)
         return out

@@ -276,16 +276,27 @@ class Timeline:
 
     # -- the person's quarantined events -----------------------------------------------
 
-    def quarantined(self, found: Found, flt: TimelineFilter) -> list[dict[str, Any]]:
-        """The person's quarantined events (carrying one of their identities), newest first, with reasons."""
+    def quarantined(self, graph: IdentityGraph, found: Found, flt: TimelineFilter) -> list[dict[str, Any]]:
+        """The person's quarantined events, newest first, with reasons.
+
+        An event is the person's when it carries one of their identities and the
+        graph attributes it to no one else (as an unsigned event: a quarantined
+        event's sender is not vouched for); so on a shared pad, another
+        customer's refused event stays with that customer.
+        """
         members = found.members
+        attribute = Attribution(graph)
         out: list[dict[str, Any]] = []
-        for q in export_events(self.data.root, accepted=False, quarantined=True):
+        for q in export_events(
+            self.data.root, since_ms=flt.since_ms, until_ms=flt.until_ms, accepted=False, quarantined=True
+        ):
             event = q.get("event")
             if not isinstance(event, dict):
                 continue
             ids = event.get("identities")
             if not isinstance(ids, dict) or not any((str(t), str(v)) in members for t, v in ids.items()):
+                continue
+            if attribute(ids, False) not in (None, found.person):
                 continue
             record = {**event, "time": q["time"], "received_at": q.get("received_at"), "source": q.get("source")}
             if not flt.matches(record, self.line_of(_name(record))):

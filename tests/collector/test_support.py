@@ -33,7 +33,7 @@ async def support(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.Monke
     response = await client.post("/v1/batch", data=body, headers=headers)
     result = await response.json()
     assert response.status == 200
-    assert [r["status"] for r in result["results"]].count("quarantined") == 1
+    assert [r["status"] for r in result["results"]].count("quarantined") == 2
     return client
 
 
@@ -274,7 +274,8 @@ async def test_quarantined_events_of_the_person_come_with_reasons_and_plan_notes
     assert notes["description"]
     assert notes["properties"]["amount"]
     await search(support, csrf, sd.B_LOGIN)
-    assert (await timeline(support, csrf))["quarantined"] == []
+    [b_bad] = (await timeline(support, csrf))["quarantined"]  # B's refused deposit on A's pad is B's alone
+    assert b_bad["event_id"] == "0193padbranch057101-4"
 
 
 async def test_an_officer_exports_the_timeline_and_reads_the_audit(support: Client) -> None:

@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sd.SupportServe
     running = sd.SupportServer(tmp_path_factory.mktemp("support"))
     try:
         result = running.post(sd.customer_events(now_ms()))
-        assert [r["status"] for r in result["results"]].count("quarantined") == 1
+        assert [r["status"] for r in result["results"]].count("quarantined") == 2
         yield running
     finally:
         assert running.stop() == 0
