@@ -324,6 +324,7 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
             pattern=spec.get("pattern"),
             max_length=spec.get("maxLength"),
             pii=spec.get("x-pii"),
+            introduced_by=spec.get("introduced_by", "any"),
         )
 
     common = _object_schema(schemas.schema(doc.get("common_properties"), ("common_properties",)))

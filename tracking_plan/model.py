@@ -55,6 +55,8 @@ class IdentityType:
     pattern: str | None = None
     max_length: int | None = None
     pii: str | None = None
+    # Who may introduce a value of this type to the identity graph: "any" sender, or only "signed" sources.
+    introduced_by: Literal["any", "signed"] = "any"
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,7 @@ def policy_fingerprint(policy: IdentityPolicy) -> str:
             "priorities": sorted(policy.priorities.items()),
             "unbind_requires_trusted": policy.unbind_requires_trusted,
             "person_id_key": policy.person_id_key.hex(),
+            **({"signed_only_types": sorted(policy.signed_only_types)} if policy.signed_only_types else {}),
         },
         sort_keys=True,
     )
@@ -228,6 +229,28 @@ class Store:
         return [
             (str(t), str(v)) for t, v in self.conn.execute("SELECT type, value FROM node WHERE person = ?", (person,))
         ]
+
+    def identities_seen(self, person: str) -> list[tuple[str, str, int]]:
+        """(type, value, first event time) for every identity of a person."""
+        rows = self.conn.execute("SELECT type, value, first_time FROM node WHERE person = ?", (person,))
+        return [(str(t), str(v), int(f)) for t, v, f in rows]
+
+    def cluster_members(self, identities: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(type, value, person) of every identity in the clusters of the given identities."""
+        conn = self.conn
+        clusters: set[int] = set()
+        for t, v in identities:
+            row = conn.execute("SELECT cluster FROM node WHERE value = ? AND type = ?", (v, t)).fetchone()
+            if row is not None:
+                clusters.add(int(row[0]))
+        out: list[tuple[str, str, str]] = []
+        for cluster in sorted(clusters):
+            rows = conn.execute("SELECT type, value, person FROM node WHERE cluster = ?", (cluster,))
+            out += [(str(t), str(v), str(p)) for t, v, p in rows]
+        return out
+
+    def all_persons(self) -> dict[tuple[str, str], str]:
+        return {(str(t), str(v)): str(p) for t, v, p in self.conn.execute("SELECT type, value, person FROM node")}
 
     def find(self, value: str) -> list[tuple[str, str]]:
         """(type, person) for every identity with this value."""

@@ -57,11 +57,18 @@ def _drop_empty_partitions(lake: LakeDir) -> None:
                 partition.rmdir()
 
 
-def forget(data_dir: Path, identities: Iterable[tuple[str, str]]) -> int:
-    """Remove a person's rows from the lake; the number of event and profile rows removed."""
+def forget(data_dir: Path, identities: Iterable[tuple[str, str]], event_ids: Iterable[str] = ()) -> int:
+    """Remove a person's rows from the lake; the number of event and profile rows removed.
+
+    `event_ids` are the events the privacy operation removed from the logs (the
+    ones the identity graph attributes to the person, whatever identities they
+    carry); `identities` are the person's own values, never one a shared
+    device's other users carry too, so no one else's row goes.
+    """
     lake = LakeDir.of(Path(data_dir))
     if not lake.exists():
         return 0
+    erased = pa.array(sorted(set(event_ids)), pa.string())
     wanted: dict[str, set[str]] = {}
     for t, v in identities:
         wanted.setdefault(t, set()).add(v)
@@ -70,10 +77,13 @@ def forget(data_dir: Path, identities: Iterable[tuple[str, str]]) -> int:
         for path in list(_files(lake)):
             names = set(pq.read_schema(path).names)
             columns = [t for t in wanted if t in names]
-            if not columns:
+            by_id = bool(erased) and "event_id" in names
+            if not columns and not by_id:
                 continue
-            table = pq.read_table(path, columns=columns)
+            table = pq.read_table(path, columns=columns + (["event_id"] if by_id else []))
             hit = pa.array([False] * table.num_rows, pa.bool_())
+            if by_id:
+                hit = pc.fill_null(pc.is_in(table["event_id"], value_set=erased), False)
             for t in columns:
                 hit = pc.or_(hit, pc.fill_null(pc.is_in(table[t], value_set=pa.array(sorted(wanted[t]))), False))
             removed += _rewrite(path, pc.invert(hit))

@@ -76,9 +76,10 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     loop_name = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]
+    durability = config.storage.durability if config.sink.kind == "local" else "kafka-acks-all"
     _say(
         f"listening on http://{config.server.host}:{port} writer={collector.writer_id} "
-        f"durability={config.storage.durability} loop={loop_name} ready_in_s={collector.ready_after_s:.3f}"
+        f"durability={durability} loop={loop_name} ready_in_s={collector.ready_after_s:.3f}"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

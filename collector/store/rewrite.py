@@ -14,13 +14,12 @@ records by index.
 Which events go is the caller's choice (a `Drop` predicate, and a `HeadFilter`
 that skips frames by their head alone); `maidian.collector.privacy` decides
 for deletion and retention. The catalog then drops the rows that name removed
-data (`clean_catalog`: secure_delete on, WAL truncated).
+data (`Catalog.forget_removed`: secure_delete on, WAL truncated).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,13 +30,12 @@ import msgspec
 import zstandard
 
 from maidian.collector.errors import DataDirError, PrivacyError
-from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.catalog import Scan, identity_rows
 from maidian.collector.store.frames import (
     FRAME_HEADER,
     MAGIC,
     Frame,
     frame_of,
-    read_frame_at,
     scan_frames,
     segment_files,
 )
@@ -49,13 +47,9 @@ __all__ = [
     "Cleared",
     "Drop",
     "HeadFilter",
-    "Scan",
-    "clean_catalog",
     "held_exclusively",
-    "open_data_dir",
     "remove_leftovers",
     "rewrite_logs",
-    "truncate_wal",
 ]
 
 # zstd levels to try, in order, when a rewritten frame does not fit its old size at the level frames use.
@@ -64,7 +58,6 @@ _LEVELS: Final = (1, 3, 9, 19)
 _PAD_OVERHEAD: Final = 6
 # Attempts to hit the exact size; each corrects by the remaining difference, so two or three suffice.
 _FIT_TRIES: Final = 8
-_CHECKPOINT_TRIES: Final = 20
 
 _encoder = msgspec.msgpack.Encoder()
 _decompressor = zstandard.ZstdDecompressor()
@@ -115,14 +108,6 @@ class Cleared:
 # -- the data directory, held exclusively --------------------------------------------------
 
 
-def open_data_dir(data_dir: Path) -> DataDir:
-    """The data directory at `data_dir`, refused when it is not one."""
-    data = DataDir(Path(data_dir))
-    if not data.raw.is_dir():
-        raise PrivacyError(f"{data_dir}: not a maidian data directory (no raw/ in it)")
-    return data
-
-
 @contextlib.contextmanager
 def held_exclusively(data: DataDir) -> Iterator[None]:
     """Hold every writer lock of the data directory (and w0's), or refuse: a writer is running."""
@@ -162,7 +147,7 @@ def remove_leftovers(data: DataDir) -> int:
 def _compress(data: bytes, level: int) -> bytes:
     c = _compressors.get(level)
     if c is None:
-        c = _compressors[level] = zstandard.ZstdCompressor(level=level)
+        c = _compressors[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
     return c.compress(data)
 
 
@@ -193,8 +178,8 @@ def _same_size_frame(frame: Frame, head: dict[str, Any], body: dict[str, Any]) -
     raise PrivacyError(f"{frame.segment} at {frame.offset}: the rewritten frame does not fit its old size")
 
 
-Drop = Callable[[Any, int], bool]
-"""Whether to remove one stored event: (the decoded event or undecodable bytes, its corrected time)."""
+Drop = Callable[[Any, int, dict[str, Any]], bool]
+"""Whether to remove one stored event: (the event or its undecodable bytes, its corrected time, its frame's head)."""
 
 
 @dataclass(slots=True)
@@ -216,7 +201,7 @@ def _rewrite_raw(frame: Frame, drop: Drop, cutoff_all: bool) -> _FrameChange | N
     body = _body_decoder.decode(_decompressor.decompress(frame.body))
     events = [_decode_event(r) for r in body.e]
     times = [body.t[i] if i < len(body.t) else 0 for i in range(len(events))]
-    keep = [i for i, ev in enumerate(events) if not (cutoff_all or drop(ev, times[i]))]
+    keep = [i for i, ev in enumerate(events) if not (cutoff_all or drop(ev, times[i], frame.head))]
     if len(keep) == len(events):
         return None
     meta = {k: v for k, v in frame.head.items() if k not in _DERIVED_RAW}
@@ -264,7 +249,7 @@ def _rewrite_quarantine(frame: Frame, drop: Drop) -> _FrameChange | None:
         if i < len(summary) and summary[i] is None:
             continue  # a tombstone already
         t = times[i] if i < len(times) else 0
-        if not drop(_quarantined_event(raw, fmt), t):
+        if not drop(_quarantined_event(raw, fmt), t, frame.head):
             kept += 1
             continue
         removed += 1
@@ -284,44 +269,6 @@ def _rewrite_quarantine(frame: Frame, drop: Drop) -> _FrameChange | None:
     head.update(n=kept, seq=ranges, oid=opaque, q=summary)
     data = _same_size_frame(frame, head, {"e": events, "t": times, "r": reasons})
     return _FrameChange(data, head, removed, kept)
-
-
-@dataclass(slots=True)
-class Scan:
-    """What the frame heads say after the rewrite, for the catalog's clean-up.
-
-    `full`: collect every frame's identity rows (retention, which compares
-    the whole identity index); otherwise only the rows the rewritten frames
-    no longer carry (`stale_rows`), which is all a deletion changes.
-    """
-
-    full: bool
-    identity_rows: set[tuple[str, str, str, int]] = field(default_factory=set)
-    stale_rows: set[tuple[str, str, str, int]] = field(default_factory=set)
-    quarantine_rows: set[tuple[str, int, int]] = field(default_factory=set)
-    segments: set[tuple[str, str]] = field(default_factory=set)
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
-    kept: int = 0
-
-    def add_counts(self, log: str, head: dict[str, Any]) -> None:
-        counts = self.counts
-        if log == "raw":
-            for name, n in head.get("names", {}).items():
-                counts[(name, "accepted")] = counts.get((name, "accepted"), 0) + n
-        else:
-            for entry in head.get("q", ()):
-                if entry is not None:
-                    key = (entry[1] or "?", "quarantined")
-                    counts[key] = counts.get(key, 0) + 1
-
-
-def _identity_rows(head: dict[str, Any], segment: str, offset: int) -> set[tuple[str, str, str, int]]:
-    """The catalog's identity-index rows for one raw frame (catalog.py `_index_raw`)."""
-    return {
-        (str(t), str(v), segment, offset)
-        for _t, _e, _k, identities in head.get("obs", ())
-        for t, v in identities.items()
-    }
 
 
 HeadFilter = Callable[[dict[str, Any]], bool]
@@ -379,11 +326,10 @@ def _rewrite_segment(
         if log == "raw":
             scan.kept += int(head.get("n", 0))
             if scan.full:
-                scan.identity_rows |= _identity_rows(head, path.name, offset)
+                scan.identity_rows |= identity_rows(head, path.name, offset)
             elif offset in changes:
-                scan.stale_rows |= _identity_rows(frame.head, path.name, offset) - _identity_rows(
-                    head, path.name, offset
-                )
+                scan.stale_rows |= identity_rows(frame.head, path.name, offset) - identity_rows(head, path.name, offset)
+                scan.rewritten[(path.name, offset)] = head
         else:
             for idx, entry in enumerate(head.get("q", ())):
                 if entry is not None:
@@ -408,92 +354,3 @@ def rewrite_logs(
             )
     cleared.kept_events = scan.kept
     return scan
-
-
-# -- the catalog -------------------------------------------------------------------------------
-
-
-def clean_catalog(
-    catalog: Catalog,
-    scan: Scan,
-    *,
-    identities: frozenset[tuple[str, str]] = frozenset(),
-    event_ids: frozenset[str] = frozenset(),
-) -> int:
-    """Drop every catalog row that names removed data; secure_delete on, WAL truncated. Returns rows removed."""
-    db = catalog.db
-    db.execute("PRAGMA secure_delete=ON")
-    removed = 0
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for log, segment in list(db.execute("SELECT log, segment FROM progress")):
-            if (log, segment) not in scan.segments:
-                db.execute("DELETE FROM progress WHERE log=? AND segment=?", (log, segment))
-        # The person's identity observations, and every identity and event they name: the rows below follow.
-        observed: set[tuple[int]] = set()
-        neighbours: set[tuple[str, str]] = set()
-        erased = set(event_ids)
-        for value in {v for _t, v in identities}:
-            needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
-            for row_id, event_id, text in db.execute(
-                "SELECT id, event_id, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
-            ):
-                pairs = {(str(t), str(v)) for t, v in json.loads(text).items()}
-                if pairs & identities:
-                    observed.add((row_id,))
-                    neighbours |= pairs - identities
-                    erased.add(event_id)
-        if scan.full:
-            stale = {
-                row
-                for row in db.execute("SELECT type, value, segment, offset FROM identity_frames")
-                if row not in scan.identity_rows
-            }
-        else:
-            stale = set(scan.stale_rows)
-            for t, v in identities:
-                stale.update(
-                    db.execute(
-                        "SELECT ?, ?, segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v, t, v)
-                    )
-                )
-            # Identities seen beside the person's, in frames an interrupted run rewrote: still carried?
-            for t, v in neighbours:
-                for segment, offset in db.execute(
-                    "SELECT segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v)
-                ).fetchall():
-                    frame = read_frame_at(catalog.data.raw / segment, offset)
-                    if frame is None or (t, v, segment, offset) not in _identity_rows(frame.head, segment, offset):
-                        stale.add((t, v, segment, offset))
-        db.executemany("DELETE FROM identity_frames WHERE type=? AND value=? AND segment=? AND offset=?", stale)
-        db.executemany("DELETE FROM observations WHERE id=?", observed)
-        removed += len(stale) + len(observed)
-        gone = [r for r in db.execute("SELECT segment, offset, idx FROM quarantine") if r not in scan.quarantine_rows]
-        db.executemany("DELETE FROM quarantine WHERE segment=? AND offset=? AND idx=?", gone)
-        db.executemany("DELETE FROM replayed WHERE segment=? AND offset=? AND idx=?", gone)
-        removed += len(gone)
-        if erased:
-            refused = [(e,) for (e,) in db.execute("SELECT DISTINCT event_id FROM refusals") if e in erased]
-            db.executemany("DELETE FROM refusals WHERE event_id=?", refused)
-            removed += len(refused)
-        before = db.execute("SELECT COUNT(*) FROM counts").fetchone()[0]
-        db.execute("DELETE FROM counts")
-        db.executemany(
-            "INSERT INTO counts(name, outcome, n) VALUES (?, ?, ?)", [(*k, n) for k, n in scan.counts.items()]
-        )
-        removed += max(0, int(before) - len(scan.counts))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    truncate_wal(db)
-    return removed
-
-
-def truncate_wal(db: Any) -> None:
-    """Checkpoint every WAL frame into the database and cut the WAL to zero bytes."""
-    for _ in range(_CHECKPOINT_TRIES):
-        busy, _log, _done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if not busy:
-            return
-    raise PrivacyError("the catalog's WAL could not be truncated: a reader holds it; run the command again")

@@ -32,10 +32,10 @@ from maidian.collector.cli import build_parser
 from maidian.collector.cli.output import write_csv
 from maidian.collector.http.app import make_app
 from maidian.collector.identity.graph import IdentityGraph
-from maidian.collector.privacy import operations as privacy
 from maidian.collector.privacy.operations import delete_person
 from maidian.collector.read import export_events, person_events, quarantine_records, rebuild
 from maidian.collector.service import Collector
+from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import encode_frame, read_frames, scan_frames, segment_files
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges
@@ -514,24 +514,32 @@ def test_delete_leaves_exactly_the_others_events(
 def test_a_run_stopped_between_steps_is_completed_by_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """Segments rewritten but the catalog not cleaned, or the catalog cleaned but the graph not: a re-run finishes."""
+    """Segments rewritten but the catalog not cleaned, or the catalog cleaned but the graph not: a re-run finishes.
+
+    A second login on A's device (refused: the device is A's) is someone else's: their event stays, with the
+    device id it carries, and so does their login.
+    """
     data = DataDir(tmp_path / "data").create()
     a, b = Person("a", 1), Person("b", 2)
     t0 = 1_763_800_000_000
-    stranger = "13999990000"  # a login refused on A's device: only ever seen beside A's anonymous id
-    refused = {**a.event(t0 + 3), "identities": {"anonymous_id": a.anon, "login_id": stranger}}
+    stranger = "13999990000"
+    refused = {
+        **a.event(t0 + 3, utm_source="branch-pad"),
+        "identities": {"anonymous_id": a.anon, "login_id": stranger},
+    }
     events = [a.event(t0), b.event(t0 + 1), a.event(t0 + 2, login=False), refused, b.event(t0 + 4)]
     write_store(data, events, 2)
     if failing == "catalog":
-        monkeypatch.setattr(privacy, "clean_catalog", _fail)
+        monkeypatch.setattr(Catalog, "forget_removed", _fail)
     else:
         monkeypatch.setattr(IdentityGraph, "forget", _fail)
     with pytest.raises(RuntimeError):
         delete_person(data.root, a.login)
     monkeypatch.undo()
     delete_person(data.root, a.login)
-    assert hits(data.root, [*a.canaries, stranger]) == {}
-    assert stored_ids(data.root) == {events[1]["event_id"], events[4]["event_id"]}
+    assert hits(data.root, [a.anon2, a.login, a.customer_no, a.id_card]) == {}
+    assert stored_ids(data.root) == {events[1]["event_id"], refused["event_id"], events[4]["event_id"]}
+    assert [e["event_id"] for e in person_events(data.root, stranger)] == [refused["event_id"]]
     shutil.copytree(data.root, tmp_path / "rebuilt")
     rebuild(tmp_path / "rebuilt")
     assert catalog_state(data.root) == catalog_state(tmp_path / "rebuilt")

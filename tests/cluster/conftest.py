@@ -1,0 +1,58 @@
+"""Fixtures for cluster mode: real Kafka brokers (kafka.py) and a real PostgreSQL server (postgres.py).
+
+- `kafka`: one KRaft broker for the whole session; tests create their own topics (`topic_name`).
+- `kafka3`: three brokers (replication factor 3, min.insync.replicas=2) for one test, for fault tests.
+- `postgres`: one PostgreSQL server for the session.
+
+Each fixture stops what it started, by PID, at teardown. None of them skips: a server that cannot start
+fails the test with the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.kafka import KafkaCluster
+from tests.cluster.postgres import PostgresServer
+
+_TOPICS = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaCluster]:
+    with tempfile.TemporaryDirectory(prefix="maidian-kafka-") as root:
+        cluster = KafkaCluster.start(Path(root), brokers=1)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture
+def kafka3() -> Iterator[KafkaCluster]:
+    with tempfile.TemporaryDirectory(prefix="maidian-kafka3-") as root:
+        cluster = KafkaCluster.start(Path(root), brokers=3)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic prefix unique to this test within the session's broker."""
+    return f"t{next(_TOPICS)}-{request.node.name[:40].replace('[', '-').replace(']', '')}"
