@@ -153,8 +153,8 @@ class _Attribution:
         self.graph = graph
         self.priorities = graph.policy.priorities
         self.cache: dict[tuple[tuple[str, Any], ...], tuple[int, str | None]] = {}
-        # (type, value) -> [key, first time seen in this pass]
-        self.seen: dict[tuple[str, str], list[int]] = {}
+        # (type, value) -> the earliest corrected time this pass saw it at
+        self.seen: dict[tuple[str, str], int] = {}
 
     def of(self, identities: dict[str, Any], when: int) -> tuple[int, str | None]:
         items = tuple(identities.items())
@@ -163,11 +163,9 @@ class _Attribution:
             found = self.cache[items] = self._resolve(identities)
         seen = self.seen
         for t, v in items:
-            entry = seen.get((t, v))
-            if entry is None:
-                seen[t, v] = [0, when]
-            elif when < entry[1]:
-                entry[1] = when
+            first = seen.get((t, v))
+            if first is None or when < first:
+                seen[t, v] = when
         return found
 
     def _resolve(self, identities: Mapping[str, Any]) -> tuple[int, str | None]:
@@ -538,14 +536,14 @@ def write_identities(lake: LakeDir, known: Mapping[tuple[str, str], list[Any]]) 
 
 def _resolve(
     known: dict[tuple[str, str], list[Any]],
-    seen: Mapping[tuple[str, str], list[int]],
+    seen: Mapping[tuple[str, str], int],
     graph: IdentityGraph,
     *,
     everything: bool,
 ) -> int:
     """Bring `known` up to date with the graph for the clusters this pass touched; the count re-resolved."""
     touched: set[str | None] = set()
-    for pair, (_k, first) in seen.items():
+    for pair, first in seen.items():
         entry = known.get(pair)
         if entry is None:
             known[pair] = [identity_key(*pair), None, first]
