@@ -23,24 +23,23 @@ from tests.cluster.postgres import PostgresServer
 _TOPICS = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def kafka() -> Iterator[KafkaCluster]:
-    with tempfile.TemporaryDirectory(prefix="maidian-kafka-") as root:
-        cluster = KafkaCluster.start(Path(root), brokers=1)
+def _running(brokers: int) -> Iterator[KafkaCluster]:
+    with tempfile.TemporaryDirectory(prefix=f"maidian-kafka{brokers}-") as root:
+        cluster = KafkaCluster.start(Path(root), brokers=brokers)
         try:
             yield cluster
         finally:
             cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaCluster]:
+    yield from _running(1)
 
 
 @pytest.fixture
 def kafka3() -> Iterator[KafkaCluster]:
-    with tempfile.TemporaryDirectory(prefix="maidian-kafka3-") as root:
-        cluster = KafkaCluster.start(Path(root), brokers=3)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+    yield from _running(3)
 
 
 @pytest.fixture(scope="session")
