@@ -22,7 +22,12 @@ Each SDK runs in a fresh process per run, measuring:
 - client CPU per delivered event: the whole process's CPU time (all threads)
   from the first call until flush() returned, over 20,000 events;
 - request bytes per event: body bytes received by the sink / events, with each
-  peer's compression switched on where it has one;
+  peer's compression switched on where it has one; once for 20,000 copies of
+  the order (the best case: batches of identical events compress to almost
+  nothing), once for 20,000 varied, realistic orders (`varied_orders`: 2,000
+  stocks, prices, lots, amounts, order and account types, each event with its
+  own id and time), and for maidian also in 500-event batches and as one-event
+  requests (`one_event_request_bytes`, 200 requests);
 - memory per buffered event: tracemalloc's traced bytes after 100,000 calls
   while sending is blocked, over 100,000.
 
@@ -38,6 +43,7 @@ import argparse
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -65,6 +71,8 @@ EVENT = "stock_order_submit"
 USER = "u_10086"
 N_TRACK = 20_000
 N_MEMORY = 100_000
+N_VARIED = 20_000
+N_SINGLE = 200  # one-event requests
 BATCH = 100
 SDKS = ["maidian", "sensors", "posthog", "segment", "mixpanel", "amplitude", "snowplow"]
 HERE = Path(__file__).resolve()
@@ -144,12 +152,15 @@ def sink_stats(base: str, reset: bool = False) -> dict[str, int]:
 
 # -- the SDKs ------------------------------------------------------------------------------
 
-Track = Callable[[], None]
+Track = Callable[..., None]
 Flush = Callable[[], None]
 
 
-def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
-    """A client of `name` pointed at the sink (or, idle, at a path that never answers)."""
+def make(name: str, base: str, *, idle: bool, batch: int = BATCH) -> tuple[Track, Flush]:
+    """A client of `name` pointed at the sink (or, idle, at a path that never answers).
+
+    `track(p=ORDER)` tracks the order event, or the properties `p`; `batch` sizes maidian's batches.
+    """
     root = f"{base}/blackhole" if idle else base
     never = 10**7
     if name == "maidian":
@@ -158,11 +169,11 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
         client = Client(
             f"{root}/maidian",
             write_key="wk_bench",
-            batch=BatchLimits(max_events=never, linger_s=3600) if idle else BatchLimits(max_events=BATCH),
+            batch=BatchLimits(max_events=never, linger_s=3600) if idle else BatchLimits(max_events=batch),
             queue=QueueLimits(max_events=N_MEMORY * 2),
         )
         client.login(USER)
-        return (lambda: client.track(EVENT, ORDER)), (lambda: _check(client.flush(120)))
+        return (lambda p=ORDER: client.track(EVENT, p)), (lambda: _check(client.flush(120)))
     if name == "sensors":
         import sensorsanalytics
 
@@ -174,7 +185,7 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
             max_size=N_MEMORY * 2,
         )
         sa = sensorsanalytics.SensorsAnalytics(consumer)
-        return (lambda: sa.track(USER, EVENT, ORDER, is_login_id=True)), consumer.close
+        return (lambda p=ORDER: sa.track(USER, EVENT, p, is_login_id=True)), consumer.close
     if name == "posthog":
         from posthog import Posthog
 
@@ -188,7 +199,7 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
             disable_geoip=True,
             enable_local_evaluation=False,
         )
-        return (lambda: ph.capture(EVENT, distinct_id=USER, properties=ORDER)), ph.flush
+        return (lambda p=ORDER: ph.capture(EVENT, distinct_id=USER, properties=p)), ph.flush
     if name == "segment":
         from segment.analytics import Client as SegmentClient
 
@@ -200,7 +211,7 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
             gzip=True,
             max_queue_size=N_MEMORY * 2,
         )
-        return (lambda: seg.track(user_id=USER, event=EVENT, properties=ORDER)), seg.flush
+        return (lambda p=ORDER: seg.track(user_id=USER, event=EVENT, properties=p)), seg.flush
     if name == "mixpanel":
         import mixpanel
 
@@ -216,10 +227,10 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
                     self.kept.append(message)
 
             mp = mixpanel.Mixpanel("token", consumer=KeepConsumer())
-            return (lambda: mp.track(USER, EVENT, ORDER)), (lambda: None)
+            return (lambda p=ORDER: mp.track(USER, EVENT, p)), (lambda: None)
         buffered = mixpanel.BufferedConsumer(max_size=50, events_url=f"{root}/mixpanel/track")
         mp = mixpanel.Mixpanel("token", consumer=buffered)
-        return (lambda: mp.track(USER, EVENT, ORDER)), buffered.flush
+        return (lambda p=ORDER: mp.track(USER, EVENT, p)), buffered.flush
     if name == "amplitude":
         from amplitude import Amplitude, BaseEvent, Config
 
@@ -238,7 +249,7 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
             amp.shutdown()
 
         return (
-            lambda: amp.track(BaseEvent(event_type=EVENT, user_id=USER, event_properties=ORDER)),
+            lambda p=ORDER: amp.track(BaseEvent(event_type=EVENT, user_id=USER, event_properties=p)),
             amp_flush,
         )
     if name == "snowplow":
@@ -254,7 +265,7 @@ def make(name: str, base: str, *, idle: bool) -> tuple[Track, Flush]:
         tracker = Tracker("bench", emitters=emitter, app_id="bench")
         schema = "iglu:com.example/stock_order_submit/jsonschema/1-0-0"
         return (
-            lambda: tracker.track_self_describing_event(SelfDescribingJson(schema, ORDER)),
+            lambda p=ORDER: tracker.track_self_describing_event(SelfDescribingJson(schema, p)),
             emitter.sync_flush,
         )
     raise ValueError(name)
@@ -309,6 +320,71 @@ def worker(name: str, base: str) -> dict[str, float]:
     out["requests"] = seen["requests"]
     if name == "maidian":
         out["delivered"] = seen["events"]
+    del track, flush
+    gc.collect()
+
+    orders = varied_orders(N_VARIED)
+    out["varied_bytes_per_event"] = _wire_bytes(name, base, orders, BATCH)
+    if name == "maidian":
+        out["varied_500_bytes_per_event"] = _wire_bytes(name, base, orders, 500)
+        out["one_event_request_bytes"] = _wire_bytes(name, base, orders[:N_SINGLE], 1, flush_each=True)
+    return out
+
+
+def _wire_bytes(name: str, base: str, orders: list[dict[str, Any]], batch: int, *, flush_each: bool = False) -> float:
+    """Request body bytes per event for these events, sent in batches of `batch` (or one request each)."""
+    sink_stats(base, reset=True)
+    track, flush = make(name, base, idle=False, batch=batch)
+    for order in orders:
+        track(order)
+        if flush_each:
+            flush()
+    flush()
+    return sink_stats(base)["bytes"] / len(orders)
+
+
+# Stock codes by exchange prefix, and names for them: what a securities app's orders carry.
+_MARKETS = (("600", "SH"), ("601", "SH"), ("603", "SH"), ("688", "SH"), ("000", "SZ"), ("002", "SZ"), ("300", "SZ"))
+_NAMES = (
+    "贵州茅台", "中国平安", "招商银行", "宁德时代", "比亚迪", "五粮液", "隆基绿能", "中信证券", "东方财富",
+    "恒瑞医药", "海天味业", "美的集团", "格力电器", "伊利股份", "工商银行", "中国石油", "长江电力", "紫金矿业",
+    "迈瑞医疗", "药明康德",
+)  # fmt: skip
+
+
+def varied_orders(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    """`n` order events with realistic, varied values (the same list for every SDK in a run).
+
+    Codes from 2,000 stocks on both exchanges, prices from 2 to 2,000 yuan with
+    cents, quantities in board lots, amounts that follow, a tenth of orders on
+    margin; each SDK also gives every event its own id and timestamp.
+    """
+    rng = random.Random(seed)
+    stocks = []
+    for _ in range(2000):
+        prefix, market = rng.choice(_MARKETS)
+        code = f"{prefix}{rng.randrange(1000):03d}"
+        stocks.append((code, rng.choice(_NAMES), market, round(rng.uniform(2, 2000), 2)))
+    out = []
+    for _ in range(n):
+        code, stock_name, market, ref = rng.choice(stocks)
+        price = round(ref * rng.uniform(0.97, 1.03), 2)
+        quantity = 100 * rng.choice((1, 2, 3, 5, 10, 20, 50, 100, rng.randint(1, 300)))
+        margin = rng.random() < 0.1
+        out.append(
+            {
+                "stock_code": code,
+                "stock_name": stock_name,
+                "side": rng.choice(("buy", "sell")),
+                "price": price,
+                "quantity": quantity,
+                "amount": round(price * quantity, 2),
+                "market": market,
+                "order_type": "limit" if rng.random() < 0.85 else "market",
+                "account_type": "margin" if margin else "cash",
+                "is_margin": margin,
+            }
+        )
     return out
 
 
@@ -414,6 +490,7 @@ COLUMNS = [
     ("track_under_load_us", "track() µs under load"),
     ("cpu_per_event_us", "CPU µs / delivered event"),
     ("bytes_per_event", "bytes / event"),
+    ("varied_bytes_per_event", "bytes / event, varied"),
     ("memory_per_event_b", "memory B / buffered event"),
 ]
 TARGETS = {
@@ -421,6 +498,7 @@ TARGETS = {
     "track_under_load_us": 10,
     "cpu_per_event_us": 15,
     "bytes_per_event": 15,
+    "varied_bytes_per_event": 40,
     "memory_per_event_b": 400,
 }
 

@@ -42,6 +42,8 @@ __all__ = [
     "ServerSource",
     "SinkConfig",
     "StorageConfig",
+    "SupportAccount",
+    "SupportConfig",
     "TimeConfig",
     "VendorSource",
     "WriteKey",
@@ -71,9 +73,17 @@ DEFAULT_MAX_IN_FLIGHT: Final = 256
 # docs/reliability.md, T8: idle and header timeouts of at most 10 s (nginx's client_header_timeout is 60 s, Go
 # servers are commonly given 10 s); an SDK sends at least every second while it has events.
 DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
-# Between two reads of a body (nginx's client_body_timeout semantics); a stalled body holds a slot of
-# max_in_flight, so 256 of them would otherwise shut everyone else out.
+# For the whole body, from admission to its last byte: a byte now and then does not renew it (nginx's
+# client_body_timeout is per read, which let 260 senders of a byte every 4 s hold every slot). The largest
+# body (1 MiB) arrives in 10 s at 100 KiB/s; an SDK's batches are tens of KiB.
 DEFAULT_BODY_TIMEOUT_S: Final = 10.0
+# Slots one sender (a write key, a signed source) may hold: half of them, so that one key's clients
+# (or someone holding its public app key) leave the other half to the other senders. 128 requests
+# in flight for one key are 10-20x what one process commits at its peak (group commit).
+DEFAULT_MAX_IN_FLIGHT_PER_SENDER: Final = 128
+# Slots for requests whose sender is known only from the body (Sensors, Segment's writeKey in the
+# body), outside the others.
+DEFAULT_MAX_IN_FLIGHT_UNAUTHENTICATED: Final = 32
 # docs/reliability.md, T12: events more than an hour in the future are clamped and flagged.
 DEFAULT_FUTURE_TOLERANCE_S: Final = 3600
 
@@ -121,6 +131,8 @@ class VendorSource:
     write_key: str
     trusted: bool = False
     allow_from: tuple[Network, ...] = ()
+    # What the collector derives for this sender ("ip", "user_agent"); None: `[vendors] derive`.
+    derive: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,10 @@ class AuthConfig:
     # docs/migration.md: the Sensors projects served, and Segment write keys with a binding.
     sensors_projects: tuple[VendorSource, ...] = ()
     segment_sources: tuple[VendorSource, ...] = ()
+    # `[vendors] derive`: what the collector derives for vendor traffic unless a binding says otherwise.
+    vendor_derive: tuple[str, ...] = ("ip", "user_agent")
+    # `[vendors] trusted_proxies`: peers whose X-Forwarded-For is believed for `$ip`.
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +164,12 @@ class ServerConfig:
     # A connection that has not sent a whole request head this long after it opened or after its last
     # answer is closed: idle keep-alive, and slowloris headers (docs/reliability.md, T8: at most 10 s).
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    # A request whose body makes no progress for this long is answered 408 and its slot freed.
+    # A request whose body has not arrived whole this long after admission is answered 408 and its slot freed.
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    # http/admission.py: at most this many of max_in_flight per sender, and a pool of its own for requests
+    # whose sender is known only from their body.
+    max_in_flight_per_sender: int = DEFAULT_MAX_IN_FLIGHT_PER_SENDER
+    max_in_flight_unauthenticated: int = DEFAULT_MAX_IN_FLIGHT_UNAUTHENTICATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +233,48 @@ class LiveConfig:
     queue_events: int = DEFAULT_LIVE_QUEUE_EVENTS
 
 
+# The support view (docs/guide-support.md). OWASP's session guidance: an idle timeout of 15-30 minutes
+# for sensitive applications, and an absolute one of a working shift.
+DEFAULT_SUPPORT_IDLE_S: Final = 15 * 60
+DEFAULT_SUPPORT_SESSION_S: Final = 8 * 3600
+# Failed logins before an account, or a client address, is locked out for `lockout_s`.
+DEFAULT_SUPPORT_MAX_FAILURES: Final = 5
+DEFAULT_SUPPORT_LOCKOUT_S: Final = 15 * 60
+SUPPORT_ROLES: Final = ("agent", "officer")
+
+
+@dataclass(frozen=True, slots=True)
+class SupportAccount:
+    """One member of staff: a name, a role, and a password hash (`scrypt$...`) and/or a token's SHA-256."""
+
+    name: str
+    role: str
+    password_scrypt: str = field(default="", repr=False)
+    token_sha256: str = field(default="", repr=False)
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SupportConfig:
+    """The support agents' view at /support: off unless enabled, and then only for the accounts listed."""
+
+    enabled: bool = False
+    accounts: tuple[SupportAccount, ...] = ()
+    # The bank's time zone, for every time the page shows (an IANA name: zoneinfo).
+    time_zone: str = "Asia/Shanghai"
+    idle_timeout_s: float = DEFAULT_SUPPORT_IDLE_S
+    session_max_s: float = DEFAULT_SUPPORT_SESSION_S
+    max_failures: int = DEFAULT_SUPPORT_MAX_FAILURES
+    lockout_s: float = DEFAULT_SUPPORT_LOCKOUT_S
+    # The environment variable holding the key hashed identities (x-pii: hash) were hashed with.
+    pii_key_env: str = "MAIDIAN_PII_KEY"
+    # Single sign-on through a reverse proxy: the header naming the verified user, honoured only from these peers.
+    sso_header: str = ""
+    sso_proxies: tuple[Network, ...] = ()
+    # Events per timeline page.
+    page_events: int = 200
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     plan: Path
@@ -224,6 +286,7 @@ class Config:
     limits: Limits = DEFAULT_LIMITS
     live: LiveConfig = LiveConfig()
     sink: SinkConfig = SinkConfig()
+    support: SupportConfig = SupportConfig()
 
 
 # -- resolving -----------------------------------------------------------------
@@ -331,13 +394,38 @@ def _source(entry: Mapping[str, Any], i: int, env: Mapping[str, str]) -> ServerS
 
 
 _VENDOR_TABLES: Final = {"sensors": "projects", "segment": "sources"}
+_VENDOR_SETTINGS: Final = ("derive", "trusted_proxies")
+_DERIVATIONS: Final = ("ip", "user_agent")
+
+
+def _derive(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, str) and d in _DERIVATIONS for d in raw):
+        raise ConfigError(f"{where}: 'derive' must be a list of {', '.join(repr(d) for d in _DERIVATIONS)}")
+    return tuple(dict.fromkeys(raw))
+
+
+def _networks(raw: Any, where: str, name: str) -> tuple[Network, ...]:
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError(f"{where}: '{name}' must be a list of addresses or networks (\"10.20.0.0/16\")")
+    try:
+        return tuple(ipaddress.ip_network(a, strict=False) for a in raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+
+
+def vendor_settings(doc: Any) -> tuple[tuple[str, ...], tuple[Network, ...]]:
+    """`[vendors] derive` and `trusted_proxies` (docs/migration.md, "What maidian derives")."""
+    if not isinstance(doc, dict):
+        return _DERIVATIONS, ()
+    derive = _derive(doc["derive"], "vendors") if "derive" in doc else _DERIVATIONS
+    return derive, _networks(doc.get("trusted_proxies", []), "vendors", "trusted_proxies")
 
 
 def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSource, ...]]:
     """`[vendors]`: per vendor, its bindings, each checked against the write keys."""
     if not isinstance(doc, dict):
         raise ConfigError("vendors: expected a table ([vendors.sensors], [vendors.segment])")
-    unknown = sorted(set(doc) - set(_VENDOR_TABLES))
+    unknown = sorted(set(doc) - set(_VENDOR_TABLES) - set(_VENDOR_SETTINGS))
     if unknown:
         raise ConfigError(f"vendors: unknown vendor {unknown[0]!r}; known: {', '.join(_VENDOR_TABLES)}")
     names = {k.name for k in keys}
@@ -364,7 +452,7 @@ def _vendor_sources(doc: Any, keys: list[WriteKey]) -> dict[str, tuple[VendorSou
 def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> VendorSource:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a table")
-    known = {"write_key", "trusted", "allow_from"} | ({"name"} if vendor == "sensors" else set())
+    known = {"write_key", "trusted", "allow_from", "derive"} | ({"name"} if vendor == "sensors" else set())
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -377,16 +465,67 @@ def _vendor_source(entry: Any, where: str, vendor: str, key_names: set[str]) -> 
     trusted = entry.get("trusted", False)
     if not isinstance(trusted, bool):
         raise ConfigError(f"{where}: 'trusted' must be true or false")
-    raw = entry.get("allow_from", [])
-    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-        raise ConfigError(f"{where}: 'allow_from' must be a list of addresses or networks (\"10.20.0.0/16\")")
-    try:
-        networks = tuple(ipaddress.ip_network(a, strict=False) for a in raw)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: allow_from: {exc}") from None
+    networks = _networks(entry.get("allow_from", []), where, "allow_from")
+    derive = _derive(entry["derive"], where) if "derive" in entry else None
     if trusted and not networks:
         raise ConfigError(f"{where}: a trusted source must list the addresses it may send from ('allow_from')")
-    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks)
+    return VendorSource(name=name, write_key=key, trusted=trusted, allow_from=networks, derive=derive)
+
+
+_SUPPORT_SCALARS: Final = frozenset(SupportConfig.__dataclass_fields__) - {"accounts", "sso_proxies"}
+
+
+def _support(doc: Any) -> SupportConfig:
+    """`[support]` with its `[[support.accounts]]` (docs/guide-support.md)."""
+    if not isinstance(doc, dict):
+        raise ConfigError("support: expected a table")
+    scalars = {k: v for k, v in doc.items() if k in _SUPPORT_SCALARS}
+    base: SupportConfig = _group("support", SupportConfig, scalars)
+    unknown = sorted(set(doc) - set(SupportConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"[support]: unknown setting {unknown[0]!r}")
+    raw = doc.get("sso_proxies", [])
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ConfigError("support.sso_proxies: expected a list of addresses or networks")
+    try:
+        proxies = tuple(ipaddress.ip_network(a, strict=False) for a in raw)
+    except ValueError as exc:
+        raise ConfigError(f"support.sso_proxies: {exc}") from None
+    entries = doc.get("accounts", [])
+    if not isinstance(entries, list):
+        raise ConfigError("support.accounts: expected an array of tables ([[support.accounts]])")
+    accounts = tuple(_support_account(e, i) for i, e in enumerate(entries))
+    names = [a.name for a in accounts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"support.accounts: {twice[0]!r} is listed twice")
+    return replace(base, accounts=accounts, sso_proxies=proxies)
+
+
+def _support_account(entry: Any, i: int) -> SupportAccount:
+    where = f"support.accounts[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    if "password" in entry or "token" in entry:
+        raise ConfigError(f"{where}: store a hash, never the secret (maidian support add-user)")
+    known = set(SupportAccount.__dataclass_fields__)
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    name, role = entry.get("name"), entry.get("role")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: 'name' is required")
+    if role not in SUPPORT_ROLES:
+        raise ConfigError(f"{where}: 'role' must be one of {', '.join(SUPPORT_ROLES)}")
+    scrypt = entry.get("password_scrypt", "")
+    token = entry.get("token_sha256", "")
+    if not isinstance(scrypt, str) or not isinstance(token, str):
+        raise ConfigError(f"{where}: 'password_scrypt' and 'token_sha256' are strings")
+    if scrypt and not scrypt.startswith("scrypt$"):
+        raise ConfigError(f"{where}: 'password_scrypt' must come from 'maidian support hash-password'")
+    if token and len(token) != 64:
+        raise ConfigError(f"{where}: 'token_sha256' must be the 64-hex-digit SHA-256 of the token")
+    return SupportAccount(name, role, scrypt, token.lower(), bool(entry.get("disabled", False)))
 
 
 def resolve_config(
@@ -414,7 +553,7 @@ def resolve_config(
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     tables: dict[str, dict[str, Any]] = {g: dict(doc.get(g, {})) for g in _GROUPS}
     top: dict[str, Any] = {"plan": doc.get("plan")}
-    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources", "vendors"})
+    unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources", "vendors", "support"})
     if unknown:
         raise ConfigError(f"{file}: unknown top-level setting {unknown[0]!r}")
     overrides = {name: env[name] for name in ENVIRONMENT if env.get(name)}
@@ -433,6 +572,7 @@ def resolve_config(
     keys += [WriteKey(name=f"key{len(keys) + i}", sha256=hash_key(k.strip())) for i, k in enumerate(plain)]
     sources = tuple(_source(e, i, env) for i, e in enumerate(doc.get("sources", [])))
     vendors = _vendor_sources(doc.get("vendors", {}), keys)
+    derive, proxies = vendor_settings(doc.get("vendors", {}))
     config = Config(
         plan=Path(top["plan"]),
         server=_group("server", ServerConfig, tables["server"]),
@@ -442,11 +582,14 @@ def resolve_config(
         limits=_group("limits", Limits, tables["limits"]),
         live=_group("live", LiveConfig, tables["live"]),
         sink=_group("sink", SinkConfig, tables["sink"]),
+        support=_support(doc.get("support", {})),
         auth=AuthConfig(
             write_keys=tuple(keys),
             sources=sources,
             sensors_projects=vendors["sensors"],
             segment_sources=vendors["segment"],
+            vendor_derive=derive,
+            trusted_proxies=proxies,
         ),
     )
     return check_config(config)
@@ -473,6 +616,11 @@ def check_config(config: Config) -> Config:
         )
     if not 1 <= config.server.workers <= 64:
         raise ConfigError("server.workers: expected 1 to 64")
+    for name in ("max_in_flight", "max_in_flight_per_sender", "max_in_flight_unauthenticated"):
+        if getattr(config.server, name) < 1:
+            raise ConfigError(f"server.{name}: expected at least 1")
+    if config.server.body_timeout_s <= 0:
+        raise ConfigError("server.body_timeout_s: expected more than 0")
     live = config.live
     if live.enabled and not live.allow_loopback and len(live.token_sha256) != 64:
         raise ConfigError(
@@ -484,9 +632,31 @@ def check_config(config: Config) -> Config:
         raise ConfigError("sink.kind: expected 'local' or 'kafka'")
     if config.sink.kind == "kafka" and not config.sink.kafka_bootstrap:
         raise ConfigError("sink.kafka_bootstrap: the kafka sink needs the brokers (--kafka-bootstrap HOST:PORT,...)")
+    _check_support(config.support)
     if not config.auth.write_keys and not config.auth.sources:
         raise ConfigError("no write key or server source: give --write-key, MAIDIAN_WRITE_KEYS or [[write_keys]]")
     return config
+
+
+def _check_support(support: SupportConfig) -> None:
+    if not support.enabled:
+        return
+    if not support.accounts:
+        raise ConfigError("support: enabled with no [[support.accounts]]; add one with 'maidian support add-user'")
+    if not support.sso_header and not any(a.password_scrypt or a.token_sha256 for a in support.accounts):
+        raise ConfigError("support: no account has a password hash or a token, and no sso_header is set")
+    if support.sso_header and not support.sso_proxies:
+        raise ConfigError("support.sso_header: list the reverse proxies it is trusted from (sso_proxies)")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(support.time_zone)
+    except (KeyError, ValueError, OSError):
+        raise ConfigError(f"support.time_zone: {support.time_zone!r} is not a known time zone") from None
+    if support.max_failures < 1 or support.idle_timeout_s <= 0 or support.session_max_s <= 0:
+        raise ConfigError("support: max_failures, idle_timeout_s and session_max_s must be positive")
+    if not 10 <= support.page_events <= 2000:
+        raise ConfigError("support.page_events: expected 10 to 2000")
 
 
 def with_storage(config: Config, **changes: Any) -> Config:

@@ -9,7 +9,8 @@ a bug.
     CollectorError                      root of this package's errors
      ├── ConfigError                     the configuration cannot be used (the operator's fault)
      ├── DataDirError                    the data directory cannot be used (locked, unreadable, full)
- │    └── DerivedFileError           catalog.sqlite or identity.sqlite is damaged: `maidian rebuild`
+ │    ├── DerivedFileError           catalog.sqlite or identity.sqlite is damaged: `maidian rebuild`
+ │    └── DiskError                  its disk refused a read or write (full, quota, I/O error, read-only)
      ├── NoSuchPerson                    a reader was asked for an identity no stored event carries
  ├── PrivacyError                    a privacy operation could not be carried out (deletion, retention)
  ├── IdentityGraphError              the identity graph cannot do what was asked (identity/types.py)
@@ -36,12 +37,17 @@ rule, the place and the limit.
 
 from __future__ import annotations
 
+import errno
+import os
+from typing import Final
+
 __all__ = [
     "BadRequest",
     "CollectorError",
     "ConfigError",
     "DataDirError",
     "DerivedFileError",
+    "DiskError",
     "Forbidden",
     "NoSuchPerson",
     "PayloadTooLarge",
@@ -73,6 +79,40 @@ class DataDirError(CollectorError):
 
 class DerivedFileError(DataDirError):
     """A file derived from the logs (catalog.sqlite, identity.sqlite) is damaged; `maidian rebuild` recreates it."""
+
+
+class DiskError(DataDirError):
+    """The data directory's disk refused a read or a write; `errno_name` says how (ENOSPC, EDQUOT, EIO, EROFS).
+
+    Every writer of the data directory leaves it consistent when a write fails
+    (SQLite rolls its transaction back; segments are replaced by rename and
+    appended whole frames at a time), so the message can promise that running
+    the command again once the disk takes writes finishes the job.
+    """
+
+    _WHAT: Final = {
+        "ENOSPC": "its disk is full",
+        "EDQUOT": "its disk quota is used up",
+        "EIO": "its disk reports an I/O error",
+        "EROFS": "its file system is read-only",
+        "EFBIG": "a file reached the largest size allowed",
+    }
+
+    def __init__(self, errno_name: str, where: str = "") -> None:
+        super().__init__(
+            f"the data directory cannot be used: {self._WHAT.get(errno_name, errno_name)} ({errno_name})"
+            f"{f' ({where})' if where else ''}; nothing is left half-done: free space (or fix the disk) and run"
+            " the command again"
+        )
+        self.errno_name = errno_name
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> DiskError | None:
+        """The `DiskError` an OS error amounts to, or None when it is not the disk refusing."""
+        name = errno.errorcode.get(exc.errno or 0)
+        if name not in cls._WHAT:
+            return None
+        return cls(name, os.fsdecode(exc.filename) if exc.filename is not None else "")
 
 
 class NoSuchPerson(CollectorError):

@@ -24,24 +24,40 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.errors import CollectorError, NoSuchPerson
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.errors import NoSuchPerson
+from maidian.collector.identity.graph import IdentityGraph
+from maidian.collector.identity.types import PersonId
+from maidian.collector.pipeline.dedup import ScopedSeenIds, head_scope
 from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.store.catalog import Catalog, IdentityFeed
-from maidian.collector.store.frames import Frame, decode_body, read_frame_at, read_frames, segment_files
+from maidian.collector.store.frames import (
+    Damage,
+    Frame,
+    decode_body,
+    read_frame_at,
+    scan_segment,
+    sealed,
+    segment_files,
+)
 from maidian.collector.store.heads import build_accepted_frame
-from maidian.collector.store.ids import id_ranges
+from maidian.collector.store.ids import id_ranges, split_event_id
 from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
 from maidian.tracking_plan import Plan, Validator
 
 __all__ = [
+    "Attribution",
     "NoSuchPerson",
+    "PersonView",
     "ReplayReport",
+    "event_order",
     "export_events",
+    "frame_records",
     "person_events",
+    "person_view",
     "quarantine_records",
     "rebuild",
     "replay_quarantine",
+    "resolve_person",
     "sdk_drops",
 ]
 
@@ -49,13 +65,6 @@ _decoder = msgspec.msgpack.Decoder()
 _json_decoder = msgspec.json.Decoder()
 # Far beyond any window: a reader must never forget an id it has printed.
 _FOREVER_S: Final = 1e12
-
-
-def _open(data_dir: Path) -> DataDir:
-    data = DataDir(Path(data_dir))
-    if not data.raw.is_dir():
-        raise CollectorError(f"{data_dir}: not a maidian data directory (no raw/ in it)")
-    return data
 
 
 def _records(frame: Frame) -> Iterator[dict[str, Any]]:
@@ -88,41 +97,126 @@ def _default_policy() -> Any:
     return IdentityPolicy()
 
 
+@dataclass(frozen=True, slots=True)
+class PersonView:
+    """One person's events as the identity graph attributes them, and what that needed.
+
+    `members` are the person's identities (or the one asked for, when the
+    graph does not know it); `events` the stored events attributed to the
+    person, each once, in (time, source, sequence) order; `shared` the members
+    that events attributed to someone else carry too (a branch pad used by
+    several tellers): they are not the person's alone, so a deletion keeps
+    them in those events and does not suppress them.
+    """
+
+    person: PersonId | None
+    members: frozenset[tuple[str, str]]
+    events: list[dict[str, Any]]
+    shared: frozenset[tuple[str, str]]
+
+    @property
+    def own(self) -> frozenset[tuple[str, str]]:
+        """The members no one else's events carry."""
+        return self.members - self.shared
+
+
+class Attribution:
+    """`IdentityGraph.attribute`, remembered per identity set and trust (a person's events share a few sets)."""
+
+    def __init__(self, graph: IdentityGraph) -> None:
+        self.graph = graph
+        self._known: dict[tuple[bool, tuple[tuple[Any, Any], ...]], PersonId | None] = {}
+
+    def __call__(self, identities: Any, trusted: bool) -> PersonId | None:
+        if not isinstance(identities, dict):
+            return None
+        try:
+            key = (trusted, tuple(identities.items()))
+            hit = self._known.get(key, _MISSING)
+        except TypeError:  # an unhashable value: not cached
+            return self.graph.attribute(identities, trusted=trusted)
+        if hit is _MISSING:
+            hit = self._known[key] = self.graph.attribute(identities, trusted=trusted)
+        return hit  # type: ignore[return-value]
+
+
+_MISSING: Final = object()
+
+
+def event_order(record: dict[str, Any]) -> tuple[int, str, int]:
+    """(time, source, sequence): events of one millisecond in their SDK's order (`...-9` before `...-10`)."""
+    eid = str(record.get("event_id"))
+    pair = split_event_id(eid)
+    t = record.get("time", 0)
+    return (t if isinstance(t, int) else 0, *(pair if pair is not None else (eid, 0)))
+
+
+def resolve_person(
+    catalog: Catalog, graph: IdentityGraph, value: str, identity_type: str | None
+) -> tuple[PersonId | None, frozenset[tuple[str, str]]]:
+    """The person owning an identity value (of this type, if given), and their identities."""
+    person = graph.find(value, identity_type)
+    if person is not None:
+        members = {(t, v) for t, values in graph.identities_of(person).items() for v in values}
+    else:
+        types = [identity_type] if identity_type else catalog.identity_types_of(value)
+        members = {(t, value) for t in types}
+    return person, frozenset(members)
+
+
+def person_view(
+    data: DataDir, catalog: Catalog, graph: IdentityGraph, value: str, identity_type: str | None = None
+) -> PersonView:
+    """The events attributed to the person who owns `value` (see `PersonView`).
+
+    Reads only the frames the catalog's identity index lists for the person's
+    identities: the cost follows the person's own data, whatever others send.
+    """
+    person, members = resolve_person(catalog, graph, value, identity_type)
+    attribute = Attribution(graph)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    shared: set[tuple[str, str]] = set()
+    for segment, offset in catalog.frames_of(set(members)):
+        frame = read_frame_at(data.raw / segment, offset)
+        if frame is None:
+            continue
+        trusted = bool(frame.head.get("trusted"))
+        scope = head_scope(frame.head)
+        for record in _records(frame):
+            ids = record.get("identities")
+            if not isinstance(ids, dict):
+                continue
+            carried = {(t, v) for t, v in ids.items() if (t, v) in members}
+            if not carried:
+                continue
+            if attribute(ids, trusted) != person:
+                shared |= carried
+                continue
+            eid = record.get("event_id")
+            if isinstance(eid, str):
+                out.setdefault((scope, eid), record)
+    events = sorted(out.values(), key=event_order)
+    return PersonView(person, members, events, frozenset(shared))
+
+
 def person_events(
     data_dir: Path, value: str, identity_type: str | None = None, *, plan: Plan | None = None
 ) -> list[dict[str, Any]]:
-    """Every stored event of the person that owns this identity, ordered by (corrected) time.
+    """Every stored event attributed to the person that owns this identity, in (time, source, sequence) order.
 
     Includes events from before the person logged in: they carry only the
-    anonymous id, which the identity graph ties to the person.
+    anonymous id, which the identity graph ties to the person. Leaves out
+    the events of others that carry one of the person's identities (a second
+    teller on a shared pad, a link the graph refused): `IdentityGraph.attribute`
+    decides each event.
     """
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog, feed = _catch_up(data, plan)
     try:
-        graph = feed.graph
-        person = graph.find(value, identity_type)
-        if person is not None:
-            members = {(t, v) for t, values in graph.identities_of(person).items() for v in values}
-        else:
-            types = [identity_type] if identity_type else catalog.identity_types_of(value)
-            members = {(t, value) for t in types}
-        if not members:
+        view = person_view(data, catalog, feed.graph, value, identity_type)
+        if not view.events:
             raise NoSuchPerson("no stored event carries that identity")
-        out: dict[str, dict[str, Any]] = {}
-        for segment, offset in catalog.frames_of(members):
-            frame = read_frame_at(data.raw / segment, offset)
-            if frame is None:
-                continue
-            for record in _records(frame):
-                ids = record.get("identities")
-                if not isinstance(ids, dict) or not any((t, v) in members for t, v in ids.items()):
-                    continue
-                eid = record.get("event_id")
-                if isinstance(eid, str) and eid not in out:
-                    out[eid] = record
-        if not out:
-            raise NoSuchPerson("no stored event carries that identity")
-        return sorted(out.values(), key=lambda r: (r.get("time", 0), str(r.get("event_id"))))
+        return view.events
     finally:
         catalog.close()
         feed.close()
@@ -136,33 +230,42 @@ def export_events(
     quarantined: bool = False,
     progress: Callable[[int, int], None] | None = None,
     accepted: bool = True,
+    on_damage: Callable[[str, Damage], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every accepted event (and quarantined ones when asked), in log order, deduplicated.
 
     `accepted=False` leaves the accepted events out (only quarantined ones).
+    A damaged frame is skipped and the frames after it are read
+    (store/frames.py); `on_damage(log, damage)` hears of each one, and of the
+    tail of a segment no writer appends to any more.
 
     `since_ms`/`until_ms` bound the corrected time (inclusive, exclusive).
     Frames whose time range misses the bounds are skipped without
     decompressing them. `progress(done_bytes, total_bytes)` is called as the
     segments are read.
     """
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     logs = ([("raw", data.raw)] if accepted else []) + ([("quarantine", data.quarantine)] if quarantined else [])
     paths = [(name, p) for name, d in logs for p in segment_files(d)]
     total = sum(p.stat().st_size for _n, p in paths)
     done = 0
-    seen = SeenIds(_FOREVER_S)
+    scoped = ScopedSeenIds(_FOREVER_S)
     lo = since_ms if since_ms is not None else -(1 << 62)
     hi = until_ms if until_ms is not None else 1 << 62
     for name, path in paths:
-        frames, _end = read_frames(path)
-        for frame in frames:
+        scanned = scan_segment(path)
+        if on_damage is not None:
+            tail = [scanned.tail] if scanned.tail is not None and sealed(path) else []
+            for damage in [*scanned.damaged, *tail]:
+                on_damage(name, damage)
+        for frame in scanned.frames:
             done_here = frame.end
             if progress is not None:
                 progress(done + done_here, total)
             if name == "raw":
                 if frame.head.get("tmax", hi) < lo or frame.head.get("tmin", lo) >= hi:
                     continue
+                seen = scoped.of(head_scope(frame.head))
                 for record in _records(frame):
                     eid = record.get("event_id")
                     if not (lo <= record["time"] < hi) or not isinstance(eid, str) or eid in seen:
@@ -210,7 +313,7 @@ def _b64(raw: bytes) -> str:
 
 def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
     """(source, reason, count): what each sender reported it dropped, the largest count per reason."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -221,7 +324,7 @@ def sdk_drops(data_dir: Path) -> list[tuple[str, str, int]]:
 
 def quarantine_records(data_dir: Path, rule: str | None = None) -> list[dict[str, Any]]:
     """The quarantine index: one summary per quarantined event (no event values)."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -254,7 +357,7 @@ def replay_quarantine(
     from maidian.collector.pipeline.decode import decode_event
     from maidian.collector.pipeline.judge import Judge
 
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     catalog = Catalog(data)
     try:
         catalog.catch_up()
@@ -283,6 +386,7 @@ def replay_quarantine(
             stored: list[tuple[dict[str, Any], Any, int, list[str] | None]] = []
             ids: list[str] = []
             refs: list[list[Any]] = []
+            seen = state.seen.of(head_scope(head))
             for idx in indexes:
                 raw = msgspec.Raw(body.events[idx])
                 event, problem = decode_event(raw, fmt, judge.limits)
@@ -297,7 +401,7 @@ def replay_quarantine(
                 _i, ev, _raw, _corrected, flags = verdict.valid[0]
                 corrected = body.times[idx] if idx < len(body.times) else ev["time"]
                 eid = ev["event_id"]
-                if eid in state.seen or eid in ids:
+                if eid in seen or eid in ids:
                     duplicate += 1
                     refs.append([segment, offset, idx])  # done: the event is in the raw log already
                     continue
@@ -314,7 +418,7 @@ def replay_quarantine(
             new_head["replay"] = refs
             ranges, opaque = id_ranges(ids)
             writer.append_sync(build_accepted_frame(new_head, stored, ranges, opaque))
-            state.seen.add(ids, now_ms)
+            seen.add(ids, now_ms)
             moved += len(stored)
     finally:
         writer.close_sync()
@@ -341,7 +445,7 @@ def _one_event_batch(raw: msgspec.Raw, fmt: str) -> Any:
 
 def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     """Delete every derived file (catalog, dedup snapshots, identity graph) and rebuild from the logs."""
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     for path in (data.catalog, data.identity):
         for suffix in ("", "-wal", "-shm"):
             p = path.with_name(path.name + suffix)
@@ -361,3 +465,8 @@ def rebuild(data_dir: Path, plan: Plan | None = None) -> dict[str, int]:
     finally:
         catalog.close()
         feed.close()
+
+
+def frame_records(frame: Frame) -> Iterator[dict[str, Any]]:
+    """The events of one raw-log frame as readers print them (see the module docstring)."""
+    return _records(frame)

@@ -91,6 +91,8 @@ class Collector:
         self.catalog_lag_bytes = 0
         # Events senders reported dropped, by reason (the catalog's sdk_drop_totals; w0 keeps it).
         self.sdk_drop_totals: dict[str, int] = {}
+        # Damaged frames the catalog met while indexing (w0 keeps it, like sdk_drop_totals).
+        self.damaged_frames = 0
         self.ready = False
         self.stopping = False
         self.in_flight = 0
@@ -119,6 +121,17 @@ class Collector:
         for log_name, rec in self.recovered.items():
             for seg, n in rec.torn_bytes.items():
                 log.warning("recovery: truncated a torn tail of %d bytes from %s/%s", n, log_name, seg)
+            for damage in rec.damaged:
+                log.error(
+                    "recovery: a damaged frame in %s/%s at offset %d (%d bytes, %s events%s) was skipped; the frames"
+                    " after it are kept (maidian verify lists every damaged frame)",
+                    log_name,
+                    damage.segment,
+                    damage.offset,
+                    damage.length,
+                    "unknown" if damage.events is None else damage.events,
+                    f", first id {damage.event_ids[0]}" if damage.event_ids else "",
+                )
         self.dedup = load_dedup_state(self.data, self.writer_id, self.config.dedup.window_s, now_ms)
         self.ingest = Ingest(
             self.judge,
@@ -193,6 +206,7 @@ class Collector:
             counter[refusal.rule] = counter.get(refusal.rule, 0) + 1
         self.catalog_lag_bytes = self._catalog.lag_bytes()
         self.sdk_drop_totals = self._catalog.sdk_drop_totals()
+        self.damaged_frames = self._catalog.damaged_count()
 
     def _probe_disk(self) -> None:
         """Can the disk take a write again? Then let requests try (and /readyz say so)."""
@@ -253,7 +267,7 @@ class Collector:
         m.gauge(
             "maidian_queue_depth_events",
             "Events appended and waiting for their fsync.",
-            lambda: len(self.ingest.pending) if self.ingest else 0,
+            lambda: sum(map(len, self.ingest.pending.values())) if self.ingest else 0,
         )
         m.gauge("maidian_unsynced_bytes", "Log bytes written but not yet fsynced.", lambda: self.raw.unsynced_bytes)
         m.gauge(
@@ -265,6 +279,11 @@ class Collector:
             "maidian_dedup_sources",
             "Sources and opaque ids in the dedup state.",
             lambda: len(self.dedup.seen) if self.dedup else 0,
+        )
+        m.gauge(
+            "maidian_log_damaged_frames",
+            "Frames in the logs that fail their checks, skipped by every reader (maidian verify lists them).",
+            lambda: self.damaged_frames,
         )
         m.counter("maidian_fsync_total", "fsync calls on the raw log.", lambda: self.raw.fsync_count)
         m.counter("maidian_fsync_seconds_total", "Time spent in fsync on the raw log.", lambda: self.raw.fsync_seconds)

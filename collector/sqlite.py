@@ -7,7 +7,7 @@ where they are met (on every statement a connection opened here runs), into
 the collector's error tree:
 
     SQLITE_CORRUPT, SQLITE_NOTADB      -> DerivedFileError (damaged: rebuild)
-    SQLITE_FULL                        -> DataDirError (the disk is full)
+    SQLITE_FULL, SQLITE_IOERR          -> DiskError (the disk is full, or failing)
     SQLITE_BUSY, SQLITE_LOCKED         -> DataDirError (another process holds it)
     anything else                      -> DataDirError naming the file
 """
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
-from maidian.collector.errors import DataDirError, DerivedFileError
+from maidian.collector.errors import DataDirError, DerivedFileError, DiskError
 
 __all__ = ["Connection", "connect", "translate"]
 
@@ -28,6 +28,7 @@ _BUSY: Final = 5
 _LOCKED: Final = 6
 _CORRUPT: Final = 11
 _FULL: Final = 13
+_IOERR: Final = 10
 _NOTADB: Final = 26
 
 
@@ -38,8 +39,8 @@ def translate(path: Path | str, exc: sqlite3.Error) -> DataDirError:
         return DerivedFileError(
             f"{path}: damaged ({exc}); it is derived from the logs: run `maidian rebuild --data DIR` to recreate it"
         )
-    if code == _FULL:
-        return DataDirError(f"{path}: the disk is full; free space and run the command again")
+    if code in (_FULL, _IOERR):
+        return DiskError("ENOSPC" if code == _FULL else "EIO", str(path))
     if code in (_BUSY, _LOCKED):
         return DataDirError(f"{path}: busy in another process; run the command again")
     return DataDirError(f"{path}: unusable ({exc}); if it stays so, `maidian rebuild --data DIR` recreates it")

@@ -12,6 +12,7 @@ counted (`Stats.dropped["internal"]`) and reported through `on_error`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -87,6 +88,11 @@ class BaseClient:
         on_violation: Callable[[str, Sequence[Any]], None] | None = None,
         on_quarantine: Callable[[str, str, Sequence[Any]], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        opted_out: bool | None = None,
+        proxy: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        client_cert: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         loaded = _load_plan(plan)
@@ -107,11 +113,15 @@ class BaseClient:
             queue=queue,
             spool=spool,
             timeouts=timeouts,
+            proxy=proxy,
+            ca_bundle=ca_bundle,
+            client_cert=client_cert,
+            client_key=client_key,
             env=env,
         )
         self._checks: PlanChecks | None = None
         if loaded is not None:
-            self._checks = compile_plan(loaded, self.config.mode)
+            self._checks = self._plan_checks(loaded)
             tags = {
                 *self._checks.pii_common.values(),
                 *self._checks.pii_profile.values(),
@@ -121,15 +131,26 @@ class BaseClient:
                 tags.update(paths.values())
             if "hash" in tags and not self.config.pii_key:
                 raise ConfigError("the plan tags properties 'hash': pass pii_key= (or set MAIDIAN_PII_KEY)")
+        if self.config.ca_bundle is not None or self.config.client_cert is not None:
+            self._check_tls()
         self._callbacks = Callbacks(on_drop, on_violation, on_quarantine, on_error)
         self._anonymous_id = self.config.anonymous_id or os.urandom(16).hex()
         self._count_lock = threading.Lock()
         self._closed = False
         # True when a call must take the slow path: closed, debug, or a forked child not yet restarted.
         self._slow = self.config.debug
-        self._core = self._new_core(self._open_buffer(), make_source_id())
+        self._opted_out = self._read_opt_out() if opted_out is None else opted_out
+        buffer = self._open_buffer()
+        self._core = self._resume_core(buffer)
+        if self._opted_out:
+            self._slow = True
+            self._core.purge()
         self._start()
         _lifecycle.register(self)
+
+    def _plan_checks(self, plan: Plan) -> PlanChecks:
+        """The plan compiled for this client's mode (a subclass hook)."""
+        return compile_plan(plan, self.config.mode)
 
     def _start(self) -> None:
         """Set up the shell's sender (a subclass hook, called once at the end of construction)."""
@@ -144,11 +165,55 @@ class BaseClient:
 
         return Spool(spool, self.config.queue, on_drop=self._core_drop)
 
+    def _resume_core(self, buffer: Buffer, lock: Any = None, parent: SdkCore | None = None) -> SdkCore:
+        """A core over `buffer`, continuing the source its spool slot remembers (or a new source)."""
+        record = getattr(buffer, "record", None)
+        if record is None:
+            source, first, before = make_source_id(), 1, {}
+        else:
+            source, first, before = record.source, record.next_seq, record.dropped
+        if parent is not None:
+            return parent.forked(buffer, source, lock, first, before)
+        return self._new_core(buffer, source, first, before)
+
+    def _release_buffer(self) -> None:
+        """At close: count what only memory held, and leave the slot's record for its next owner."""
+        core = self._core
+        core.give_up_unsent()
+        buffer = core._buffer
+        if hasattr(buffer, "record"):
+            from ._spool import SourceRecord
+
+            buffer.close(SourceRecord(core.source_id, core.next_seq(), core.dropped_total()))  # type: ignore[call-arg]
+        else:
+            buffer.close()
+
+    def _check_tls(self) -> None:
+        """Load the CA bundle and client certificate now, so that a bad file fails the constructor."""
+        import ssl
+
+        from ._http import tls_context
+
+        try:
+            tls_context(self.config)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS settings cannot be loaded: {exc}") from exc
+
+    def _read_opt_out(self) -> bool:
+        spool = self.config.spool
+        if spool is None:
+            return False
+        from ._spool import read_opt_out
+
+        return read_opt_out(spool.path)
+
     def _core_drop(self, reason: str, count: int) -> None:
         # The spool drops at its caps from whichever thread is appending.
         self._core._drop(reason, count)
 
-    def _new_core(self, buffer: Buffer, source_id: str) -> SdkCore:
+    def _new_core(
+        self, buffer: Buffer, source_id: str, first_seq: int = 1, dropped_before: Mapping[str, int] | None = None
+    ) -> SdkCore:
         return SdkCore(
             self.config,
             buffer=buffer,
@@ -157,6 +222,8 @@ class BaseClient:
             checks=self._checks,
             callbacks=self._callbacks,
             lock=self._count_lock,
+            first_seq=first_seq,
+            dropped_before=dropped_before,
         )
 
     def _wake(self) -> None:
@@ -200,7 +267,7 @@ class BaseClient:
         identities: Mapping[str, str] | None,
     ) -> None:
         self._slow_path()
-        if self._closed:
+        if self._closed or self._opted_out:
             return
         try:
             if self._core.track(event, properties, _wall_ms(), None if time is None else _to_ms(time), identities):
@@ -215,7 +282,7 @@ class BaseClient:
     def _record(self, event_type: str, properties: Mapping[str, Any], identities: Mapping[str, str] | None) -> None:
         if self._slow:
             self._slow_path()
-            if self._closed:
+            if self._closed or self._opted_out:
                 return
         try:
             if self._core.record(event_type, properties, _wall_ms(), identities=identities):
@@ -245,11 +312,22 @@ class BaseClient:
         self, properties: Mapping[str, Sequence[Any]], *, identities: Mapping[str, str] | None = None
     ) -> None:
         """Append to array user-profile properties."""
+        if not isinstance(properties, Mapping) or not all(isinstance(v, (list, tuple)) for v in properties.values()):
+            self._refuse_call("profile_append", "profile_append takes a mapping of names to lists")
+            return
         self._record("profile_append", {k: list(v) for k, v in properties.items()}, identities)
 
     def profile_unset(self, names: Iterable[str], *, identities: Mapping[str, str] | None = None) -> None:
         """Remove user-profile properties."""
-        self._record("profile_unset", dict.fromkeys(names, True), identities)
+        listed = [names] if isinstance(names, str) else names
+        try:
+            props = dict.fromkeys(listed, True)
+        except TypeError:  # not iterable, or unhashable names
+            props = None
+        if props is None or not all(type(k) is str and k for k in props):
+            self._refuse_call("profile_unset", "profile_unset takes property names (strings)")
+            return
+        self._record("profile_unset", props, identities)
 
     def profile_delete(self, *, identities: Mapping[str, str] | None = None) -> None:
         """Delete the user's whole profile."""
@@ -276,6 +354,9 @@ class BaseClient:
 
     def bind(self, identity_type: str, value: str) -> None:
         """Attach an identity (`login_id` or a plan's identity type) to later events, and record the binding."""
+        if type(identity_type) is not str or not identity_type:
+            self._refuse_call("bind", "the identity type must be a non-empty string")
+            return
         if is_junk_identity(value):
             if self._core.refuse_identity(identity_type, value):
                 self._wake()
@@ -292,10 +373,17 @@ class BaseClient:
 
     def unbind(self, identity_type: str, value: str | None = None) -> None:
         """Record that an identity no longer belongs to this user, and detach it from later events."""
+        if type(identity_type) is not str or not identity_type:
+            self._refuse_call("unbind", "the identity type must be a non-empty string")
+            return
+        if value is not None and is_junk_identity(value):
+            if self._core.refuse_identity(identity_type, value):
+                self._wake()
+            return
         current = self._core.identities
         value = value if value is not None else current.get(identity_type)
-        if value is None or is_junk_identity(value):
-            return
+        if value is None:
+            return  # nothing bound: nothing to record
         self._record("unbind", {}, {"anonymous_id": self._anonymous_id, identity_type: value})
         if current.get(identity_type) == value:
             self._core.set_identity(identity_type, None)
@@ -313,6 +401,55 @@ class BaseClient:
         """Start a timer: the next `track(name)` carries `$duration_ms`."""
         self._core.time_event(name, _wall_ms())
 
+    # -- consent -----------------------------------------------------------------------
+
+    def opt_out(self) -> None:
+        """Stop tracking on this device: later calls record nothing, and what waits is deleted.
+
+        The events waiting in memory and in the spool are purged (counted in
+        `stats.dropped["opted_out"]`); requests already on the wire may still
+        arrive. With a spool the choice is persisted next to it, so a restarted
+        app stays opted out until `opt_in()`; without one, persist it yourself
+        and pass `opted_out=True` to the constructor.
+        """
+        self._opted_out = True
+        self._slow = True
+        try:
+            with self._sender_lock():
+                self._core.purge()
+            self._persist_opt_out(True)
+        except Exception as exc:
+            self._internal(exc)
+
+    def opt_in(self) -> None:
+        """Track again after `opt_out()` (and persist the choice with the spool)."""
+        self._opted_out = False
+        self._slow = self._closed or self.config.debug or self._needs_restart()
+        try:
+            self._persist_opt_out(False)
+        except Exception as exc:
+            self._internal(exc)
+
+    @property
+    def opted_out(self) -> bool:
+        """True after `opt_out()` (or when the device opted out in an earlier run)."""
+        return self._opted_out
+
+    def _persist_opt_out(self, value: bool) -> None:
+        spool = self.config.spool
+        if spool is not None and not self.config.debug:
+            from ._spool import write_opt_out
+
+            write_opt_out(spool.path, value)
+
+    def _needs_restart(self) -> bool:
+        """True while the shell's sender must be (re)started by the slow path."""
+        return False
+
+    def _sender_lock(self) -> Any:
+        """The lock that guards the core's sender state (a null context where one thread owns it)."""
+        return contextlib.nullcontext()
+
     # -- state -----------------------------------------------------------------------
 
     @property
@@ -326,6 +463,22 @@ class BaseClient:
         return self._core.source_id
 
     # -- shared machinery -------------------------------------------------------------
+
+    def _refuse_call(self, what: str, problem: str) -> None:
+        """A call whose arguments cannot be used: raise in strict mode, else count and report (`invalid`)."""
+        from .core import INVALID
+
+        if self._core._refuse(what, INVALID, [problem]):
+            self._wake()
+
+    def _timeout_s(self, value: object, default: float) -> float:
+        """A usable timeout: a finite, non-negative number of seconds; anything else is refused (counted)."""
+        import math
+
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            return min(float(value), threading.TIMEOUT_MAX / 2)
+        self._refuse_call("timeout", f"a timeout must be a non-negative number of seconds, got {type(value).__name__}")
+        return default
 
     def _internal(self, exc: BaseException) -> None:
         self._core._drop(INTERNAL, 1)
@@ -356,7 +509,7 @@ class BaseClient:
         batch = core.take_debug_batch(_wall_ms())
         if batch is None:
             return
-        transport = HttpTransport(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
+        transport = HttpTransport.for_config(self.config)
         try:
             response = transport.send(batch.path, batch.body, batch.headers)
         finally:
@@ -384,7 +537,7 @@ class BaseClient:
         from ._http import HttpTransport
 
         core = self._core
-        transport = HttpTransport(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
+        transport = HttpTransport.for_config(self.config)
         core.request_flush()
         try:
             while time.monotonic() < deadline and not core.idle():
@@ -417,7 +570,18 @@ class BaseClient:
         raise NotImplementedError
 
     def _after_fork(self) -> None:
-        """In a forked child: a new source, an empty memory buffer, no spool, no sender yet."""
+        """In a forked child: its own source, an empty buffer (its own spool slot, if any), no sender yet.
+
+        The parent's spool descriptors are closed without unlocking (the parent
+        still owns its slot); the child claims a slot of its own under the same path.
+        """
         self._count_lock = threading.Lock()
-        buffer = MemoryBuffer(self.config.queue.max_events, self.config.queue.overflow)
-        self._core = self._core.forked(buffer, make_source_id(), self._count_lock)
+        abandon = getattr(self._core._buffer, "abandon", None)
+        if abandon is not None:
+            abandon()
+        try:
+            buffer = self._open_buffer()
+        except Exception as exc:  # the child must not die of its spool: memory, said once
+            buffer = MemoryBuffer(self.config.queue.max_events, self.config.queue.overflow)
+            self._report_bug(exc)
+        self._core = self._resume_core(buffer, self._count_lock, self._core)

@@ -1,16 +1,31 @@
 """The disk spool: packed events that survive `kill -9` and wait for the next client.
 
-Layout of a spool directory:
+One configured path serves any number of processes. Each live client claims a
+*slot*, a directory of its own under the path, by locking it:
 
-    lock                 flock(LOCK_EX) by the live client: two never share a spool
-    000000000001.seg     frames: <u32 length><u32 crc32><packed event>, appended
-    000000000001.ack     u32 frame numbers of that segment the collector has settled
+    <path>/                   slot 0 (the layout of a single-process spool)
+        lock                  flock(LOCK_EX) by the live client that owns the slot
+        source.json           the slot's source id, next sequence number and drop counts,
+                              written at a clean close and removed when the slot is claimed
+        000000000001.seg      frames: <u32 length><u32 crc32><packed event>, appended
+        000000000001.ack      u32 frame numbers of that segment the collector has settled
+        slot-1/, slot-2/ ...  slots 1, 2, ...: the same files
 
 Rules:
+- A client claims the lowest slot whose lock is free (its previous owner is
+  gone, or there was none), so worker N of a restarted server usually takes
+  back its own files. It then *adopts* every other unlocked slot that still
+  holds segments (an orphan of a process that died and was not replaced): it
+  holds their locks and sends their frames first, with their original ids, so
+  nothing is stranded however the number of processes changes.
+- The lock descriptors are close-on-exec, and a forked child closes its copies
+  without unlocking (`abandon`): a child outliving its parent never keeps the
+  parent's slot locked.
 - `put` (the host's thread) appends one frame with one `write(2)` to the active
   segment: once it returns, the event is in the OS and survives the death of
-  the process. Power loss is bounded by the sync policy: the sender fsyncs the
-  active segment at most every `SpoolConfig.fsync_interval_s`.
+  the process. It never calls fsync: the sender fsyncs the active segment at
+  most every `SpoolConfig.fsync_interval_s`, and a segment retired by rotation
+  is fsynced and closed by the sender, outside the spool's lock.
 - The sender reads frames back in order (`take`), and records settled frames
   in the segment's `.ack` file (`settle`). A segment whose every frame is
   settled, and that is no longer written to, is deleted with its `.ack`.
@@ -18,20 +33,27 @@ Rules:
   truncated away; settled frames are skipped; everything else is sent again
   with its original event id, so the collector's deduplication absorbs any
   frame that was delivered but whose settlement was not yet written.
-- Caps: total bytes (`max_bytes`) and age (`max_age_s`, judged by a segment's
-  last write). At the byte cap, `drop_oldest` deletes the oldest segment,
-  `drop_newest` refuses the new event; expired segments are deleted. Only
-  frames that were never handed to the sender count as dropped (a frame in
+- The slot's source id is persisted (`source.json`): a client that closed
+  cleanly leaves its source id and the next sequence number, and the next
+  owner of the slot continues the same range, so the collector's
+  deduplication ranges stay one per device. The file is removed (and the
+  removal made durable) when a slot is claimed, so after a crash or a power
+  cut the next owner starts a new source: a sequence number is never reused.
+- Caps (per slot): total bytes (`max_bytes`) and age (`max_age_s`, judged by a
+  segment's last write). At the byte cap, `drop_oldest` deletes the oldest
+  segment, `drop_newest` refuses the new event; expired segments are deleted.
+  Only frames that were never handed to the sender count as dropped (a frame in
   flight still has its bytes in memory), and every drop is counted.
 - If the disk refuses a write (ENOSPC, EIO), or a new segment file, the
   partial frame is cut off and the event goes to a bounded memory buffer
   instead; the spool is tried again on the next event. A segment's
-  descriptor is closed only once the next segment's file exists.
+  descriptor is retired only once the next segment's file exists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import struct
@@ -42,20 +64,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from ._buffer import MemoryBuffer
 from .config import QueueLimits, SpoolConfig
 from .errors import ConfigError
 
-__all__ = ["Spool"]
+__all__ = ["SourceRecord", "Spool", "read_opt_out", "write_opt_out"]
 
 _HEAD: Final = struct.Struct("<II")
 _ACK: Final = struct.Struct("<I")
 EXPIRED: Final = "expired"
 OVERFLOW: Final = "overflow"
+RECORD: Final = "source.json"
+OPTED_OUT: Final = "opted_out"
+SLOT_PREFIX: Final = "slot-"
+# Slots are claimed lowest first; more than this many live processes on one path is a configuration mistake.
+MAX_SLOTS: Final = 4096
+
+
+class SourceRecord(msgspec.Struct, frozen=True):
+    """What a slot remembers after a clean close: whose events it held and where their ids stopped."""
+
+    source: str
+    next_seq: int
+    dropped: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
 class _Segment:
+    directory: str
     number: int
     count: int = 0  # frames in the file
     size: int = 0  # bytes in the file
@@ -64,6 +102,56 @@ class _Segment:
     settled: set[int] = field(default_factory=set)
     mtime: float = 0.0
     fd: int = -1  # read descriptor, opened on demand
+
+
+def _slot_dir(root: str, index: int) -> str:
+    return root if index == 0 else os.path.join(root, f"{SLOT_PREFIX}{index}")
+
+
+def _try_lock(directory: str) -> int | None:
+    """A locked descriptor of `directory`'s lock file, or None when a live client holds it."""
+    fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _segment_numbers(directory: str) -> list[int]:
+    return sorted(int(n[:-4]) for n in os.listdir(directory) if n.endswith(".seg") and n[:-4].isdigit())
+
+
+def read_opt_out(root: str) -> bool:
+    """True when the device behind this spool path opted out (`write_opt_out`)."""
+    return os.path.exists(os.path.join(root, OPTED_OUT))
+
+
+def write_opt_out(root: str, opted_out: bool) -> None:
+    """Persist the device's consent choice next to its spool, durably."""
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, OPTED_OUT)
+    if opted_out:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    _fsync_dir(root)
 
 
 class Spool:
@@ -82,38 +170,98 @@ class Spool:
         self._on_drop = on_drop
         self._clock = clock
         self._lock = threading.Lock()
-        self._dir = config.path
+        self._root = config.path
+        self._adopted: dict[str, int] = {}  # orphan slot directory -> its lock descriptor
         try:
-            os.makedirs(self._dir, exist_ok=True)
-            self._lock_fd = os.open(os.path.join(self._dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            os.makedirs(self._root, exist_ok=True)
+            self._dir, self._lock_fd = self._claim()
+            self.record = self._take_record()
         except OSError as exc:
-            raise ConfigError(f"spool {self._dir!r} cannot be opened: {exc}") from exc
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            raise ConfigError(f"spool {self._dir!r} is in use by another live client") from exc
+            raise ConfigError(f"spool {self._root!r} cannot be opened: {exc}") from exc
         self._fallback = MemoryBuffer(queue.max_events, queue.overflow)
         self._unreported: dict[str, int] = {}
         self._segments: list[_Segment] = []
+        self._retired: list[int] = []  # write descriptors of rotated segments: the sender fsyncs and closes them
         self._pending = 0
         self._bytes = 0
         self._closed = False
         self._last_fsync = 0.0
         self._dirty = False
-        self._recover()
-        self._active = self._new_segment()
+        self._next_number = 1
+        try:
+            self._adopt_orphans()
+            self._recover(self._dir)
+            self._active = self._new_segment()
+        except OSError as exc:
+            self._release()
+            raise ConfigError(f"spool {self._root!r} cannot be opened: {exc}") from exc
 
-    # -- paths and recovery ---------------------------------------------------------
+    @property
+    def slot(self) -> str:
+        """The directory this client owns."""
+        return self._dir
 
-    def _path(self, number: int, ext: str) -> str:
-        return os.path.join(self._dir, f"{number:012d}.{ext}")
+    # -- slots, recovery ----------------------------------------------------------------
 
-    def _recover(self) -> None:
-        numbers = sorted(int(n[:-4]) for n in os.listdir(self._dir) if n.endswith(".seg") and n[:-4].isdigit())
+    def _claim(self) -> tuple[str, int]:
+        for index in range(MAX_SLOTS):
+            directory = _slot_dir(self._root, index)
+            os.makedirs(directory, exist_ok=True)
+            fd = _try_lock(directory)
+            if fd is not None:
+                return directory, fd
+        raise ConfigError(f"spool {self._root!r}: all {MAX_SLOTS} slots are held by live clients")
+
+    def _take_record(self) -> SourceRecord | None:
+        """Read the slot's record of a clean close, and remove it durably: it is good for one life only."""
+        path = os.path.join(self._dir, RECORD)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        os.unlink(path)
+        _fsync_dir(self._dir)
+        try:
+            record = msgspec.json.decode(data, type=SourceRecord)
+        except msgspec.DecodeError:
+            return None
+        return record if record.next_seq >= 1 else None
+
+    def _adopt_orphans(self) -> None:
+        candidates = [_slot_dir(self._root, 0)]
+        with os.scandir(self._root) as entries:
+            for entry in entries:
+                suffix = entry.name[len(SLOT_PREFIX) :]
+                if entry.name.startswith(SLOT_PREFIX) and suffix.isdigit() and entry.is_dir():
+                    candidates.append(entry.path)
+        for directory in candidates:
+            if directory == self._dir or not _segment_numbers(directory):
+                continue
+            fd = _try_lock(directory)
+            if fd is None:
+                continue  # a live client owns it
+            self._adopted[directory] = fd
+            self._recover(directory)
+            if not any(seg.directory == directory for seg in self._segments):
+                self._let_go(directory)
+
+    def _let_go(self, directory: str) -> None:
+        fd = self._adopted.pop(directory, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _path(self, seg: _Segment, ext: str) -> str:
+        return os.path.join(seg.directory, f"{seg.number:012d}.{ext}")
+
+    def _recover(self, directory: str) -> None:
         now = self._clock()
-        for number in numbers:
-            seg = self._scan(number)
+        for number in _segment_numbers(directory):
+            if directory == self._dir:
+                self._next_number = number + 1
+            seg = self._scan(directory, number)
             unsettled = seg.count - len(seg.settled)
             if unsettled <= 0:
                 self._delete(seg)
@@ -126,11 +274,12 @@ class Spool:
             self._pending += unsettled
             self._bytes += seg.size
 
-    def _scan(self, number: int) -> _Segment:
-        path = self._path(number, "seg")
+    def _scan(self, directory: str, number: int) -> _Segment:
+        seg = _Segment(directory, number)
+        path = self._path(seg, "seg")
         with open(path, "rb") as f:
             data = f.read()
-        seg = _Segment(number, mtime=os.stat(path).st_mtime)
+        seg.mtime = os.stat(path).st_mtime
         view = memoryview(data)
         pos = 0
         while pos + _HEAD.size <= len(data):
@@ -143,7 +292,7 @@ class Spool:
         if pos != len(data):  # a torn tail: cut it off so later appends stay readable
             os.truncate(path, pos)
         seg.size = pos
-        ack_path = self._path(number, "ack")
+        ack_path = self._path(seg, "ack")
         if os.path.exists(ack_path):
             with open(ack_path, "rb") as f:
                 acks = f.read()
@@ -154,9 +303,9 @@ class Spool:
         return seg
 
     def _new_segment(self) -> _Segment:
-        number = self._segments[-1].number + 1 if self._segments else 1
-        seg = _Segment(number, mtime=self._clock())
-        self._write_fd = os.open(self._path(number, "seg"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        seg = _Segment(self._dir, self._next_number, mtime=self._clock())
+        self._write_fd = os.open(self._path(seg, "seg"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._next_number += 1
         self._segments.append(seg)
         return seg
 
@@ -166,7 +315,14 @@ class Spool:
             seg.fd = -1
         for ext in ("seg", "ack"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(seg.number, ext))
+                os.unlink(self._path(seg, ext))
+
+    def _forget(self, seg: _Segment) -> None:
+        """Remove a segment from the spool and the disk; an adopted slot left empty is released."""
+        self._segments.remove(seg)
+        self._delete(seg)
+        if seg.directory in self._adopted and not any(s.directory == seg.directory for s in self._segments):
+            self._let_go(seg.directory)
 
     def _note_drop(self, reason: str, count: int) -> None:
         if count:
@@ -204,13 +360,13 @@ class Spool:
             return dropped
 
     def _rotate(self) -> None:
-        """Start a new active segment; raises OSError, with nothing changed, when the file cannot be made."""
+        """Start a new active segment; raises OSError, with nothing changed, when the file cannot be made.
+
+        The old descriptor is retired, not fsynced here: this runs on the host's thread.
+        """
         old = self._write_fd
-        if self.config.fsync_interval_s > 0:
-            with contextlib.suppress(OSError):
-                os.fsync(old)
-        self._active = self._new_segment()  # the old descriptor is closed only once the new one exists
-        os.close(old)
+        self._active = self._new_segment()
+        self._retired.append(old)
 
     def _drop_oldest_segments(self, need: int) -> int:
         dropped = 0
@@ -222,12 +378,12 @@ class Spool:
                     self._rotate()
                 except OSError:
                     break  # no room for a new segment: keep the active one (the write falls back to memory)
-            seg = self._segments.pop(0)
+            seg = self._segments[0]
             lost = self._unsent(seg)
             dropped += lost
             self._pending -= lost
             self._bytes -= seg.size
-            self._delete(seg)
+            self._forget(seg)
         return dropped
 
     @staticmethod
@@ -243,12 +399,36 @@ class Spool:
         with self._lock:
             self._expire()
             self._report_drops()
-            self._sync()
+            retired, self._retired = self._retired, []
+            sync_fd = self._due_sync()
             for seg in list(self._segments):
                 if len(events) >= max_events or size >= max_bytes:
                     break
                 size = self._take_from(seg, events, refs, size, max_events=max_events, max_bytes=max_bytes)
+        self._sync_outside_lock(retired, sync_fd)
         return events, refs
+
+    def _due_sync(self) -> int:
+        """The active descriptor when an fsync is due (the caller fsyncs it outside the lock), else -1."""
+        interval = self.config.fsync_interval_s
+        now = self._clock()
+        if interval > 0 and self._dirty and now - self._last_fsync >= interval:
+            self._last_fsync = now
+            self._dirty = False
+            return self._write_fd
+        return -1
+
+    def _sync_outside_lock(self, retired: list[int], sync_fd: int) -> None:
+        fsync = self.config.fsync_interval_s > 0
+        for fd in retired:
+            with contextlib.suppress(OSError):
+                if fsync:
+                    os.fsync(fd)
+                os.close(fd)
+        if sync_fd >= 0:
+            # A concurrent close() may have closed it: EBADF is harmless here.
+            with contextlib.suppress(OSError):
+                os.fsync(sync_fd)
 
     def _take_from(
         self, seg: _Segment, events: list[bytes], refs: list[Any], size: int, *, max_events: int, max_bytes: int
@@ -256,7 +436,7 @@ class Spool:
         if seg.taken >= seg.count:
             return size
         if seg.fd < 0:
-            seg.fd = os.open(self._path(seg.number, "seg"), os.O_RDONLY)
+            seg.fd = os.open(self._path(seg, "seg"), os.O_RDONLY | os.O_CLOEXEC)
         budget = max(max_bytes - size, 0) + _HEAD.size + (64 << 10)
         data = os.pread(seg.fd, min(seg.size - seg.offset, budget), seg.offset)
         pos = 0
@@ -294,12 +474,11 @@ class Spool:
                     continue  # dropped at a cap while these were in flight
                 seg.settled.update(indices)
                 if seg is not self._active and len(seg.settled) >= seg.count:
-                    self._segments.remove(seg)
                     self._bytes -= seg.size
-                    self._delete(seg)
+                    self._forget(seg)
                     continue
                 with contextlib.suppress(OSError):
-                    fd = os.open(self._path(seg.number, "ack"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    fd = os.open(self._path(seg, "ack"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                     try:
                         os.write(fd, b"".join(_ACK.pack(i) for i in indices))
                     finally:
@@ -313,18 +492,8 @@ class Spool:
             lost = self._unsent(seg)
             self._pending -= lost
             self._bytes -= seg.size
-            self._segments.remove(seg)
-            self._delete(seg)
+            self._forget(seg)
             self._note_drop(EXPIRED, lost)
-
-    def _sync(self) -> None:
-        interval = self.config.fsync_interval_s
-        now = self._clock()
-        if interval > 0 and self._dirty and now - self._last_fsync >= interval:
-            with contextlib.suppress(OSError):
-                os.fsync(self._write_fd)
-            self._last_fsync = now
-            self._dirty = False
 
     def _report_drops(self) -> None:
         if not self._unreported or self._on_drop is None:
@@ -336,27 +505,88 @@ class Spool:
     def pending(self) -> int:
         return self._pending + self._fallback.pending()
 
+    def memory_pending(self) -> int:
+        """Events waiting in the memory fallback (a refusing disk): they do not outlive the process."""
+        return self._fallback.pending()
+
     def disk_bytes(self) -> int:
         return self._bytes
 
-    def close(self) -> None:
+    def purge(self) -> int:
+        """Delete every waiting event, on disk and in memory (opt-out); returns how many were waiting."""
+        with self._lock:
+            if self._closed:
+                return 0
+            gone = self.pending()
+            self._fallback.clear()
+            for seg in list(self._segments):
+                if seg is not self._active:
+                    self._forget(seg)
+            old = self._write_fd
+            with contextlib.suppress(OSError):
+                os.ftruncate(old, 0)
+            active = self._active
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(active, "ack"))
+            active.count = active.size = active.taken = active.offset = 0
+            active.settled = set()
+            self._pending = 0
+            self._bytes = 0
+            return gone
+
+    def close(self, record: SourceRecord | None = None) -> None:
+        """Release the slot; with `record`, leave it for the slot's next owner (a clean close)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(OSError):
-                if self.config.fsync_interval_s > 0:
-                    os.fsync(self._write_fd)
-                os.close(self._write_fd)
+            fsync = self.config.fsync_interval_s > 0
+            for fd in [*self._retired, self._write_fd]:
+                with contextlib.suppress(OSError):
+                    if fsync:
+                        os.fsync(fd)
+                    os.close(fd)
+            self._retired = []
             for seg in self._segments:
                 if seg.fd >= 0:
                     os.close(seg.fd)
                     seg.fd = -1
             if len(self._active.settled) >= self._active.count:
                 self._delete(self._active)
+            if record is not None:
+                with contextlib.suppress(OSError):
+                    self._write_record(record)
+            self._release()
+
+    def _write_record(self, record: SourceRecord) -> None:
+        path = os.path.join(self._dir, RECORD)
+        scratch = path + ".new"
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, msgspec.json.encode(record))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(scratch, path)
+        _fsync_dir(self._dir)
+
+    def _release(self) -> None:
+        for directory in list(self._adopted):
+            self._let_go(directory)
+        with contextlib.suppress(OSError):
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
             os.close(self._lock_fd)
 
     def abandon(self) -> None:
-        """In a forked child: forget the parent's spool without touching its lock or files."""
+        """In a forked child: close the inherited descriptors without unlocking or touching the parent's files.
+
+        flock belongs to the open file description the parent shares: closing the
+        child's copies leaves the parent's locks held, and unlocking would release them.
+        """
         self._closed = True
+        fds = [self._lock_fd, self._write_fd, *self._retired, *self._adopted.values()]
+        fds += [seg.fd for seg in self._segments if seg.fd >= 0]
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from types import TracebackType
 
@@ -34,6 +35,16 @@ __all__ = ["AsyncClient"]
 DEFAULT_FLUSH_TIMEOUT_S = 10.0
 
 
+def _proxy_settings(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """aiohttp's `proxy` and `proxy_headers` for an http:// proxy URL (credentials moved to a header)."""
+    if proxy is None:
+        return None, None
+    from ._http import proxy_parts
+
+    host, port, headers = proxy_parts(proxy)
+    return f"http://{host}:{port}", headers or None
+
+
 class AsyncClient(BaseClient):
     """Track events from asyncio code; a task on the running loop sends them.
 
@@ -42,6 +53,7 @@ class AsyncClient(BaseClient):
     """
 
     def _start(self) -> None:
+        self._proxy = _proxy_settings(self.config.proxy)
         self._reset_sender()
 
     def _reset_sender(self) -> None:
@@ -88,7 +100,12 @@ class AsyncClient(BaseClient):
         assert self._wake_event is not None
         wake = self._wake_event
         timeout = aiohttp.ClientTimeout(total=self.config.timeouts.request_s, connect=self.config.timeouts.connect_s)
-        connector = aiohttp.TCPConnector(limit=self.config.batch.max_in_flight)
+        tls: ssl.SSLContext | bool = True
+        if self.config.endpoint.startswith("https:"):
+            from ._http import tls_context
+
+            tls = tls_context(self.config)
+        connector = aiohttp.TCPConnector(limit=self.config.batch.max_in_flight, ssl=tls)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
             try:
                 while not self._stopping:
@@ -115,7 +132,13 @@ class AsyncClient(BaseClient):
         response = Response(None, error="cancelled")
         try:
             url = self.config.endpoint + batch.path  # the endpoint may carry a path prefix
-            async with session.post(url, data=batch.body, headers=batch.headers) as reply:
+            proxy, proxy_headers = self._proxy
+            headers = batch.headers
+            if proxy_headers and not url.startswith("https:"):  # no tunnel: the proxy reads the request's own
+                headers = {**headers, **proxy_headers}
+            async with session.post(
+                url, data=batch.body, headers=headers, proxy=proxy, proxy_headers=proxy_headers
+            ) as reply:
                 body = await reply.read()
                 response = Response(reply.status, body, reply.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -129,7 +152,8 @@ class AsyncClient(BaseClient):
 
     async def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Send everything tracked so far; True when all of it was answered within `timeout_s`."""
-        if self._slow:
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
+        if self._slow and not self._closed:
             self._slow_path()
         if self._closed or self.config.debug or not self._ensure_started():
             return self._core.idle()
@@ -151,6 +175,7 @@ class AsyncClient(BaseClient):
 
     async def aclose(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Flush within `timeout_s`, then stop the sender. True when nothing was left unsent."""
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
         if self._closed:
             return self._core.idle()
         deadline = time.monotonic() + timeout_s
@@ -168,7 +193,7 @@ class AsyncClient(BaseClient):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._core._buffer.close()
+        self._release_buffer()
         from . import _lifecycle
 
         _lifecycle.unregister(self)
@@ -197,7 +222,7 @@ class AsyncClient(BaseClient):
             # The loop lives on in another thread: let it finish its own requests.
             return
         self._drain_sync(deadline)
-        self._core._buffer.close()
+        self._release_buffer()
 
     def _after_fork(self) -> None:
         super()._after_fork()
@@ -205,6 +230,9 @@ class AsyncClient(BaseClient):
 
     def _slow_path(self) -> None:
         if not self._closed and (self._task is None or self._task.done()) and self._ensure_started():
-            self._slow = self.config.debug
+            self._slow = self.config.debug or self._opted_out
             return
         super()._slow_path()
+
+    def _needs_restart(self) -> bool:
+        return self._task is None or self._task.done()

@@ -58,7 +58,7 @@ class Client(BaseClient):
         # whole before any fork (_lifecycle.sender_imports).
         from ._lifecycle import sender_imports
 
-        transport = sender_imports()(self.config.endpoint, timeout_s=self.config.timeouts.request_s)
+        transport = sender_imports().for_config(self.config)
         with self._lock:
             self._transports.append(transport)
             if self._stopping:
@@ -97,10 +97,11 @@ class Client(BaseClient):
 
     def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Send everything tracked so far; True when all of it was answered within `timeout_s`."""
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
+        if self._closed or self.config.debug:
+            return self._core.idle()
         if self._slow:
             self._slow_path()
-            if self._closed or self.config.debug:
-                return self._core.idle()
         deadline = time.monotonic() + timeout_s
         with self._lock:
             self._core.request_flush()
@@ -116,9 +117,11 @@ class Client(BaseClient):
     def close(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Flush within `timeout_s`, then stop the sender. True when nothing was left unsent.
 
-        What is left stays in the spool (if configured) for the next client; later
+        What is left stays in the spool (if configured) for the slot's next owner;
+        without a spool it is counted as dropped with reason "unsent". Later
         calls are counted as dropped with reason "closed".
         """
+        timeout_s = self._timeout_s(timeout_s, DEFAULT_FLUSH_TIMEOUT_S)
         if self._closed:
             return self._core.idle()
         deadline = time.monotonic() + timeout_s
@@ -134,7 +137,8 @@ class Client(BaseClient):
                     transport.abort()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._core._buffer.close()
+        with self._lock:
+            self._release_buffer()
         from . import _lifecycle
 
         _lifecycle.unregister(self)
@@ -167,7 +171,13 @@ class Client(BaseClient):
     def _slow_path(self) -> None:
         if getattr(self, "_restart", False) and not self._closed:
             self._restart = False
-            self._slow = self.config.debug
+            self._slow = self.config.debug or self._opted_out
             self._start()
             return
         super()._slow_path()
+
+    def _needs_restart(self) -> bool:
+        return bool(getattr(self, "_restart", False))
+
+    def _sender_lock(self) -> threading.Lock:
+        return self._lock

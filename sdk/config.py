@@ -2,9 +2,17 @@
 
 Each setting comes from the constructor's argument, else from the environment
 (`MAIDIAN_ENDPOINT`, `MAIDIAN_WRITE_KEY`, `MAIDIAN_SOURCE`, `MAIDIAN_SECRET`,
-`MAIDIAN_PII_KEY`, `MAIDIAN_MODE`, `MAIDIAN_SPOOL`, `MAIDIAN_DEBUG`), else from
-the defaults below, each of which says where its number comes from. Resolution
-happens once, in the client's constructor; nothing reads the environment later.
+`MAIDIAN_PII_KEY`, `MAIDIAN_MODE`, `MAIDIAN_SPOOL`, `MAIDIAN_DEBUG`,
+`MAIDIAN_CA_BUNDLE`, `MAIDIAN_CLIENT_CERT`, `MAIDIAN_CLIENT_KEY`,
+`MAIDIAN_PROXY`), else from the defaults below, each of which says where its
+number comes from. Resolution happens once, in the client's constructor;
+nothing reads the environment later.
+
+The proxy follows the standard variables as urllib reads them
+(`https_proxy`/`HTTPS_PROXY` for an https endpoint, `http_proxy`/`HTTP_PROXY`
+for http, the lower-case spelling first; `no_proxy`/`NO_PROXY` exempts hosts,
+judged by `urllib.request.proxy_bypass_environment`); `proxy=` (or
+`MAIDIAN_PROXY`) overrides them, and `proxy=""` means none.
 """
 
 from __future__ import annotations
@@ -124,6 +132,12 @@ class Config(msgspec.Struct, frozen=True):
     queue: QueueLimits = msgspec.field(default_factory=QueueLimits)
     spool: SpoolConfig | None = None
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    # An http:// forward proxy (CONNECT for an https endpoint); None: connect directly.
+    proxy: str | None = None
+    # TLS: a CA bundle to trust instead of the system's, and a client certificate (mutual TLS).
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
 
 def _pick(value: str | None, env: Mapping[str, str], name: str) -> str | None:
@@ -157,6 +171,10 @@ def resolve_config(
     queue: QueueLimits | None = None,
     spool: SpoolConfig | str | os.PathLike[str] | None = None,
     timeouts: Timeouts | None = None,
+    proxy: str | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
     """Arguments, then the environment, then defaults; raises `ConfigError` naming the setting."""
@@ -194,6 +212,11 @@ def resolve_config(
         spool_path if isinstance(spool_path, SpoolConfig) or spool_path is None else SpoolConfig(os.fspath(spool_path))
     )
     dbg = debug if debug is not None else env.get("MAIDIAN_DEBUG", "") not in ("", "0", "false")
+    ca = _file_setting(ca_bundle, env, "MAIDIAN_CA_BUNDLE", "ca_bundle")
+    cert = _file_setting(client_cert, env, "MAIDIAN_CLIENT_CERT", "client_cert")
+    cert_key = _file_setting(client_key, env, "MAIDIAN_CLIENT_KEY", "client_key")
+    if cert_key is not None and cert is None:
+        raise ConfigError("client_key needs client_cert (the certificate it belongs to)")
     return Config(
         endpoint=url.rstrip("/"),
         write_key=key,
@@ -210,4 +233,37 @@ def resolve_config(
         queue=q,
         spool=spool_cfg,
         timeouts=timeouts or Timeouts(),
+        proxy=_resolve_proxy(proxy, env, parts.scheme, parts.hostname),
+        ca_bundle=ca,
+        client_cert=cert,
+        client_key=cert_key,
     )
+
+
+def _file_setting(value: str | os.PathLike[str] | None, env: Mapping[str, str], name: str, what: str) -> str | None:
+    path = os.fspath(value) if value is not None else _pick(None, env, name)
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"{what}: no such file {path!r}")
+    return path
+
+
+def _resolve_proxy(proxy: str | None, env: Mapping[str, str], scheme: str, host: str) -> str | None:
+    chosen = proxy if proxy is not None else _pick(None, env, "MAIDIAN_PROXY")
+    if chosen is None:
+        chosen = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
+        no_proxy = env.get("no_proxy") or env.get("NO_PROXY")
+        if chosen and no_proxy:
+            import urllib.request
+
+            # Documented since Python 2 and stable, though typeshed does not list it.
+            bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+            if bypass(host, {"no": no_proxy}):
+                return None
+    if not chosen:
+        return None
+    if "://" not in chosen:
+        chosen = "http://" + chosen  # how urllib reads a bare host:port
+    parts = urlsplit(chosen)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"proxy must be an http:// forward proxy URL such as http://proxy:3128, not {parts.scheme!r}")
+    return chosen

@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
@@ -62,6 +63,13 @@ UNENCODABLE: Final = "unencodable"  # a value msgpack cannot carry (an object, a
 INVALID: Final = "invalid"  # refused before an id was minted (not a string name, junk identity)
 TOO_LARGE: Final = "too_large"  # one event larger than a whole batch may be
 REJECTED_BATCH: Final = "rejected_batch"  # the collector refused the whole body (400/415): a bug, reported
+UNSENT: Final = "unsent"  # still in memory when the client closed or the process exited (no spool to keep it)
+OPTED_OUT: Final = "opted_out"  # waiting when the device opted out: purged, never to be sent
+
+# The SDK's logger: quiet unless the host configures logging. One line per refused batch, per
+# credentials refusal and per new drop report; never an event's properties or identities.
+log: Final = logging.getLogger("maidian.sdk")
+log.addHandler(logging.NullHandler())
 
 _EVENTS_KEY: Final = msgspec.msgpack.encode("events")
 _ACCEPTED_RESULT: Final = {"status": envelope.ACCEPTED}
@@ -92,6 +100,8 @@ class PlanChecks(msgspec.Struct, frozen=True):
     pii_common: Mapping[tuple[str, ...], str]
     pii_profile: Mapping[tuple[str, ...], str]
     pii_identities: Mapping[str, str]
+    # Events the plan marks `trigger: server`: only signed sources may send them.
+    server_only: frozenset[str] = frozenset()
 
 
 def compile_plan(plan: Plan, mode: str) -> PlanChecks:
@@ -108,6 +118,7 @@ def compile_plan(plan: Plan, mode: str) -> PlanChecks:
         pii_common=plan.pii_paths("\x00no event\x00"),
         pii_profile=plan.pii_paths(None),
         pii_identities=plan.identity_pii(),
+        server_only=frozenset(name for name, spec in plan.events.items() if spec.trigger == "server"),
     )
 
 
@@ -132,6 +143,7 @@ class Batch(msgspec.Struct, eq=False):
     body: bytes = b""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 0
+    epoch: int = 0  # the core's purge count when the batch was cut: a purge (opt-out) voids older batches
 
     def __len__(self) -> int:
         return len(self.events)
@@ -153,6 +165,8 @@ class Stats(msgspec.Struct, frozen=True):
 
 
 _EMPTY: Final[Mapping[str, Any]] = {}
+# What encoding or checking a value can raise: a refusal of that value, never an error of the host's.
+UNENCODABLE_ERRORS: Final = (TypeError, ValueError, OverflowError, RecursionError)
 
 
 def _map_header(n: int) -> bytes:
@@ -200,6 +214,31 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
+def is_identity_map(identities: object) -> bool:
+    """A mapping of non-empty identity type names to strings (values are judged for junk elsewhere)."""
+    if not isinstance(identities, Mapping):
+        return False
+    return all(type(k) is str and k and type(v) is str for k, v in identities.items())
+
+
+def _validate(validator: Validator, candidate: Mapping[str, Any]) -> list[Any]:
+    """The plan's verdict; a value the validator cannot even read is a violation too."""
+    try:
+        return list(validator.validate(candidate))
+    except UNENCODABLE_ERRORS as exc:
+        return [f"a value cannot be checked against the plan ({type(exc).__name__})"]
+
+
+def _server_only_violation(event: str) -> Any:
+    from maidian.tracking_plan import Violation
+
+    return Violation(
+        "trigger",
+        "/event",
+        f"event {event!r} is marked 'trigger: server' in the plan; only signed server sources may send it",
+    )
+
+
 def _safe(callback: Callable[..., None] | None, *args: Any) -> None:
     if callback is None:
         return
@@ -222,6 +261,8 @@ class SdkCore:
         rng: random.Random | None = None,
         nonce: Callable[[], str] = make_nonce,
         lock: AbstractContextManager[Any] | None = None,
+        first_seq: int = 1,
+        dropped_before: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.source_id = source_id
@@ -232,7 +273,10 @@ class SdkCore:
         self._nonce = nonce
         self._count_lock: AbstractContextManager[Any] = lock or nullcontext()
         self._encode = msgspec.msgpack.Encoder(decimal_format="number").encode
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(first_seq)
+        # Drops of earlier lives of this source (a persisted spool slot): the report to the
+        # collector is cumulative per source, so it carries them too; `stats` counts this life's.
+        self._dropped_before: dict[str, int] = dict(dropped_before or {})
         self._accepted_count = itertools.count()
         self._prefix = source_id + "-"
         self._strict = config.mode == "strict" and checks is not None and checks.source is not None
@@ -272,6 +316,8 @@ class SdkCore:
         self._retries = 0
         self._violations = 0
         self._dropped: dict[str, int] = {}
+        self._logged_drops: dict[str, int] = {}
+        self._epoch = 0  # purges so far
 
     # -- the host's path -------------------------------------------------------
 
@@ -291,6 +337,8 @@ class SdkCore:
             return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {event!r:.40}"])
         if time_ms is not None and (type(time_ms) is not int or time_ms < 0):
             return self._refuse(event, INVALID, ["time must be a datetime or non-negative epoch milliseconds"])
+        if identities is not None and not is_identity_map(identities):
+            return self._refuse(event, INVALID, ["identities must map identity type names to strings"])
         props: Mapping[str, Any]
         if properties is None:
             props = _EMPTY
@@ -352,8 +400,8 @@ class SdkCore:
                         }
                     )
                 )
-        except (TypeError, ValueError, OverflowError) as exc:
-            return self._refuse(event, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        except UNENCODABLE_ERRORS as exc:
+            return self._refuse(event, UNENCODABLE, [f"a property cannot be encoded: {type(exc).__name__}"])
         queue = self._queue
         if queue is not None and len(packed) <= self._max_short_bytes and len(queue) < self._queue_cap:
             queue.append(packed)
@@ -375,6 +423,8 @@ class SdkCore:
             return self._refuse(  # type: ignore[unreachable]  # callers are not always typed
                 event_type, INVALID, [f"properties must be a mapping, got {type(properties).__name__}"]
             )
+        if identities is not None and not is_identity_map(identities):
+            return self._refuse(event_type, INVALID, ["identities must map identity type names to strings"])
         props: Mapping[str, Any] = properties
         checks = self._checks
         ids = self._raw_ids if identities is None else identities
@@ -383,7 +433,7 @@ class SdkCore:
                 candidate = self._envelope(
                     event_type, event=None, event_id="x-0", time_ms=wall_ms, ids=ids, props=props
                 )
-                violations = checks.source.validate(candidate)
+                violations = _validate(checks.source, candidate)
                 if violations:
                     self._count_violation()
                     raise InvalidEvent(event_type, violations)
@@ -404,8 +454,8 @@ class SdkCore:
                     )
                 )
             )
-        except (TypeError, ValueError, OverflowError) as exc:
-            return self._refuse(event_type, UNENCODABLE, [f"a property cannot be encoded: {exc}"])
+        except UNENCODABLE_ERRORS as exc:
+            return self._refuse(event_type, UNENCODABLE, [f"a property cannot be encoded: {type(exc).__name__}"])
         return self._put(packed, event_type)
 
     def _put(self, packed: bytes | bytearray, name: str) -> bool:
@@ -459,11 +509,17 @@ class SdkCore:
                 ids=self._raw_ids if identities is None else identities,
                 props={**self._presets, **props},
             )
-            violations = checks.source.validate(candidate)
+            violations = _validate(checks.source, candidate)
+            if event in checks.server_only and self.config.source is None:
+                violations = [*violations, _server_only_violation(event)]
             if violations:
                 self._count_violation()
                 raise InvalidEvent(event, violations)
             return True
+        if event in checks.server_only and self.config.source is None:
+            # The collector quarantines it (rule `trigger`); said and counted at once, sent anyway.
+            self._count_violation()
+            _safe(self._cb.on_violation, event, [_server_only_violation(event)])
         if event not in checks.event_names and not checks.accept_unknown:
             # Said at once; counted by the full check in the sender. Sent anyway: the
             # collector stores it in quarantine, where it can be replayed.
@@ -529,14 +585,30 @@ class SdkCore:
         self._raw_ids = {"anonymous_id": self._raw_ids["anonymous_id"]}
         self._ids = self._transform_ids(self._raw_ids)
 
-    def register_super_properties(self, properties: Mapping[str, Any]) -> None:
+    def register_super_properties(self, properties: Mapping[str, Any]) -> bool:
+        """Add properties to every later track event; refused (counted) unless a str-keyed, encodable mapping."""
+        if not isinstance(properties, Mapping) or not all(type(k) is str and k for k in properties):
+            return self._refuse("register_super_properties", INVALID, ["super properties must map names to values"])
+        try:
+            self._encode(properties)
+        except UNENCODABLE_ERRORS as exc:
+            return self._refuse(
+                "register_super_properties", UNENCODABLE, [f"a property cannot be encoded: {type(exc).__name__}"]
+            )
         self._supers = {**self._supers, **properties}
+        return False
 
-    def unregister_super_property(self, name: str) -> None:
+    def unregister_super_property(self, name: str) -> bool:
+        if type(name) is not str:
+            return self._refuse("unregister_super_property", INVALID, ["a property name must be a string"])
         self._supers = {k: v for k, v in self._supers.items() if k != name}
+        return False
 
-    def time_event(self, name: str, wall_ms: int) -> None:
+    def time_event(self, name: str, wall_ms: int) -> bool:
+        if type(name) is not str or not name:
+            return self._refuse("time_event", INVALID, ["the event name must be a non-empty string"])
         self._timers[name] = wall_ms
+        return False
 
     def refuse_identity(self, what: str, value: object) -> bool:
         """Report a junk identity value: raise in strict mode, else count and call back."""
@@ -614,7 +686,7 @@ class SdkCore:
                 return None
             if not self._buffer.pending():
                 self._pending_since = None  # what is left, if anything, is as old as what was taken
-            batch = Batch(events, refs)
+            batch = Batch(events, refs, epoch=self._epoch)
             self._sent += len(events)
             if self._warn:
                 self._validate_in_background(events)
@@ -636,7 +708,11 @@ class SdkCore:
             "plan_version": self._checks.plan_version if self._checks is not None else None,
         }
         if self._dropped:
-            head["dropped"] = {"source": self.source_id, "counts": dict(self._dropped)}
+            counts = dict(self._dropped_before)
+            for reason, n in self._dropped.items():
+                counts[reason] = counts.get(reason, 0) + n
+            head["dropped"] = {"source": self.source_id, "counts": counts}
+            self._log_drops()
         encoded = self._encode(head)
         # The head is a fixmap; one more entry, "events", follows as the array of packed events.
         parts: list[bytes | bytearray] = [bytes((encoded[0] + 1,)), encoded[1:], _EVENTS_KEY]
@@ -692,6 +768,11 @@ class SdkCore:
         self._in_flight_events -= len(batch)
         decision = classify(response.status, response.error)
         action = decision.action
+        if batch.epoch != self._epoch and action not in ("done", "drop"):
+            # In flight when the device opted out: never resent.
+            self._buffer.settle(batch.refs)
+            self._drop(OPTED_OUT, len(batch))
+            return
         if action == "done":
             results = self._results(response.body, len(batch))
             if results is None:
@@ -715,6 +796,11 @@ class SdkCore:
         elif action == "hold":
             if not self._holding:
                 _safe(self._cb.on_error, f"the collector refused the credentials ({decision.reason}); events are kept")
+                log.warning(
+                    "the collector refused the credentials (%s); events are kept and retried every %.0f s",
+                    decision.reason,
+                    self.config.retry.auth_retry_s,
+                )
             self._holding = True
             self._blocked_until = max(self._blocked_until, now + self.config.retry.auth_retry_s)
             self._retries += 1
@@ -724,8 +810,8 @@ class SdkCore:
                 half = len(batch) // 2
                 refs = batch.refs
                 self._retry[:0] = [
-                    Batch(batch.events[:half], refs[:half], attempt=batch.attempt),
-                    Batch(batch.events[half:], refs[half:], attempt=batch.attempt),
+                    Batch(batch.events[:half], refs[:half], attempt=batch.attempt, epoch=batch.epoch),
+                    Batch(batch.events[half:], refs[half:], attempt=batch.attempt, epoch=batch.epoch),
                 ]
             else:
                 self._buffer.settle(batch.refs)
@@ -733,6 +819,7 @@ class SdkCore:
         else:
             self._buffer.settle(batch.refs)
             self._drop(REJECTED_BATCH, len(batch))
+            log.error("the collector refused a whole batch of %d events (%s): dropped", len(batch), decision.reason)
             _safe(
                 self._cb.on_error, f"the collector refused a whole batch ({decision.reason}): {response.body[:200]!r}"
             )
@@ -793,7 +880,14 @@ class SdkCore:
         self._wrap(batch, wall_ms)
         return batch
 
-    def forked(self, buffer: Buffer, source_id: str, lock: AbstractContextManager[Any] | None) -> SdkCore:
+    def forked(
+        self,
+        buffer: Buffer,
+        source_id: str,
+        lock: AbstractContextManager[Any] | None,
+        first_seq: int = 1,
+        dropped_before: Mapping[str, int] | None = None,
+    ) -> SdkCore:
         """A core for a forked child: same identities and super properties, a new source, nothing pending."""
         child = SdkCore(
             self.config,
@@ -803,10 +897,71 @@ class SdkCore:
             checks=self._checks,
             callbacks=self._cb,
             lock=lock,
+            first_seq=first_seq,
+            dropped_before=dropped_before,
         )
         child._raw_ids, child._ids = self._raw_ids, self._ids
         child._supers = self._supers
         return child
+
+    def next_seq(self) -> int:
+        """The sequence number the next event will get."""
+        # itertools.count exposes its next value only through pickling support.
+        return int(self._seq.__reduce__()[1][0])
+
+    def dropped_total(self) -> dict[str, int]:
+        """Drops of this source over all its lives, as the collector is told."""
+        counts = dict(self._dropped_before)
+        for reason, n in self._dropped.items():
+            counts[reason] = counts.get(reason, 0) + n
+        return counts
+
+    def _log_drops(self) -> None:
+        """One line when this life's drop counts changed since the last line (at most once per batch)."""
+        if self._dropped == self._logged_drops:
+            return
+        self._logged_drops = dict(self._dropped)
+        counts = ", ".join(f"{reason}={n}" for reason, n in sorted(self._dropped.items()))
+        log.warning("events dropped by this client so far, by reason: %s", counts)
+
+    def give_up_unsent(self) -> int:
+        """At close: count what only memory holds (no spool keeps it) as dropped, `unsent`; returns the count.
+
+        Events in flight or waiting for a retry are counted too unless the buffer
+        is a spool, which keeps them for its slot's next owner.
+        """
+        buffer = self._buffer
+        memory_only = getattr(buffer, "memory_pending", None)
+        if memory_only is None:
+            lost = buffer.pending() + self._in_flight_events + sum(len(b) for b in self._retry)
+            clear = getattr(buffer, "clear", None)
+            if clear is not None:
+                clear()
+        else:
+            lost = memory_only()
+        self._retry = []
+        if lost:
+            self._drop(UNSENT, lost)
+        self._log_drops()
+        return lost
+
+    def purge(self) -> int:
+        """Opt-out: delete everything waiting, in memory and on disk; count it as dropped, `opted_out`."""
+        buffer = self._buffer
+        purge = getattr(buffer, "purge", None)
+        if purge is not None:
+            gone = int(purge())
+        else:
+            gone = buffer.pending()
+            getattr(buffer, "clear", lambda: None)()
+        gone += sum(len(b) for b in self._retry)
+        for batch in self._retry:
+            buffer.settle(batch.refs)
+        self._retry = []
+        self._epoch += 1
+        if gone:
+            self._drop(OPTED_OUT, gone)
+        return gone
 
     def stats(self) -> Stats:
         # itertools.count exposes its next value only through pickling support.

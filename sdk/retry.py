@@ -7,7 +7,7 @@
 |---|---|---|
 | 200 | `done` | per-event results follow |
 | network error, timeout, 408, 429, 5xx | `retry` | indeterminate or transient; the collector deduplicates |
-| 401, 403 | `hold` | keep the events (a key fixed in the console must not lose them), retry slowly |
+| 401, 403, 407 | `hold` | keep the events (a key or proxy login fixed later must not lose them), retry slowly |
 | 413 | `split` | halve the batch; a single event that is still too large is dropped, counted |
 | 400, 415, other 4xx | `drop` | the body itself is wrong: a bug; dropped, counted and reported |
 
@@ -45,7 +45,7 @@ def classify(status: int | None, error: str | None = None) -> Decision:
         return Decision("done", "ok")
     if status in _RETRY_STATUSES or status >= 500:
         return Decision("retry", f"http {status}")
-    if status in (401, 403):
+    if status in (401, 403, 407):
         return Decision("hold", f"http {status}")
     if status == 413:
         return Decision("split", "http 413")

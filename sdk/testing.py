@@ -44,6 +44,7 @@ import msgspec
 from maidian.tracking_plan.envelope import make_source_id
 
 from ._api import BaseClient, _load_plan
+from .core import PlanChecks
 from .errors import InvalidEvent
 
 if TYPE_CHECKING:
@@ -96,6 +97,10 @@ class Recorder(BaseClient):
             for name, spec in (loaded.events.items() if loaded is not None and sender == "app" else ())
             if spec.trigger == "server"
         )
+
+    def _plan_checks(self, plan: Plan) -> PlanChecks:
+        # The recorder judges `trigger: server` events itself, by its `sender` (`_server_only_event`).
+        return msgspec.structs.replace(super()._plan_checks(plan), server_only=frozenset())
 
     # -- recording: remember strict-mode refusals, even when the caller swallows them ------
 

@@ -12,7 +12,7 @@ from maidian.collector.config import hash_key, resolve_config
 from tests.conftest import MINI_PLAN, ROOT
 
 DOCS = ROOT / "docs"
-GUIDES = ("guide-app-developer.md", "guide-qa.md", "guide-backend.md", "guide-operator.md")
+GUIDES = ("guide-app-developer.md", "guide-qa.md", "guide-backend.md", "guide-operator.md", "guide-support.md")
 _BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
 
 
@@ -72,3 +72,15 @@ def test_the_operators_configuration(tmp_path: Path) -> None:
     assert config.live.enabled
     assert config.live.token_sha256 == token.group(2)
     assert not config.live.allow_loopback
+
+
+def test_the_support_configuration(tmp_path: Path) -> None:
+    from maidian.collector.support.access import verify_password
+
+    text = block("guide-support.md", "# /etc/maidian/support.toml")
+    config_file = tmp_path / "support.toml"
+    config_file.write_text(text.replace("/etc/maidian/plan.json", str(MINI_PLAN)), "utf-8")
+    support = resolve_config(file=config_file, env={}).support
+    assert support.enabled
+    assert [(a.name, a.role) for a in support.accounts] == [("li.na", "agent"), ("wang.qiang", "officer")]
+    assert verify_password("correct-horse-0571", support.accounts[0].password_scrypt)

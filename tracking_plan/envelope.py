@@ -131,6 +131,11 @@ class Limits:
     # Containers nested inside `properties` (an object in a list is depth 2).
     max_depth: int = 8
     max_string_bytes: int = 8 << 10
+    # Values in one batch (objects, arrays, keys and scalars, nested): an empty msgpack array is one
+    # byte that Python holds in 64, so a 16 MiB body of them would take a gigabyte. 256 Ki values
+    # take at most about 20 MiB; 500 SDK events of 12 properties hold about 17,000. A body of at
+    # most this many bytes cannot hold more values than bytes, so only larger bodies are counted.
+    max_values: int = 256 << 10
     # Event and property names; the longest name in a 3,259-point bank plan was 61.
     max_name_length: int = 100
     max_identity_length: int = 255

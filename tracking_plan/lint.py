@@ -33,6 +33,7 @@ from ._jsonpos import join_pointer, split_pointer
 from ._schemakit import enum_key, json_kind, types_of
 from .envelope import DEFAULT_LIMITS, EVENT_NAME_RE, PRESET_SCHEMAS, PROPERTY_NAME_RE
 from .errors import PlanProblem
+from .funnels import annotated_funnels
 from .loader import Document, Path_, _Problems, _read, _Schemas, check_identity, prefix_of, read_document
 from .pii import PII_TAGS
 
@@ -62,6 +63,9 @@ RULES: Final[dict[str, str]] = {
     "bad-ref": "every `$ref` names a definition in $defs and no definition refers to itself",
     "bad-regex": "every `pattern` compiles (ECMA-262 syntax)",
     "bad-ignore": f"`{IGNORE_KEY}` names known rule ids",
+    "funnel": "a funnel's steps name planned events and its identity is `person` or a declared identity type",
+    "funnel-annotation": "`x-funnel` step numbers of one funnel run 1, 2, 3, ... once each, and agree with the "
+    "funnel's declared steps when the plan declares it",
 }
 
 
@@ -272,6 +276,50 @@ class _Linter:
 
         self._clashes(self.property_places, "property")
         self._type_conflicts()
+        self._funnels()
+
+    def _funnels(self) -> None:
+        events = self.doc["events"]
+        identities = set(self.doc.get("identities", {})) | {"anonymous_id", "login_id", "person"}
+        declared = self.doc.get("funnels", {})
+        for name, spec in declared.items():
+            where = ("funnels", name)
+            self._note_ignores(spec, join_pointer(where))
+            for i, step in enumerate(spec.get("steps", ())):
+                if step.get("event") not in events:
+                    self.add(
+                        f"funnel {name!r} step {i + 1}: event {step.get('event')!r} is not in the plan",
+                        (*where, "steps", i, "event"),
+                        "funnel",
+                    )
+            identity = spec.get("identity", "person")
+            if identity not in identities:
+                self.add(
+                    f"funnel {name!r}: identity {identity!r} is neither 'person' nor a declared identity type",
+                    (*where, "identity"),
+                    "funnel",
+                )
+        for name, annotated in annotated_funnels(self.doc).items():
+            numbers = [step for step, _event in annotated]
+            first_event = annotated[0][1]
+            if numbers != list(range(1, len(numbers) + 1)):
+                self.add(
+                    f"x-funnel {name!r}: steps {numbers} should run 1 to {len(numbers)}, once each",
+                    ("events", first_event, "x-funnel"),
+                    "funnel-annotation",
+                )
+            steps = declared.get(name, {}).get("steps")
+            if steps is None:
+                continue
+            for step, event in annotated:
+                declared_event = steps[step - 1].get("event") if 0 < step <= len(steps) else None
+                if declared_event != event:
+                    self.add(
+                        f"x-funnel {name!r} step {step} is {event}, but funnels.{name} has"
+                        f" {declared_event or 'no such step'} there",
+                        ("events", event, "x-funnel"),
+                        "funnel-annotation",
+                    )
 
     def _root(self, raw: Mapping[str, Any], path: tuple[str, ...], area: str) -> None:
         self._schema(raw, _Scope(path, (), area))

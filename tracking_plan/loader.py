@@ -31,6 +31,7 @@ import jsonschema_rs
 from ._jsonpos import Locator, join_pointer
 from .envelope import PRESET_SCHEMAS
 from .errors import PlanLoadError, PlanProblem
+from .funnels import build_funnels
 from .model import VENDORS, BusinessLine, EventSpec, IdentityType, Plan, PlanSettings
 from .pii import PII_TAGS
 
@@ -323,6 +324,7 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
             pattern=spec.get("pattern"),
             max_length=spec.get("maxLength"),
             pii=spec.get("x-pii"),
+            introduced_by=spec.get("introduced_by", "any"),
         )
 
     common = _object_schema(schemas.schema(doc.get("common_properties"), ("common_properties",)))
@@ -360,6 +362,7 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
             status=spec.get("status", "active"),
             tags=tuple(spec.get("tags", ())),
         )
+    funnels = build_funnels(doc, events, identities, common, problems)
     plan_names = _PlanNames(events, identities, common, users)
     for vendor in VENDORS:
         _check_mapping(doc.get("mappings", {}).get(vendor, {}), ("mappings", vendor), plan_names, problems)
@@ -379,6 +382,7 @@ def build_plan(doc: Document, *, text: str = "", source: str = "<plan>") -> Plan
         ),
         description=doc.get("description", ""),
         mappings=doc.get("mappings", {}),
+        funnels=funnels,
         source=source,
         document=doc,
     )

@@ -17,6 +17,8 @@ __all__ = [
     "BusinessLine",
     "EventMapping",
     "EventSpec",
+    "Funnel",
+    "FunnelStep",
     "IdentityType",
     "Plan",
     "PlanSettings",
@@ -53,6 +55,8 @@ class IdentityType:
     pattern: str | None = None
     max_length: int | None = None
     pii: str | None = None
+    # Who may introduce a value of this type to the identity graph: "any" sender, or only "signed" sources.
+    introduced_by: Literal["any", "signed"] = "any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,32 @@ class VendorMapping:
 
 
 @dataclass(frozen=True, slots=True)
+class FunnelStep:
+    """One step of a funnel: an event, and property values it must carry (a list: any of them)."""
+
+    event: str
+    where: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Funnel:
+    """A named funnel (the plan's `funnels`): ordered steps, a window from the first step, and who walks it.
+
+    `identity` is `person` (the identity graph's person: a journey that crosses
+    a login stays one) or a declared identity type (`anonymous_id` for a
+    device's funnel). `success` marks the funnel's last step as a success
+    event that channel reports count.
+    """
+
+    name: str
+    steps: tuple[FunnelStep, ...]
+    window_s: int = 7 * 86_400
+    identity: str = "person"
+    description: str = ""
+    success: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A loaded tracking plan."""
 
@@ -125,6 +155,7 @@ class Plan:
     settings: PlanSettings = field(default_factory=PlanSettings)
     description: str = ""
     mappings: Mapping[str, Any] = field(default_factory=dict)
+    funnels: Mapping[str, Funnel] = field(default_factory=dict)
     source: str = "<plan>"
     document: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

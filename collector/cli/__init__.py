@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 from maidian.collector.cli.cluster import add_cluster_commands
 from maidian.collector.cli.commands import add_collector_commands
+from maidian.collector.cli.imports import add_import_commands
+from maidian.collector.cli.lake import add_lake_commands
 from maidian.collector.cli.privacy import add_privacy_commands
 from maidian.collector.cli.qa import add_qa_commands
+from maidian.collector.cli.support import add_support_commands
 from maidian.tracking_plan import __version__
 from maidian.tracking_plan.cli import add_plan_commands
 
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_qa_commands(sub)
     add_privacy_commands(sub)
     add_cluster_commands(sub)
+    add_import_commands(sub)
+    add_support_commands(sub)
+    add_lake_commands(sub)
     return parser
 
 

@@ -3,7 +3,8 @@
 Exit codes (shared with `maidian plan`, tracking_plan/cli.py): 0 done,
 1 nothing found (`NoSuchPerson`), 2 unusable input: a configuration, a data
 directory, a plan, a damaged derived file (the message names the file and the
-repair). A traceback is a bug.
+repair); 3 the data directory's disk refused (`DiskError`: full, quota, I/O
+error, read-only; free space and run the command again). A traceback is a bug.
 
 CSV is formula-safe: a cell a spreadsheet would run as a formula starts with a
 quote, so an exported value cannot execute in the analyst's spreadsheet.
@@ -22,9 +23,11 @@ from typing import Any, Final, TextIO
 
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_UNUSABLE, print_plan_problems
 
-__all__ = ["CSV_ENVELOPE_COLUMNS", "Handler", "emit_json_line", "jsonable", "reporting", "write_csv"]
+__all__ = ["CSV_ENVELOPE_COLUMNS", "EXIT_DISK", "Handler", "emit_json_line", "jsonable", "reporting", "write_csv"]
 
 Handler = Callable[[argparse.Namespace], int]
+# The data directory's disk refused (`DiskError`: full, quota, I/O error, read-only): free space and run again.
+EXIT_DISK: Final = 3
 
 
 def reporting(handler: Handler) -> Handler:
@@ -32,11 +35,14 @@ def reporting(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from maidian.collector.errors import CollectorError, NoSuchPerson
+        from maidian.collector.errors import CollectorError, DiskError, NoSuchPerson
         from maidian.tracking_plan.errors import PlanLoadError
 
         try:
-            return handler(args)
+            return _disk_errors_named(handler, args)
+        except DiskError as exc:
+            print(f"maidian {args.command}: {exc}", file=sys.stderr)
+            return EXIT_DISK
         except NoSuchPerson as exc:
             print(f"maidian {args.command}: {exc}", file=sys.stderr)
             return EXIT_FINDINGS
@@ -47,6 +53,21 @@ def reporting(handler: Handler) -> Handler:
             return EXIT_UNUSABLE
 
     return run
+
+
+def _disk_errors_named(handler: Handler, args: argparse.Namespace) -> int:
+    """Run `handler`, raising the disk's refusals met as OS errors as `DiskError` (SQLite's: collector/sqlite.py)."""
+    from maidian.collector.errors import DiskError
+
+    try:
+        return handler(args)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        disk = DiskError.from_os_error(exc)
+        if disk is None:
+            raise
+        raise disk from exc
 
 
 def emit_json_line(record: Any, out: TextIO) -> None:

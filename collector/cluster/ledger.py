@@ -39,10 +39,10 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.cluster.keys import frame_head, frame_keeping
+from maidian.collector.cluster.keys import frame_head, frame_keeping, partition_key
 from maidian.collector.config import DEFAULT_DEDUP_WINDOW_S
 from maidian.collector.errors import CollectorError
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, head_scope
 
 __all__ = ["Ledger", "LedgerConfig", "PartitionState", "run_ledger"]
 
@@ -73,9 +73,9 @@ class LedgerConfig:
 
 @dataclass(slots=True)
 class PartitionState:
-    """One raw partition's deduplication state, and what it handled."""
+    """One raw partition's deduplication state (per sender scope, as in single-node mode), and what it handled."""
 
-    seen: SeenIds
+    seen: ScopedSeenIds
     frames_in: int = 0
     frames_out: int = 0
     events_in: int = 0
@@ -85,7 +85,7 @@ class PartitionState:
         """(None, n) when every id of the head is new; else (the new ids, n). n: the ids the head lists."""
         seq: dict[str, list[int]] = head.get("seq") or {}
         oid: list[str] = head.get("oid") or []
-        seen = self.seen
+        seen = self.seen.of(head_scope(head))
         total = sum((flat[k + 1] - flat[k] + 1) for flat in seq.values() for k in range(0, len(flat) - 1, 2))
         total += len(oid)
         if all(seen.all_below(source, flat[0]) for source, flat in seq.items() if flat) and not any(
@@ -103,21 +103,23 @@ class PartitionState:
         return new, total
 
 
-def changelog_records(seen: SeenIds, head: dict[str, Any]) -> Iterable[tuple[bytes, bytes]]:
+def changelog_records(seen: ScopedSeenIds, head: dict[str, Any]) -> Iterable[tuple[bytes, bytes]]:
     """(key, value) for each SDK source and opaque id a head touched: its whole entry after the update."""
+    scope = head_scope(head)
+    ids: SeenIds = seen.of(scope)
     for key in [*(head.get("seq") or {}), *(head.get("oid") or [])]:
-        entry = seen.entry(key)
+        entry = ids.entry(key)
         if entry is not None:
-            yield key.encode(), _encode(entry)
+            yield partition_key(scope, key), _encode(entry)
 
 
-def restore_entry(seen: SeenIds, key: bytes, value: bytes) -> None:
+def restore_entry(seen: ScopedSeenIds, key: bytes, value: bytes) -> None:
     last_seen, flat = _decode_entry.decode(value)
-    name = key.decode()
+    scope, _sep, name = key.decode().partition("\x1f")
     if flat:
-        seen.add_head({name: flat}, (), last_seen)
+        seen.of(scope).add_head({name: flat}, (), last_seen)
     else:
-        seen.add_head({}, (name,), last_seen)
+        seen.of(scope).add_head({}, (name,), last_seen)
 
 
 @dataclass(slots=True)
@@ -184,7 +186,7 @@ class Ledger:
         """The partition's state from its changelog, read to the end (read_committed)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        seen = SeenIds(self.config.window_s)
+        seen = ScopedSeenIds(self.config.window_s)
         reader = Consumer(
             {
                 **self._client_config(),
@@ -263,7 +265,7 @@ class Ledger:
             out = frame_keeping(head, body, set(new))
             kept = len(new)
             head = frame_head(out)[0]
-        state.seen.add_head(head.get("seq") or {}, head.get("oid") or (), now_ms)
+        state.seen.of(head_scope(head)).add_head(head.get("seq") or {}, head.get("oid") or (), now_ms)
         self.producer.produce(self.config.events_topic, out, key=msg.key(), partition=partition)
         for key, value in changelog_records(state.seen, head):
             self.producer.produce(self.config.state_topic, value, key=key, partition=partition)

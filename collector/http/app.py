@@ -26,19 +26,20 @@ cap.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from maidian.collector.config import Config
-from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout, Unavailable
+from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout
+from maidian.collector.http.admission import Admission, Gate, SlotLimits
+from maidian.collector.http.request_id import request_id_of
 from maidian.collector.http.vendor_routes import (
     VENDOR_PATHS,
     VENDOR_ROUTES,
@@ -47,8 +48,7 @@ from maidian.collector.http.vendor_routes import (
     max_line_bytes,
 )
 from maidian.collector.pipeline.auth import Authenticator
-from maidian.collector.pipeline.decode import decode_batch, decompress, read_media_type
-from maidian.collector.pipeline.ingest import Ingest
+from maidian.collector.pipeline.decode import decode_batch, decompress, inflates_large, read_media_type
 from maidian.collector.service import Collector
 from maidian.tracking_plan.envelope import BATCH_PATH, DEBUG_PATH
 
@@ -58,6 +58,8 @@ log = logging.getLogger("maidian.collector")
 
 COLLECTOR: Final = web.AppKey("collector", Collector)
 AUTH: Final = web.AppKey("auth", Authenticator)
+GATE: Final = web.AppKey("gate", Gate)
+VENDORS: Final = web.AppKey("vendors", VendorRoutes)
 ROUTES: Final = (
     ("POST", BATCH_PATH),
     ("POST", DEBUG_PATH),
@@ -97,7 +99,10 @@ async def _errors(
         return _error_response(error)
     except web.HTTPException as exc:
         status = exc.status
-        raise
+        vendor = request.app[VENDORS].unrouted(request, status) if status in (404, 405) else None
+        if vendor is None:
+            raise
+        return vendor
     except (ConnectionError, asyncio.CancelledError):
         status = _CLIENT_GONE  # the sender went away mid-request; nothing of it was stored
         raise
@@ -115,75 +120,57 @@ _KNOWN: Final = frozenset(path for _m, path in ROUTES) | VENDOR_PATHS
 
 
 async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The body as sent, whole within `timeout_s` (a total deadline: a byte now and then does not renew it)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; at most {limit} are accepted")
     chunks = bytearray()
-    loop = asyncio.get_running_loop()
-    deadline = asyncio.timeout(timeout_s)
     try:
-        async with deadline:  # one timer per request, moved on as the body progresses
+        async with asyncio.timeout(timeout_s):
             while True:
                 chunk = await request.content.read(_READ_CHUNK)
                 if not chunk:
                     break
-                deadline.reschedule(loop.time() + timeout_s)
                 chunks += chunk
                 if len(chunks) > limit:
                     raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
     except TimeoutError:
-        raise RequestTimeout(f"the body made no progress for {timeout_s:g} s") from None
+        raise RequestTimeout(f"the body did not arrive whole within {timeout_s:g} s") from None
     if request.content_length is not None and len(chunks) != request.content_length:
         # The connection ended early (a reset mid-body): never decode, never store part of a batch.
         raise BadRequest(f"the body ended after {len(chunks)} of {request.content_length} bytes")
     return bytes(chunks)
 
 
-def _admit(collector: Collector) -> Ingest:
-    """The pipeline, counting the request in flight (`collector.leave()` when done); 503 when it cannot take one."""
-    ingest = collector.ingest
-    if not collector.is_ready() and (collector.stopping or not collector.ready):
-        raise Unavailable("the collector is starting or stopping", retry_after_s=1)
-    if ingest is None:
-        raise Unavailable("the collector is starting", retry_after_s=1)
-    if collector.in_flight >= collector.config.server.max_in_flight:
-        raise Unavailable("the collector is overloaded", retry_after_s=1)
-    collector.enter()
-    return ingest
-
-
 async def _ingest(request: web.Request, *, store: bool) -> web.Response:
     collector = request.app[COLLECTOR]
     auth = request.app[AUTH]
-    ingest = _admit(collector)
+    gate = request.app[GATE]
+    gate.check_ready()
+    headers = request.headers
+    fmt, coding = read_media_type(headers.get("Content-Type"), headers.get("Content-Encoding"))
+    # The credentials, from the head: a sender with none or wrong ones never holds a slot while its body trickles.
+    claim = auth.claim(headers, request.query, now_s=time.time())
+    sender = claim.sender
+    ingest = gate.enter(sender)
     try:
         limits = collector.config.limits
-        fmt, coding = read_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
         body = await _read_body(request, limits.max_body_bytes, collector.config.server.body_timeout_s)
         now_s = time.time()
-        principal = auth.authenticate(
-            request.headers, request.query, method=request.method, path=request.path, body=body, now_s=now_s
-        )
-        data = decompress(body, coding, limits.max_decoded_bytes)
+        principal = auth.confirm(claim, method=request.method, path=request.path, body=body, now_s=now_s)
+        if inflates_large(body, coding):  # zstd and zlib release the GIL: the loop serves others meanwhile
+            data = await asyncio.to_thread(decompress, body, coding, limits.max_decoded_bytes, own_context=True)
+        else:
+            data = decompress(body, coding, limits.max_decoded_bytes)
         batch = decode_batch(data, fmt, limits)
         metrics = collector.metrics.bytes
         metrics["wire"] += len(body)
         metrics["decoded"] += len(data)
         if store:
             auth.take(principal, len(batch.events), now_s)
-        request_id = request.headers.get("X-Request-Id") or _next_request_id()
-        outcome = await ingest.ingest(batch, principal, request_id[:64], store=store)
+        outcome = await ingest.ingest(batch, principal, request_id_of(headers), store=store)
         return web.Response(body=outcome.to_json(), content_type=_CONTENT_JSON)
     finally:
-        collector.leave()
-
-
-_REQUEST_IDS = itertools.count(1)
-# Process start (ms, hex) and a counter: unique per process, cheaper than a UUID (1 µs against 6).
-_REQUEST_PREFIX: Final = f"{int(time.time() * 1000):x}-{os.getpid()}-"
-
-
-def _next_request_id() -> str:
-    return _REQUEST_PREFIX + str(next(_REQUEST_IDS))
+        gate.leave(sender)
 
 
 async def _batch(request: web.Request) -> web.Response:
@@ -200,8 +187,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     collector = request.app[COLLECTOR]
-    if collector.is_ready():
-        return web.json_response({"status": "ready"})
+    admission = request.app[GATE].admission
+    slots = {"in_flight": admission.authenticated, "max_in_flight": admission.limits.max_in_flight}
+    if collector.is_ready() and not admission.full():
+        return web.json_response({"status": "ready", **slots})
+    if collector.is_ready():  # every slot is taken: an authenticated request would be refused now
+        body: dict[str, object] = {"status": "unavailable", "reason": "overloaded", **slots}
+        return web.json_response(body, status=503, headers={"Retry-After": "1"})
     log_down = "disk" if collector.config.sink.kind == "local" else "brokers"
     reason = "stopping" if collector.stopping else ("starting" if not collector.ready else log_down)
     detail = collector.raw.last_error or collector.quarantine.last_error
@@ -216,8 +208,27 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Format": "0.0.4"})
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a line over the limit) as an ERROR with a traceback:
+    a sender's doing, not the collector's. One WARNING line instead, without the request's text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg, record.args = "refused a malformed request: %s (HTTP %d)", (type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED: Final = _MalformedRequests()
+
+
 def make_app(config: Config, collector: Collector | None = None) -> web.Application:
     """The aiohttp application; the collector opens on startup and closes (draining, syncing) on cleanup."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server_log.filters:
+        server_log.addFilter(_MALFORMED)
     # Sensors image beacons put their record in the URL: longer request lines only when Sensors is served.
     line_bytes = max_line_bytes(bool(config.auth.sensors_projects))
     app = web.Application(
@@ -234,7 +245,24 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
     def read_body(request: web.Request, limit: int) -> Awaitable[bytes]:
         return _read_body(request, limit, body_timeout_s)
 
-    vendors = VendorRoutes(owned, app[AUTH], read_body=read_body, admit=_admit, request_id=_next_request_id)
+    server = config.server
+    admission = Admission(
+        SlotLimits(
+            max_in_flight=server.max_in_flight,
+            per_sender=min(server.max_in_flight_per_sender, server.max_in_flight),
+            unauthenticated=server.max_in_flight_unauthenticated,
+        )
+    )
+    app[GATE] = Gate(owned, admission)
+    owned.metrics.read_family(
+        "maidian_admission_refused_total",
+        "Requests answered 503 for want of a request slot: over the sender's share, the total, or the "
+        "unauthenticated pool.",
+        ("pool",),
+        lambda: {(pool,): n for pool, n in admission.refused.items()},
+    )
+    vendors = VendorRoutes(owned, app[AUTH], app[GATE], read_body=read_body)
+    app[VENDORS] = vendors
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         c = app[COLLECTOR]
@@ -249,6 +277,10 @@ def make_app(config: Config, collector: Collector | None = None) -> web.Applicat
         from maidian.collector.http.live_routes import mount_live
 
         mount_live(app, owned)
+    if config.support.enabled:  # the support agents' view (docs/guide-support.md): off unless configured
+        from maidian.collector.http.support_routes import mount_support
+
+        mount_support(app, owned)
     app.router.add_post(BATCH_PATH, _batch)
     app.router.add_post(DEBUG_PATH, _debug)
     app.router.add_get("/healthz", _healthz)

@@ -32,13 +32,13 @@ import ipaddress
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib import resources
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 from aiohttp import web
 
 from maidian.collector.config import LiveConfig, hash_key
+from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
 
 if TYPE_CHECKING:
@@ -63,17 +63,6 @@ _ASSETS: Final = {
 _COOKIE: Final = "maidian_live"
 # A tester's working day; the page asks for the token again after it.
 _SESSION_S: Final = 12 * 3600
-# Proxies and browsers drop idle streams after about a minute; a comment line every 15 s keeps them.
-_HEARTBEAT_S: Final = 15.0
-_SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _json = msgspec.json.Encoder()
 
@@ -132,51 +121,20 @@ def _is_loopback_name(host: str) -> bool:
 _ACCESS: Final = web.AppKey("live_access", _Access)
 
 
-def _asset(name: str) -> bytes:
-    return resources.files("maidian.collector.qa").joinpath("assets", name).read_bytes()
-
-
-def _json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=_json.encode(data), status=status, content_type="application/json", charset="utf-8")
-
-
 def _guarded(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def run(request: web.Request) -> web.StreamResponse:
         if not request.app[_ACCESS].allows(request):
             message = "the live view needs its token: open /live and enter it"
-            return _json_response({"error": {"code": "unauthenticated", "message": message}}, status=401)
+            return json_response({"error": {"code": "unauthenticated", "message": message}}, status=401)
         return await handler(request)
 
     return run
 
 
-@web.middleware
-async def _security_headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    response = await handler(request)
-    if request.path == "/live" or request.path.startswith("/live/"):
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-    return response
-
-
-async def _page(request: web.Request) -> web.Response:
-    return web.Response(body=_asset("live.html"), content_type="text/html", charset="utf-8")
-
-
-async def _assets(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    kind = _ASSETS.get(name)
-    if kind is None:
-        raise web.HTTPNotFound()
-    return web.Response(body=_asset(name), content_type=kind, charset="utf-8")
-
-
 async def _info(request: web.Request) -> web.Response:
-    return _json_response(request.app[LIVE].info())
+    return json_response(request.app[LIVE].info())
 
 
 async def _coverage(request: web.Request) -> web.Response:
@@ -184,21 +142,21 @@ async def _coverage(request: web.Request) -> web.Response:
 
     report = request.app[LIVE].coverage(request.query.get("tag", "").strip() or None)
     if request.query.get("format") == "json":
-        return _json_response(report.to_dict())
+        return json_response(report.to_dict())
     return web.Response(text=render_html_fragment(report), content_type="text/html", charset="utf-8")
 
 
 async def _session(request: web.Request) -> web.Response:
     if request.content_type != "application/json":  # a cross-site form cannot send JSON without asking first
-        return _json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 415)
+        return json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 415)
     try:
         body = msgspec.json.decode(await request.read(), type=dict[str, str])
     except msgspec.DecodeError:
-        return _json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 400)
+        return json_response({"error": {"code": "bad_request", "message": 'send {"token": ...} as JSON'}}, 400)
     session = request.app[_ACCESS].login(body.get("token", ""))
     if session is None:
-        return _json_response({"error": {"code": "unauthenticated", "message": "that is not the live token"}}, 401)
-    response = _json_response({"ok": True})
+        return json_response({"error": {"code": "unauthenticated", "message": "that is not the live token"}}, 401)
+    response = json_response({"ok": True})
     response.set_cookie(
         _COOKIE, session, max_age=_SESSION_S, path="/live", httponly=True, samesite="Strict", secure=request.secure
     )
@@ -220,24 +178,15 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     # A reconnecting EventSource says what it has seen (Last-Event-ID); a new one says where the page was cleared.
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
     after_seq = int(after) if after.isdigit() else 0
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
-    )
-    for name, value in _SECURITY_HEADERS.items():
-        response.headers[name] = value
-    await response.prepare(request)
+    response = await open_event_stream(request)
     ready = asyncio.Event()
     sub = hub.subscribe(flt, ready.set, after_seq=after_seq)
     try:
         hello = _json.encode({"last_seq": hub.history[-1].seq if hub.history else 0})
         await response.write(b"retry: 1000\nevent: hello\ndata: %s\n\n" % hello)
         while not hub.closed:
-            try:
-                await asyncio.wait_for(ready.wait(), _HEARTBEAT_S)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+            if not await woken(response, ready):
                 continue
-            ready.clear()
             records, skipped = sub.take()
             if records or skipped:
                 await response.write(_sse(records, skipped))  # waits while the page is slow; its queue drops
@@ -259,7 +208,7 @@ def mount_live(app: web.Application, collector: Collector) -> LiveHub:
     )
     app[LIVE] = hub
     app[_ACCESS] = _Access(settings)
-    app.middlewares.append(_security_headers)
+    serve_page(app, "/live", "maidian.collector.qa", "live.html", _ASSETS)
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
         if collector.ingest is not None:
@@ -272,8 +221,6 @@ def mount_live(app: web.Application, collector: Collector) -> LiveHub:
 
     app.cleanup_ctx.append(follow)
     app.on_shutdown.append(stop_streams)
-    app.router.add_get("/live", _page)
-    app.router.add_get("/live/assets/{name}", _assets)
     app.router.add_get("/live/info", _guarded(_info))
     app.router.add_get("/live/stream", _guarded(_stream))
     app.router.add_get("/live/coverage", _guarded(_coverage))

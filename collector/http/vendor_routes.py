@@ -49,11 +49,14 @@ import msgspec
 from aiohttp import web
 
 from maidian.collector.errors import RequestError
+from maidian.collector.http.admission import UNAUTHENTICATED, Gate
+from maidian.collector.http.request_id import request_id_of
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.pipeline.decode import decoded_batch
 from maidian.collector.pipeline.ingest import Ingest, Outcome, Refused
 from maidian.collector.service import Collector
 from maidian.collector.vendors import segment, sensors
+from maidian.collector.vendors import web as browser
 from maidian.collector.vendors.common import (
     Mapped,
     Undecodable,
@@ -62,10 +65,11 @@ from maidian.collector.vendors.common import (
     header,
     preflight_response,
 )
+from maidian.collector.vendors.derive import Deriver
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import Limits
 
-__all__ = ["VENDOR_PATHS", "VENDOR_ROUTES", "VendorRoutes", "add_vendor_routes", "max_line_bytes"]
+__all__ = ["VENDOR_PATHS", "VENDOR_ROUTES", "VendorRoutes", "add_vendor_routes", "ingest_mapped", "max_line_bytes"]
 
 SENSORS_PATHS: Final = ("/sa", "/sa.gif", "/debug")
 SENSORS_DEBUG_PATH: Final = "/debug"
@@ -75,11 +79,19 @@ VENDOR_ROUTES: Final = (
     *((method, path) for path in SENSORS_PATHS for method in ("GET", "POST", "OPTIONS")),
     ("POST", SEGMENT_PATH),
     ("OPTIONS", SEGMENT_PATH),
+    ("GET", browser.SETTINGS_PATH),
+    ("OPTIONS", browser.SETTINGS_PATH),
+    ("POST", browser.METRICS_PATH),
+    ("OPTIONS", browser.METRICS_PATH),
 )
 # Every concrete path the routes answer, for the request metrics' `path` label (a bounded set).
-VENDOR_PATHS: Final = frozenset((*SENSORS_PATHS, *(f"{segment.PREFIX}/v1/{name}" for name in segment.ENDPOINTS)))
+VENDOR_PATHS: Final = frozenset(
+    (*SENSORS_PATHS, *(f"{segment.PREFIX}/v1/{name}" for name in segment.ENDPOINTS), browser.METRICS_PATH)
+)
 # aiohttp's default request-line limit; Sensors image beacons carry their record in the URL.
 _DEFAULT_LINE_BYTES: Final = 8190
+# The longest URL Chromium sends (its kMaxURLChars); Sensors image beacons carry their record in it.
+_BROWSER_URL_BYTES: Final = 2 << 20
 # Room for the method, path and protocol around a beacon's query string.
 _REQUEST_LINE_SLACK: Final = 1024
 # Distinct dropped-field names counted per vendor before the rest are counted as "other":
@@ -87,7 +99,6 @@ _REQUEST_LINE_SLACK: Final = 1024
 _MAX_DROPPED_NAMES: Final = 256
 
 ReadBody = Callable[[web.Request, int], Awaitable[bytes]]
-Admit = Callable[[Collector], Ingest]
 
 
 def vendor_limits(limits: Limits) -> VendorLimits:
@@ -102,14 +113,17 @@ def vendor_limits(limits: Limits) -> VendorLimits:
 
 
 def max_line_bytes(serves_sensors: bool) -> int:
-    """aiohttp's request-line limit: long enough for a Sensors beacon only when Sensors projects are served.
+    """aiohttp's request-line limit: long enough for any browser's URL only when Sensors projects are served.
 
     Native routes take nothing in the URL, so without Sensors the limit stays
-    aiohttp's default and a slow sender cannot hold more per connection.
+    aiohttp's default and a slow sender cannot hold more per connection. With
+    Sensors, a beacon URL up to the longest a browser sends (Chromium's 2 MiB)
+    reaches the route, which answers one over the query-string limit 413 and
+    counts it, instead of the HTTP parser's plain 400.
     """
     if not serves_sensors:
         return _DEFAULT_LINE_BYTES
-    return max(_DEFAULT_LINE_BYTES, VendorLimits().max_query_bytes + _REQUEST_LINE_SLACK)
+    return max(_DEFAULT_LINE_BYTES, VendorLimits().max_query_bytes, _BROWSER_URL_BYTES) + _REQUEST_LINE_SLACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +155,36 @@ def _violations(result: dict[str, Any]) -> list[Violation]:
     return [Violation(r["rule"], r["path"], r["message"]) for r in result.get("reasons", ())]
 
 
+async def ingest_mapped(
+    ingest: Ingest,
+    vendor: str,
+    mapped: Mapped,
+    *,
+    principal: Principal,
+    request_id: str,
+    store: bool,
+    metrics: Collector,
+) -> tuple[list[list[Violation]], list[Outcome]]:
+    """Mapped vendor records through the native pipeline, one batch per `sent_at`: the routes and the importer.
+
+    Returns each mapped event's violations in order, and each batch's outcome.
+    """
+    stage = metrics.metrics.bytes
+    verdicts: list[list[Violation]] = []
+    outcomes: list[Outcome] = []
+    for run in _runs(vendor, mapped):
+        batch = decoded_batch(run.events, sent_at=run.sent_at, lib=vendor)
+        stage["decoded"] += sum(map(len, batch.events)) + sum(len(r.raw) for r in run.refused)
+        outcome = await ingest.ingest(batch, principal, request_id, store=store, refused=run.refused)
+        outcomes.append(outcome)
+        verdicts.extend(_violations(r) for r in outcome.results[: len(run.events)])
+    return verdicts, outcomes
+
+
 class VendorRoutes:
     """The vendor handlers for one app: the collector, the authenticator, and one mapper per vendor for its plan.
 
-    `read_body`, `admit` and `request_id` are the native handler's own (app.py),
+    `gate` and `read_body` are the native handler's own (app.py),
     so both paths read, admit and name requests alike.
     """
 
@@ -152,19 +192,19 @@ class VendorRoutes:
         self,
         collector: Collector,
         auth: Authenticator,
+        gate: Gate,
         *,
         read_body: ReadBody,
-        admit: Admit,
-        request_id: Callable[[], str],
     ) -> None:
         self.collector = collector
         self.auth = auth
+        self.gate = gate
         self.read_body = read_body
-        self.admit = admit
-        self.request_id = request_id
         self.limits = vendor_limits(collector.config.limits)
         self.sensors = sensors.SensorsMapper(collector.plan)
         self.segment = segment.SegmentMapper(collector.plan)
+        auth_config = collector.config.auth
+        self.deriver = Deriver(auth_config.trusted_proxies, auth_config.vendor_derive)
         metrics = collector.metrics
         self.requests = metrics.family(
             "maidian_vendor_requests_total", "Vendor SDK requests by vendor and status.", ("vendor", "status")
@@ -187,7 +227,8 @@ class VendorRoutes:
         headers = request.headers
         debug = request.path == SENSORS_DEBUG_PATH
         try:
-            ingest = self.admit(self.collector)
+            # Sensors SDKs send no credential: the project, in the body, names the sender.
+            ingest = self.gate.enter(UNAUTHENTICATED)
             try:
                 body = await self.read_body(request, self.limits.max_body_bytes)
                 decoded = sensors.decode_request(
@@ -195,14 +236,15 @@ class VendorRoutes:
                 )
                 principal = self._sensors_principal(decoded, request.remote)
                 mapped = self.sensors.map_request(decoded)
-                store = not decoded.dry_run
+                self.deriver.apply(mapped, peer=request.remote, headers=headers, switches=principal.derive)
+                dry_run = browser.debug_dry_run(decoded.dry_run, headers) if debug else decoded.dry_run
                 verdicts = await self._ingest(
-                    ingest, "sensors", mapped, principal=principal, request=request, body=body, store=store
+                    ingest, "sensors", mapped, principal=principal, request=request, body=body, store=not dry_run
                 )
             finally:
-                self.collector.leave()
-            if debug or decoded.dry_run:
-                answer = sensors.debug_response(mapped, verdicts, dry_run=decoded.dry_run, headers=headers)
+                self.gate.leave(UNAUTHENTICATED)
+            if debug or dry_run:
+                answer = sensors.debug_response(mapped, verdicts, dry_run=dry_run, headers=headers)
             else:
                 answer = sensors.success_response(request.method, request.path, headers)
         except RequestError as error:
@@ -226,25 +268,62 @@ class VendorRoutes:
         headers = request.headers
         endpoint = segment.ENDPOINTS[request.match_info["endpoint"]]
         try:
-            ingest = self.admit(self.collector)
+            self.gate.check_ready()
+            principal: Principal | None = None
+            if header(headers, "authorization"):  # the key is in the headers: check it before the body
+                principal = self.auth.segment_key(segment.write_key_of(headers), request.remote)
+            sender = UNAUTHENTICATED if principal is None else principal.sender
+            ingest = self.gate.enter(sender)
             try:
-                principal: Principal | None = None
-                if header(headers, "authorization"):  # the key is in the headers: check it before decoding
-                    principal = self.auth.segment_key(segment.write_key_of(headers), request.remote)
                 body = await self.read_body(request, self.limits.max_body_bytes)
                 decoded = segment.decode_request(endpoint, headers, body, limits=self.limits)
                 if principal is None:
                     principal = self.auth.segment_key(decoded.write_key, request.remote)
                 mapped = self.segment.map_request(decoded, now_ms=int(self.collector.clock() * 1000))
+                self.deriver.apply(mapped, peer=request.remote, headers=headers, switches=principal.derive)
                 await self._ingest(
                     ingest, "segment", mapped, principal=principal, request=request, body=body, store=True
                 )
             finally:
-                self.collector.leave()
+                self.gate.leave(sender)
             answer = segment.success_response(headers)
         except RequestError as error:
             answer = segment.error_response(error, headers)
         return self._respond("segment", answer)
+
+    async def segment_settings(self, request: web.Request) -> web.Response:
+        """analytics.js's CDN settings for a configured write key (docs/migration.md)."""
+        headers = request.headers
+        try:
+            write_key = request.match_info["write_key"]
+            self.auth.segment_key(write_key, request.remote)
+            forwarded = self.deriver.trusts(request.remote)
+            answer = browser.settings_response(
+                write_key, headers, scheme=request.scheme, host=request.host, forwarded=forwarded
+            )
+        except RequestError as error:
+            answer = segment.error_response(error, headers)
+        return self._respond("segment", answer)
+
+    async def segment_metrics(self, request: web.Request) -> web.Response:
+        """analytics.js's usage metrics: read (capped) and discarded."""
+        try:
+            await self.read_body(request, self.limits.max_body_bytes)
+            answer = browser.metrics_response(request.headers)
+        except RequestError as error:
+            answer = segment.error_response(error, request.headers)
+        return self._respond("segment", answer)
+
+    def unrouted(self, request: web.Request, status: int) -> web.Response | None:
+        """The answer to an unknown path (404) or method (405) under a vendor path: with CORS, so a browser
+        sees the status rather than a CORS failure; None for other paths (the native answer stands)."""
+        if request.path.startswith(segment.PREFIX + "/"):
+            vendor = "segment"
+        elif request.path in SENSORS_PATHS:
+            vendor = "sensors"
+        else:
+            return None
+        return self._respond(vendor, browser.unrouted_response(status, len(request.path), request.headers))
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -265,21 +344,19 @@ class VendorRoutes:
         store: bool,
     ) -> list[list[Violation]]:
         """Hand the mapped request to the native pipeline; each mapped event's violations, in request order."""
-        runs = _runs(vendor, mapped)
         if store:
             records = len(mapped.records)
             self.auth.take(principal, records, self.collector.clock())
-        stage = self.collector.metrics.bytes
-        stage["wire"] += len(body)
-        request_id = (request.headers.get("X-Request-Id") or self.request_id())[:64]
-        verdicts: list[list[Violation]] = []
-        outcomes: list[Outcome] = []
-        for run in runs:
-            batch = decoded_batch(run.events, sent_at=run.sent_at, lib=vendor)
-            stage["decoded"] += sum(map(len, batch.events)) + sum(len(r.raw) for r in run.refused)
-            outcome = await ingest.ingest(batch, principal, request_id, store=store, refused=run.refused)
-            outcomes.append(outcome)
-            verdicts.extend(_violations(r) for r in outcome.results[: len(run.events)])
+        self.collector.metrics.bytes["wire"] += len(body)
+        verdicts, outcomes = await ingest_mapped(
+            ingest,
+            vendor,
+            mapped,
+            principal=principal,
+            request_id=request_id_of(request.headers),
+            store=store,
+            metrics=self.collector,
+        )
         if store:
             self._count(vendor, outcomes, mapped)
         return verdicts
@@ -319,3 +396,9 @@ def add_vendor_routes(app: web.Application, routes: VendorRoutes) -> None:
     resource = app.router.add_resource(f"{segment.PREFIX}/v1/{{endpoint:(?:{names})}}")
     resource.add_route("POST", routes.segment_request)
     resource.add_route("OPTIONS", routes.preflight)
+    settings = app.router.add_resource(browser.SETTINGS_PATH)
+    settings.add_route("GET", routes.segment_settings)
+    settings.add_route("OPTIONS", routes.preflight)
+    metrics = app.router.add_resource(browser.METRICS_PATH)
+    metrics.add_route("POST", routes.segment_metrics)
+    metrics.add_route("OPTIONS", routes.preflight)

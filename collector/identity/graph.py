@@ -45,6 +45,7 @@ from maidian.collector.identity.types import (
     DEVICE_CAP,
     JUNK_ID,
     RULES,
+    SIGNED_ONLY,
     UNBIND,
     UNIQUE_CONFLICT,
     UNKNOWN_TYPE,
@@ -102,6 +103,11 @@ def _message(change: Change, policy: IdentityPolicy) -> str:
         return (
             f"the {t} belongs to a person with a different {change.detail}, which is unique;"
             f" the two persons were not merged"
+        )
+    if rule == SIGNED_ONLY:
+        return (
+            f"only signed sources may tie a {change.detail} to a person (introduced_by: signed in the plan);"
+            f" the {t} of this unsigned event was not linked"
         )
     if rule == UNTRUSTED_UNBIND:
         return "unbind is accepted only from signed server sources (unbind_requires_trusted); nothing was unbound"
@@ -211,6 +217,12 @@ class IdentityGraph:
         with self._lock:
             return self._ready().all_persons()
 
+    def first_seen(self, person: PersonId) -> dict[tuple[str, str], int]:
+        """When each identity of a person was first seen (the earliest event time that carried it), in ms."""
+        with self._lock:
+            rows = self._ready().identities_seen(person)
+        return {(t, v): first for t, v, first in rows}
+
     def find(self, value: str, identity_type: str | None = None) -> PersonId | None:
         """The person that any identity with this value (of this type, if given) belongs to.
 
@@ -225,17 +237,23 @@ class IdentityGraph:
         rules = self._store.rules
         return min(rows, key=lambda r: (rules.priority(r[0]), r[0]))[1]
 
-    def attribute(self, identities: Mapping[str, str]) -> PersonId | None:
+    def attribute(self, identities: Mapping[str, object], *, trusted: bool = True) -> PersonId | None:
         """The person one event belongs to: the person of its highest-priority known identity.
 
-        Readers that collect a person's events through all of their identities
-        keep an event only when it is attributed to that person, so the events
-        of a second login on a shared (already bound) device stay with the
-        login that sent them.
+        Every person-scoped reader and writer keeps an event only when it is
+        attributed to that person, so the events of a second login on a
+        shared (already bound) device stay with the login that sent them, and
+        a refused link never moves an event. An unsigned event (`trusted`
+        False) is never attributed through a type only signed sources may
+        introduce: the app's other identities decide.
         """
         rules = self._store.rules
+        skip = frozenset() if trusted else rules.signed_only
         for t in sorted(identities, key=lambda t: (rules.priority(t), t)):
-            person = self.person_of(t, identities[t])
+            value = identities[t]
+            if t in skip or not isinstance(value, str):
+                continue
+            person = self.person_of(t, value)
             if person is not None:
                 return person
         return None

@@ -25,7 +25,11 @@ refuses it:
   component while the link's anonymous id is in one of the two sides;
 - `unique_conflict`: both sides hold a (different) value of a unique type;
 - `device_cap`: the joined component would hold more anonymous ids than
-  `max_devices_per_login`.
+  `max_devices_per_login`;
+- `signed_only`: an unsigned sender's link (its order time is past
+  `UNTRUSTED_BASE`) would bring an identity of a type only signed sources may
+  introduce to another person, or join a person holding one to anything but
+  devices. In such a link those identities join last, so they never anchor.
 
 A refused identity stays where it was; the link's other identities still join.
 """
@@ -43,10 +47,12 @@ from maidian.collector.identity.types import (
     DEVICE_CAP,
     JUNK_ID,
     LOGIN,
+    SIGNED_ONLY,
     UNBIND,
     UNIQUE_CONFLICT,
     UNKNOWN_TYPE,
     IdentityPolicy,
+    is_untrusted_time,
 )
 from maidian.tracking_plan.envelope import IDENTITY_NAME_RE, is_junk_identity
 
@@ -90,6 +96,7 @@ class Component:
     size: int
     anons: int
     logins: int
+    # The unique types it holds a value of, and the signed-only ones (`IdentityPolicy.signed_only_types`).
     uniques: frozenset[str]
 
 
@@ -164,11 +171,13 @@ def person_id(node: Node, key: bytes = b"") -> str:
 class Rules:
     """The policy as the lookups the stitching step needs."""
 
-    __slots__ = ("cap", "one_login", "person_key", "priorities", "unique")
+    __slots__ = ("cap", "one_login", "person_key", "priorities", "signed_only", "tracked", "unique")
 
     def __init__(self, policy: IdentityPolicy) -> None:
         self.priorities = dict(policy.priorities)
         self.unique = frozenset(policy.unique_types)
+        self.signed_only = frozenset(policy.signed_only_types)
+        self.tracked = self.unique | self.signed_only
         self.cap = policy.max_devices_per_login
         self.one_login = policy.one_login_per_anonymous
         self.person_key = policy.person_id_key
@@ -190,7 +199,7 @@ class Rules:
             size=1,
             anons=int(node.type == ANONYMOUS),
             logins=int(node.type == LOGIN),
-            uniques=frozenset({node.type}) if node.type in self.unique else frozenset(),
+            uniques=frozenset({node.type}) if node.type in self.tracked else frozenset(),
         )
 
     def merged(self, a: Component, b: Component) -> Component:
@@ -201,12 +210,35 @@ class Rules:
         """The rule that forbids joining `a` and `b`, with the type it is about; None when allowed."""
         if anonymous_involved and self.one_login and a.logins and b.logins:
             return ANONYMOUS_ALREADY_BOUND, LOGIN
-        clash = a.uniques & b.uniques
+        clash = a.uniques & b.uniques & self.unique
         if clash:
             return UNIQUE_CONFLICT, min(clash, key=lambda t: (self.priority(t), t))
         if a.anons + b.anons > self.cap:
             return DEVICE_CAP, ANONYMOUS
         return None
+
+    def unsigned_conflict(self, a: Component, b: Component, node: Node) -> tuple[str, str] | None:
+        """`signed_only` when an unsigned link may not join `node`'s component `b` to `a`; None when it may.
+
+        An unsigned link never brings a signed-only identity to another person,
+        and joins a person holding one only with a component of nothing but
+        devices (a new phone logging in): never with another login or
+        identity, which would hand that person's signed identity to whoever
+        sent the link.
+        """
+        signed = self.signed_only
+        if node.type in signed:
+            return SIGNED_ONLY, node.type
+        held = (a.uniques | b.uniques) & signed
+        if not held:
+            return None
+        if (a.uniques & signed and b.size == b.anons) or (b.uniques & signed and a.size == a.anons):
+            return None
+        return SIGNED_ONLY, min(held)
+
+    def unsigned_rank(self, node: Node) -> tuple[bool, int, str, str]:
+        """The join order within an unsigned link: signed-only identities last, so they never anchor it."""
+        return (node.type in self.signed_only, self.priority(node.type), node.type, node.value)
 
 
 class Stitcher:
@@ -252,7 +284,8 @@ class Stitcher:
     def link(self, link: Link, nodes: Sequence[Node], severed: Set[Pair]) -> list[Refused]:
         """Join one link's identities as far as the rules allow; return what was refused."""
         rules = self.rules
-        ordered = sorted(nodes, key=rules.link_rank)
+        unsigned = bool(rules.signed_only) and is_untrusted_time(link.first[0])
+        ordered = sorted(nodes, key=rules.unsigned_rank if unsigned else rules.link_rank)
         anon = next((n.id for n in ordered if n.type == ANONYMOUS), None)
         root = self.find(ordered[0].id)
         joined = [ordered[0].id]
@@ -266,6 +299,8 @@ class Stitcher:
                 continue
             involved = anon is not None and self.find(anon) in (root, other)
             problem = rules.conflict(self._comp[root], self._comp[other], involved)
+            if problem is None and unsigned:
+                problem = rules.unsigned_conflict(self._comp[root], self._comp[other], node)
             if problem is not None:
                 refused.append(Refused(link.id, link.first[1], node.type, *problem))
                 continue

@@ -114,6 +114,7 @@ def policy_fingerprint(policy: IdentityPolicy) -> str:
             "priorities": sorted(policy.priorities.items()),
             "unbind_requires_trusted": policy.unbind_requires_trusted,
             "person_id_key": policy.person_id_key.hex(),
+            **({"signed_only_types": sorted(policy.signed_only_types)} if policy.signed_only_types else {}),
         },
         sort_keys=True,
     )
@@ -245,6 +246,11 @@ class Store:
 
     def all_persons(self) -> dict[tuple[str, str], str]:
         return {(str(t), str(v)): str(p) for t, v, p in self.conn.execute("SELECT type, value, person FROM node")}
+
+    def identities_seen(self, person: str) -> list[tuple[str, str, int]]:
+        """(type, value, first event time) for every identity of a person."""
+        rows = self.conn.execute("SELECT type, value, first_time FROM node WHERE person = ?", (person,))
+        return [(str(t), str(v), int(f)) for t, v, f in rows]
 
     def find(self, value: str) -> list[tuple[str, str]]:
         """(type, person) for every identity with this value."""

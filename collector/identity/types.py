@@ -28,6 +28,7 @@ ANONYMOUS_ALREADY_BOUND: Final = "anonymous_already_bound"
 DEVICE_CAP: Final = "device_cap"
 UNIQUE_CONFLICT: Final = "unique_conflict"
 UNTRUSTED_UNBIND: Final = "untrusted_unbind"
+SIGNED_ONLY: Final = "signed_only"
 
 RULES: Final = (
     JUNK_ID,
@@ -36,10 +37,31 @@ RULES: Final = (
     DEVICE_CAP,
     UNIQUE_CONFLICT,
     UNTRUSTED_UNBIND,
+    SIGNED_ONLY,
 )
 """Every value `Refusal.rule` takes."""
 
 PersonId = str
+
+# Observations from senders that did not sign take their place in the graph's order after every signed
+# one, by the collector's receive time (`order_time`). Epoch milliseconds stay far below this.
+UNTRUSTED_BASE: Final = 1 << 61
+
+
+def order_time(time_ms: int, received_ms: int, *, trusted: bool) -> int:
+    """The time an event takes in the graph's order (docs/identity.md, "Trust").
+
+    A signed source's events are ordered by their (corrected) event time; an
+    unsigned sender's by the collector's receive time, after every signed
+    event: a sender that chooses its event time cannot place a claim before
+    someone else's, and an app's claim never comes before a signed binding.
+    """
+    return time_ms if trusted else UNTRUSTED_BASE + received_ms
+
+
+def is_untrusted_time(time_ms: int) -> bool:
+    """Whether an order time (`order_time`) is an unsigned sender's."""
+    return time_ms >= UNTRUSTED_BASE
 
 
 class IdentityGraphError(CollectorError):
@@ -96,6 +118,10 @@ class IdentityPolicy:
     sources may sever a binding, so an app cannot undo "first binding holds".
     `person_id_key`: keys the hash that person ids are made of; set a secret to
     make them unlinkable to the identity values (changing it renames everyone).
+    `signed_only_types`: identity types that only signed sources may introduce:
+    an unsigned link may carry one only where it already belongs to the same
+    person (rule `signed_only`), and attribution of an unsigned event never
+    goes through one.
     """
 
     one_login_per_anonymous: bool = True
@@ -108,6 +134,8 @@ class IdentityPolicy:
     priorities: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({LOGIN: 1, ANONYMOUS: 1000}))
     unbind_requires_trusted: bool = True
     person_id_key: bytes = b""
+    # Identity types only signed sources may introduce (the plan's `introduced_by: signed`).
+    signed_only_types: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.max_devices_per_login < 1:
@@ -122,6 +150,7 @@ class IdentityPolicy:
             "unique_types": frozenset(name for name, t in plan.identities.items() if t.unique) | {LOGIN},
             "identity_types": frozenset(plan.identities) | {ANONYMOUS, LOGIN},
             "priorities": MappingProxyType({name: t.priority for name, t in plan.identities.items()}),
+            "signed_only_types": frozenset(name for name, t in plan.identities.items() if t.introduced_by == "signed"),
         }
         derived.update(overrides)
         return cls(**derived)  # type: ignore[arg-type]

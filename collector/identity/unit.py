@@ -32,7 +32,14 @@ from maidian.collector.identity.rules import (
     safe_type_name,
     unusable,
 )
-from maidian.collector.identity.types import BIND, UNBIND, UNTRUSTED_UNBIND, IdentityPolicy, Observation
+from maidian.collector.identity.types import (
+    BIND,
+    UNBIND,
+    UNTRUSTED_UNBIND,
+    IdentityPolicy,
+    Observation,
+    is_untrusted_time,
+)
 
 
 class UnitOwner(Protocol):
@@ -200,7 +207,7 @@ class Unit:
         """Record that these identities were seen together at `key`; return their node ids and the link's first key."""
         rows = [self._node(t, v, key) for t, v in identities.items()]
         ids = [r.node.id for r in rows]
-        if all(r.new for r in rows):
+        if all(r.new for r in rows) and not self._unsigned_claim(rows, key):
             self._fresh_link(rows, key)
             return ids, key
         if any(r.new for r in rows):  # a link with a new identity is new
@@ -222,6 +229,11 @@ class Unit:
             return ids, key
         self._new_link(rows, key)
         return ids, key
+
+    def _unsigned_claim(self, rows: list[_NodeRow], key: Key) -> bool:
+        """Whether the `signed_only` rule may refuse part of this link (so it cannot take the fresh path)."""
+        signed = self.store.rules.signed_only
+        return bool(signed) and len(rows) > 1 and is_untrusted_time(key[0]) and any(r.node.type in signed for r in rows)
 
     def prefetch(self, observations: Sequence[Observation]) -> None:
         """Learn in a few queries which of these identities are stored, so new ones need no lookup."""

@@ -17,6 +17,13 @@ Two kinds of senders (docs/protocol.md, "Authentication"):
   next to a write key are refused (401), never ignored, so a request means one
   thing whichever headers a proxy on the way drops.
 
+Credentials are checked from the request's head, before any body byte is read
+(`claim`): a write key whole; a signed request's source, timestamp and nonce
+shape. The signature covers the body, so it and the nonce's single use are
+checked once the body is in (`confirm`). A sender with no or wrong
+credentials is thus refused without holding a request slot while a body
+trickles in (http/admission.py).
+
 Each write key may have a token bucket in events per second (`RateLimiter`):
 a flooding key gets 429 with Retry-After and the other keys are unaffected.
 
@@ -38,6 +45,7 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -53,11 +61,13 @@ from maidian.tracking_plan.envelope import (
     HEADER_WRITE_KEY,
 )
 
-__all__ = ["Authenticator", "NonceCache", "Principal", "RateLimiter"]
+__all__ = ["Authenticator", "Claim", "NonceCache", "Principal", "RateLimiter"]
 
 # Query parameters that look like a credential; any of them is refused.
 _SIGNING_HEADERS: Final = (HEADER_SOURCE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 _KEY_PARAMS: Final = frozenset({"write_key", "writekey", "key", "api_key", "apikey", "token", "secret"})
+# What a nonce may be: signing.make_nonce makes 32 hex digits; a value that is not ASCII cannot be signed.
+_NONCE: Final = re.compile(r"[!-~]{1,128}")
 # A nonce cache this large holds five minutes at 3,000 signed requests per second.
 MAX_NONCES: Final = 1_000_000
 
@@ -70,6 +80,36 @@ class Principal:
     kind: str  # "key" or "source"; "sensors" or "segment" for vendor traffic
     trusted: bool
     key: WriteKey | None = None
+    # Vendor traffic: what the collector derives for this sender (its binding's `derive`; None: the default).
+    derive: tuple[str, ...] | None = None
+
+    @property
+    def sender(self) -> str:
+        """The sender's request-slot pool (http/admission.py): its kind and name."""
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class _SignedHead:
+    """A signed request's head, checked: what its body must still prove."""
+
+    source: ServerSource
+    timestamp: int
+    nonce: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who a request's head says sent it (`Authenticator.claim`); `signed` is what `confirm` still checks."""
+
+    principal: Principal
+    signed: _SignedHead | None = None
+
+    @property
+    def sender(self) -> str:
+        """The principal's slot pool (http/admission.py): its kind and name."""
+        return self.principal.sender
 
 
 class NonceCache:
@@ -166,15 +206,45 @@ class Authenticator:
         body: bytes,
         now_s: float,
     ) -> Principal:
-        """The sender of a request, or 401/403 saying why not."""
+        """The sender of a request, or 401/403 saying why not (`claim` then `confirm`)."""
+        return self.confirm(self.claim(headers, query, now_s=now_s), method=method, path=path, body=body, now_s=now_s)
+
+    def claim(self, headers: Mapping[str, str], query: Mapping[str, str], *, now_s: float) -> Claim:
+        """Who the request's head says sent it, checked as far as the head allows; 401/403 before any body byte.
+
+        A write key is checked whole here. A signed request's source, timestamp
+        and nonce are checked here; its signature covers the body, so
+        `confirm` checks it once the body is in.
+        """
         if any(name.lower() in _KEY_PARAMS for name in query):
             raise Unauthenticated(f"credentials in the URL are refused; send the write key in {HEADER_WRITE_KEY}")
         if any(h in headers for h in _SIGNING_HEADERS):
-            return self._signed(headers, method=method, path=path, body=body, now_s=now_s)
+            return self._signed_head(headers, now_s)
         presented = headers.get(HEADER_WRITE_KEY)
         if not presented:
             raise Unauthenticated(f"no credentials: send a write key in {HEADER_WRITE_KEY} or sign the request")
-        return self._by_key(presented)
+        return Claim(self._by_key(presented))
+
+    def confirm(self, claim: Claim, *, method: str, path: str, body: bytes, now_s: float) -> Principal:
+        """The claim's principal once the body is in: a signed request's signature and nonce checked (401/403)."""
+        signed = claim.signed
+        if signed is None:
+            return claim.principal
+        if not signing.signature_matches(
+            signed.signature,
+            signed.source.secret,
+            timestamp=signed.timestamp,
+            nonce=signed.nonce,
+            method=method,
+            path=path,
+            body=body,
+        ):
+            raise Unauthenticated("the signature does not match the request")
+        if signed.source.revoked:
+            raise Forbidden("this server source has been revoked")
+        if not self.nonces.add(signed.nonce, now_s):
+            raise Unauthenticated("this nonce was already used: a replayed request")
+        return claim.principal
 
     def _by_key(self, presented: str) -> Principal:
         digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
@@ -188,7 +258,7 @@ class Authenticator:
             raise Forbidden("this write key has been revoked; use the project's current key")
         return Principal(found.name, "key", trusted=False, key=found)
 
-    def _signed(self, headers: Mapping[str, str], *, method: str, path: str, body: bytes, now_s: float) -> Principal:
+    def _signed_head(self, headers: Mapping[str, str], now_s: float) -> Claim:
         name = headers.get(HEADER_SOURCE, "")
         stamp = headers.get(HEADER_TIMESTAMP, "")
         nonce = headers.get(HEADER_NONCE, "")
@@ -216,17 +286,12 @@ class Authenticator:
             raise Unauthenticated(
                 f"the signature's timestamp is more than {signing.WINDOW_S} s from the collector's clock"
             )
-        if len(nonce) > 128:
-            raise Unauthenticated(f"{HEADER_NONCE} is too long")
-        if not signing.signature_matches(
-            signature, source.secret, timestamp=timestamp, nonce=nonce, method=method, path=path, body=body
-        ):
-            raise Unauthenticated("the signature does not match the request")
-        if source.revoked:
-            raise Forbidden("this server source has been revoked")
-        if not self.nonces.add(nonce, now_s):
-            raise Unauthenticated("this nonce was already used: a replayed request")
-        return Principal(source.name, "source", trusted=True)
+        if not _NONCE.fullmatch(nonce):
+            raise Unauthenticated(f"{HEADER_NONCE} must be 1 to 128 visible ASCII characters")
+        return Claim(
+            Principal(source.name, "source", trusted=True),
+            _SignedHead(source, timestamp, nonce, signature),
+        )
 
     def sensors_project(self, project: str, peer: str | None) -> Principal:
         """The sender of a Sensors request naming `project`, from the TCP peer address `peer`; 403 when refused."""
@@ -237,7 +302,7 @@ class Authenticator:
         if key is None:
             raise Forbidden("the write key this Sensors project is bound to has been revoked")
         _check_peer(binding, peer)
-        return Principal(key.name, "sensors", trusted=binding.trusted, key=key)
+        return Principal(key.name, "sensors", trusted=binding.trusted, key=key, derive=binding.derive)
 
     def segment_key(self, presented: str, peer: str | None) -> Principal:
         """The sender of a Segment request with this write key, from `peer`; 401 unknown, 403 revoked or refused."""
@@ -245,7 +310,20 @@ class Authenticator:
         binding = self._segment.get(by_key.name)
         if binding is not None:
             _check_peer(binding, peer)
-        return Principal(by_key.name, "segment", trusted=binding is not None and binding.trusted, key=by_key.key)
+        trusted = binding is not None and binding.trusted
+        derive = binding.derive if binding is not None else None
+        return Principal(by_key.name, "segment", trusted=trusted, key=by_key.key, derive=derive)
+
+    def segment_source(self, key_name: str) -> Principal:
+        """The sender of imported Segment messages: the `[[write_keys]]` entry named `key_name` (403 when
+        unknown or revoked), trusted when its Segment binding is; the importer runs on the collector's host."""
+        key = next((k for k in self._named.get(key_name, ()) if not k.revoked), None)
+        if key is None:
+            raise Forbidden(f"no active write key is named {key_name!r} in [[write_keys]]")
+        binding = self._segment.get(key.name)
+        trusted = binding is not None and binding.trusted
+        derive = binding.derive if binding is not None else None
+        return Principal(key.name, "segment", trusted=trusted, key=key, derive=derive)
 
     def take(self, principal: Principal, events: int, now_s: float) -> None:
         """Charge `events` to the principal's rate limit (429 when over)."""

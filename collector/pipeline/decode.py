@@ -29,8 +29,10 @@ finds and names the offending value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import json
 import sys
 import zlib
 from dataclasses import dataclass
@@ -39,7 +41,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 import zstandard
 
-from maidian.collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from maidian.collector.pipeline.scan import ScanError, map_value_at, scan_msgpack
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Limits
 
@@ -53,6 +56,8 @@ __all__ = [
     "decoded_batch",
     "decompress",
     "event_too_large",
+    "inflates_large",
+    "kept_bytes",
     "read_dropped",
     "read_media_type",
 ]
@@ -87,7 +92,14 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=False):
     lib: str | None = None
     lib_version: str | None = None
     plan_version: str | None = None
-    dropped: Any = None  # read by `read_dropped`: a malformed report is ignored, never fatal
+    # Kept encoded: read by `read_dropped` only when it is small; a malformed report is ignored, never fatal.
+    dropped: msgspec.Raw = msgspec.Raw()  # empty: no report
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=False):
+    """The batch with its events left whole: what counts them when `_Batch` is refused."""
+
+    events: msgspec.Raw
 
 
 class _Values(msgspec.Struct, forbid_unknown_fields=False):
@@ -113,6 +125,9 @@ class Batch:
     json_checked: bool = False
     # The sender's loss report (docs/protocol.md, "A batch"): {"source": str, "counts": {reason: n}}.
     dropped: dict[str, Any] | None = None
+    # Events refused while decoding (over the size limit, undecodable, a map with a repeated key), by index;
+    # their `values` entries are None.
+    problems: dict[int, Violation] | None = None
 
 
 def read_media_type(content_type: str | None, content_encoding: str | None) -> tuple[Format, str]:
@@ -133,15 +148,38 @@ def read_media_type(content_type: str | None, content_encoding: str | None) -> t
     return fmt, coding
 
 
-def decompress(body: bytes, coding: str, limit: int) -> bytes:
-    """Inflate `body`, refusing (413) as soon as the output would pass `limit` bytes."""
+def decompress(body: bytes, coding: str, limit: int, *, own_context: bool = False) -> bytes:
+    """Inflate `body`, refusing (413) as soon as the output would pass `limit` bytes.
+
+    `own_context`: use a zstd context of its own, to inflate on another thread
+    (`inflates_large`) while the event loop's thread uses the shared one.
+    """
     if coding == "identity":
         if len(body) > limit:
             raise PayloadTooLarge(f"the body is over {limit} bytes")
         return body
     if coding == "zstd":
-        return _unzstd(body, limit)
+        return _unzstd(body, limit, _new_dctx() if own_context else _dctx)
     return _gunzip(body, limit)
+
+
+# Output past which inflating is worth a hop to another thread (zlib and zstd release the GIL):
+# a 16 MiB body takes 10-20 ms to inflate, an SDK batch of 500 events (about 160 KiB) under 0.3 ms.
+_LARGE_OUTPUT_BYTES: Final = 1 << 20
+
+
+def inflates_large(body: bytes, coding: str) -> bool:
+    """Whether `body` may inflate to over 1 MiB: worth inflating off the event loop."""
+    if coding == "identity":
+        return False
+    if coding == "zstd":
+        try:
+            size = zstandard.frame_content_size(body)
+        except zstandard.ZstdError:
+            return True
+        return size < 0 or size > _LARGE_OUTPUT_BYTES
+    # gzip states the member's size modulo 2**32 in its last four bytes; several members are rare.
+    return len(body) < 4 or int.from_bytes(body[-4:], "little") > _LARGE_OUTPUT_BYTES
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -150,10 +188,14 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 # One decompression context for the process: creating one costs about 7 µs, a
 # fifth of decoding a 50-event batch. Only the event loop's thread uses it.
-_dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW_BYTES)
+def _new_dctx() -> zstandard.ZstdDecompressor:
+    return zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW_BYTES)
 
 
-def _unzstd(body: bytes, limit: int) -> bytes:
+_dctx = _new_dctx()
+
+
+def _unzstd(body: bytes, limit: int, dctx: zstandard.ZstdDecompressor) -> bytes:
     try:
         size = zstandard.frame_content_size(body)
     except zstandard.ZstdError:
@@ -163,13 +205,13 @@ def _unzstd(body: bytes, limit: int) -> bytes:
         # zstd checks the output against the declared size; extra frames are refused here
         # and go through the streaming path, which caps them as a whole.
         try:
-            return _dctx.decompress(body, allow_extra_data=False)
+            return dctx.decompress(body, allow_extra_data=False)
         except zstandard.ZstdError:
             pass
     out = bytearray()
     try:
         # read_across_frames: a body of several frames is one stream, capped as a whole.
-        with _dctx.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
+        with dctx.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
             while True:
                 chunk = reader.read(min(_CHUNK, limit + 1 - len(out)))
                 if not chunk:
@@ -207,8 +249,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-_msgpack_batch = msgspec.msgpack.Decoder(_Batch)
-_json_batch = msgspec.json.Decoder(_Batch)
+_json_envelope = msgspec.json.Decoder(_Envelope)
 _msgpack_values = msgspec.msgpack.Decoder(_Values)
 _json_values = msgspec.json.Decoder(_Values)
 _msgpack_event = msgspec.msgpack.Decoder()
@@ -245,33 +286,104 @@ def _checked_values(max_depth: int) -> tuple[msgspec.msgpack.Decoder[Any], msgsp
     return msgspec.msgpack.Decoder(values), msgspec.json.Decoder(values)
 
 
+@functools.lru_cache(maxsize=8)
+def _batch_decoders(max_events: int) -> tuple[msgspec.msgpack.Decoder[Any], msgspec.json.Decoder[Any]]:
+    """Decoders of the batch envelope that refuse more than `max_events` events.
+
+    msgpack states an array's length in its header, so a batch claiming
+    millions of events is refused before one is built; JSON is bounded before
+    decoding (`_json_values_bound`).
+    """
+    events: Any = Annotated[list[msgspec.Raw], msgspec.Meta(max_length=max_events)]
+    batch = msgspec.defstruct(
+        "_BatchOf",
+        [("events", events)],
+        bases=(_Batch,),
+        forbid_unknown_fields=False,
+    )
+    return msgspec.msgpack.Decoder(batch), msgspec.json.Decoder(batch)
+
+
+def _json_values_bound(data: bytes) -> int:
+    """At most how many values and keys a JSON text holds: each but the first follows `,` `:` `[` or `{`."""
+    return data.count(b",") + data.count(b":") + data.count(b"[") + data.count(b"{") + 1
+
+
+def _envelope_error(data: bytes, fmt: Format, limits: Limits, error: msgspec.ValidationError) -> RequestError:
+    """413 when the batch has too many events, else 400 with msgspec's account of what is wrong."""
+    count = 0
+    if fmt == "msgpack":
+        # The count is in the array's header: found without walking the events (a walk of 16 million is slow).
+        at = map_value_at(data, "events", _FIND_EVENTS_VALUES)
+        if at is not None:
+            count = _msgpack_array_length(data[at : at + 5])
+    else:  # bounded: a JSON body that could hold more than max_values values was refused before decoding
+        with contextlib.suppress(msgspec.DecodeError, RecursionError, ValueError):
+            count = len(_json_raws.decode(_json_envelope.decode(data).events))
+    if count > limits.max_events:
+        return PayloadTooLarge(f"the batch has {count} events; at most {limits.max_events} are accepted")
+    return BadRequest(f"the body is not a batch: {error}")
+
+
+# Values of the other batch fields skipped while looking for `events` in a refused body.
+_FIND_EVENTS_VALUES: Final = 1 << 16
+
+
+def _msgpack_array_length(head: bytes) -> int:
+    """The element count an encoded msgpack array's header states (0 when it is no array)."""
+    first = head[0] if head else 0
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    if first in (0xDC, 0xDD):
+        return int.from_bytes(head[1 : 3 if first == 0xDC else 5], "big")
+    return 0
+
+
 def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
-    """Split a decompressed body into a batch of still-encoded events (400/413 when it is not one)."""
+    """Split a decompressed body into a batch of events, decoded within the limits (400/413 when it is not one).
+
+    The limits apply while decoding, never after: the event count from the
+    array's header (msgpack) or a bound counted in C (JSON), each event's size
+    before it is decoded, nesting in the decoder's type, and the values of the
+    whole batch (`Limits.max_values`) for bodies large enough to hold more
+    (`_one_by_one`). A map with a repeated key makes its event a problem
+    (`_repeated_keys`), quarantined with the rule `duplicate_key`.
+    """
+    if fmt == "json" and len(data) > limits.max_values and _json_values_bound(data) > limits.max_values:
+        raise _too_many_values(limits)
+    decoders = _batch_decoders(limits.max_events)
     try:
-        wire = (_msgpack_batch if fmt == "msgpack" else _json_batch).decode(data)
+        wire = decoders[0 if fmt == "msgpack" else 1].decode(data)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"the body is not a batch: {exc}") from None
+        raise _envelope_error(data, fmt, limits, exc) from None
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise BadRequest(f"the body is not valid {fmt}: {exc}", code="undecodable") from None
     if wire.sent_at is not None and not INT_MIN <= wire.sent_at <= INT_MAX:
         raise BadRequest(f"the body is not a batch: `sent_at` is outside {INT_MIN} to {INT_MAX}")
-    if len(wire.events) > limits.max_events:
-        raise PayloadTooLarge(f"the batch has {len(wire.events)} events; at most {limits.max_events} are accepted")
-    # One pass over the whole batch costs less than one decode call per event; with the
-    # limits in the type it costs the same as without, and spares a walk over the values.
-    checked = _checked_values(limits.max_depth)
+    events: list[msgspec.Raw] = wire.events
+    problems: dict[int, Violation] = {}
+    oversize = bool(events) and max(map(len, events)) > limits.max_event_bytes
     values: list[Any] | None
-    try:
-        values = checked[0 if fmt == "msgpack" else 1].decode(data).events
-        json_checked = True
-    except (msgspec.DecodeError, RecursionError, ValueError):
+    if oversize or (fmt == "msgpack" and len(data) > limits.max_values):
+        values = _one_by_one(events, fmt, limits, problems)
         json_checked = False
+    else:
+        # One pass over the whole batch costs less than one decode call per event; with the
+        # limits in the type it costs the same as without, and spares a walk over the values.
+        checked = _checked_values(limits.max_depth)
         try:
-            values = (_msgpack_values if fmt == "msgpack" else _json_values).decode(data).events
+            values = checked[0 if fmt == "msgpack" else 1].decode(data).events
+            json_checked = True
         except (msgspec.DecodeError, RecursionError, ValueError):
-            values = None
+            json_checked = False
+            try:
+                values = (_msgpack_values if fmt == "msgpack" else _json_values).decode(data).events
+            except (msgspec.DecodeError, RecursionError, ValueError):
+                values = None
+    if values is not None:
+        _repeated_keys(values, events, fmt, limits, problems)
     return Batch(
-        events=wire.events,
+        events=events,
         format=fmt,
         sent_at=wire.sent_at,
         lib=wire.lib,
@@ -280,8 +392,193 @@ def decode_batch(data: bytes, fmt: Format, limits: Limits) -> Batch:
         decoded_bytes=len(data),
         values=values,
         json_checked=json_checked,
-        dropped=None if wire.dropped is None else read_dropped(wire.dropped),
+        dropped=_dropped(wire.dropped, fmt),
+        problems=problems or None,
     )
+
+
+def _too_many_values(limits: Limits) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the batch holds more than {limits.max_values} values (objects, arrays, keys and scalars); "
+        "send smaller batches"
+    )
+
+
+def _one_by_one(events: list[msgspec.Raw], fmt: Format, limits: Limits, problems: dict[int, Violation]) -> list[Any]:
+    """Each event decoded on its own, within its size, and the batch's values counted as they are built.
+
+    For a body that could hold more than `max_values` values, or with an
+    event over `max_event_bytes` (never decoded): an event costs at most its
+    own size's worth of memory before it is counted, and the batch is refused
+    (413) as soon as its values pass the limit.
+    """
+    values: list[Any] = []
+    # A msgpack value takes at least one byte: while the events decoded so far are no more bytes than
+    # max_values, they cannot hold more values, and counting starts only past that.
+    bound = 0
+    counted = -1
+    decode = (_msgpack_event if fmt == "msgpack" else _json_event).decode
+    for index, raw in enumerate(events):
+        if len(raw) > limits.max_event_bytes:
+            problems[index] = event_too_large(len(raw), limits)
+            values.append(None)
+            continue
+        try:
+            event = decode(raw)
+        except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+            problems[index] = _undecodable(exc)
+            values.append(None)
+            continue
+        values.append(event)  # the judge checks its limits (`check_limits`): the batch is not `json_checked`
+        if counted < 0:
+            bound += len(raw)
+            if bound <= limits.max_values:
+                continue
+            counted = sum(1 + _count_values(v) for v in values if v is not None)
+        else:
+            counted += 1 + _count_values(event)
+        if counted > limits.max_values:
+            raise _too_many_values(limits)
+    return values
+
+
+def _count_values(node: Any) -> int:
+    """The values and keys inside a decoded value (its containers' entries, nested)."""
+    t = type(node)
+    if t is dict:
+        n = 2 * len(node)
+        items: Any = node.values()
+    elif t is list:
+        n = len(node)
+        items = node
+    else:
+        return 0
+    for v in items:
+        if v and (type(v) is dict or type(v) is list):
+            n += _count_values(v)
+    return n
+
+
+# Values the fallback scans of one batch may walk (`_repeated_keys`): about 50 ms of Python. An SDK batch
+# of 500 events in another encoder's msgpack is about 15,000.
+_FALLBACK_SCAN_VALUES: Final = 65_536
+
+
+def _repeated_keys(
+    values: list[Any], events: list[msgspec.Raw], fmt: Format, limits: Limits, problems: dict[int, Violation]
+) -> None:
+    """Mark the events holding a map with a repeated key, so what is stored decodes to exactly what was judged.
+
+    msgpack: when the batch's values re-encode to its exact bytes (what
+    msgspec, and so the SDK, sends), no map can have lost a key: one C call
+    for the batch. Otherwise each event that re-encodes differently (another
+    encoder, float32, a repeated key) is scanned (`scan.scan_msgpack`), within
+    a budget per batch. JSON: an event whose text holds as many colons as its
+    decoded maps hold keys has no repeated key; otherwise Python's JSON
+    parser lists each object's pairs.
+    """
+    if fmt == "msgpack" and not problems:
+        try:
+            if _msgpack_encoder.encode(values) == _msgpack_encoder.encode(events):
+                return
+        except (TypeError, ValueError, OverflowError):
+            pass
+    budget = _FALLBACK_SCAN_VALUES
+    for index, (value, raw) in enumerate(zip(values, events, strict=True)):
+        if value is None or index in problems:
+            continue
+        if fmt == "msgpack":
+            try:
+                if memoryview(raw) == _msgpack_encoder.encode(value):
+                    continue
+            except (TypeError, ValueError, OverflowError):
+                pass
+            if budget <= 0:
+                problems[index] = _unchecked_keys()
+                continue
+            try:
+                scan = scan_msgpack(bytes(raw), budget, limits.max_depth + 3)
+            except ScanError:
+                continue  # msgspec decoded it; what the scan cannot read is no repeated key
+            budget -= scan.values
+            if scan.duplicate_key:
+                problems[index] = _duplicate_key()
+            elif scan.over_budget:
+                problems[index] = _unchecked_keys()
+        else:
+            text = bytes(raw)
+            if text.count(b":") == _count_keys(value):
+                continue
+            if budget <= 0:
+                problems[index] = _unchecked_keys()
+                continue
+            budget -= len(text) // 8
+            if _json_has_repeated_key(text):
+                problems[index] = _duplicate_key()
+
+
+def _count_keys(node: Any) -> int:
+    """The keys of every map inside a decoded value."""
+    t = type(node)
+    n = 0
+    if t is dict:
+        n = len(node)
+        items: Any = node.values()
+    elif t is list:
+        items = node
+    else:
+        return 0
+    for v in items:
+        tv = type(v)
+        if tv is dict or tv is list:
+            n += _count_keys(v)
+    return n
+
+
+def _json_has_repeated_key(text: bytes) -> bool:
+    found = False
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        nonlocal found
+        if not found and len({k for k, _v in items}) != len(items):
+            found = True
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return False  # msgspec decoded it; what Python's parser refuses is no repeated key
+    return found
+
+
+def _duplicate_key() -> Violation:
+    return Violation("duplicate_key", "", "a map in the event holds one key twice; readers would disagree on its value")
+
+
+def _unchecked_keys() -> Violation:
+    return Violation(
+        "limit",
+        "",
+        "the event is not in the shortest msgpack form and the batch's budget for checking such events "
+        "for repeated keys is spent; send fewer such events per batch",
+        _FALLBACK_SCAN_VALUES,
+    )
+
+
+# A loss report larger than this is no report: the largest valid one (16 reasons) is under 1 KiB.
+_MAX_DROPPED_BYTES: Final = 4096
+_msgpack_any = msgspec.msgpack.Decoder()
+_json_any = msgspec.json.Decoder()
+_json_raws = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _dropped(raw: msgspec.Raw, fmt: Format) -> dict[str, Any] | None:
+    if not len(raw) or len(raw) > _MAX_DROPPED_BYTES:
+        return None
+    try:
+        value = (_msgpack_any if fmt == "msgpack" else _json_any).decode(raw)
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        return None
+    return read_dropped(value)
 
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
@@ -347,21 +644,49 @@ def read_dropped(value: Any) -> dict[str, Any] | None:
     return {"source": source, "counts": clean} if clean else None
 
 
+def kept_bytes(raw: msgspec.Raw, problem: Violation, limits: Limits) -> msgspec.Raw:
+    """What the quarantine keeps of a refused event: its bytes, cut at `max_body_bytes` when it is oversize.
+
+    An event over `max_event_bytes` is never decoded but kept as sent, so
+    readers still find its id; past the wire cap (1 MiB: only a body that
+    inflates can hold such an event) keeping all of it, up to the 16 MiB a
+    body may inflate to, would let each request write that much to the
+    quarantine and copy it thrice in memory on the way.
+    """
+    if problem.rule != "too_large" or len(raw) <= limits.max_body_bytes:
+        return raw
+    return msgspec.Raw(bytes(memoryview(raw)[: limits.max_body_bytes]))
+
+
+def _undecodable(exc: Exception) -> Violation:
+    return Violation("undecodable", "", f"the event cannot be decoded: {exc}")
+
+
 def event_too_large(size: int, limits: Limits) -> Violation:
     return Violation(
         "too_large", "", f"the event is {size} bytes encoded; at most {limits.max_event_bytes} are accepted"
     )
 
 
-def decode_event(raw: msgspec.Raw, fmt: Format, limits: Limits) -> tuple[Any, Violation | None]:
-    """One event decoded and checked against the size limits, or the violation that stops it."""
+def decode_event(
+    raw: msgspec.Raw, fmt: Format, limits: Limits, *, repeated_keys: bool = True
+) -> tuple[Any, Violation | None]:
+    """One event decoded and checked against the size limits and for repeated keys, or the violation that stops it.
+
+    With `repeated_keys=False` the caller checks them (`decode_batch`).
+    """
     size = len(raw)
     if size > limits.max_event_bytes:
         return None, event_too_large(size, limits)
     try:
         event = (_msgpack_event if fmt == "msgpack" else _json_event).decode(raw)
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
-        return None, Violation("undecodable", "", f"the event cannot be decoded: {exc}")
+        return None, _undecodable(exc)
+    if repeated_keys:
+        problems: dict[int, Violation] = {}
+        _repeated_keys([event], [raw], fmt, limits, problems)
+        if problems:
+            return event, problems[0]
     return event, check_limits(event, limits, size)
 
 

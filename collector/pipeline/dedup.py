@@ -16,6 +16,13 @@ Rules:
 - the state is implied by the log: every frame's head lists its ids, so the
   state is rebuilt from the log, and a snapshot (`snapshot`/`restore`) records
   the offsets it covers so start-up reads only the log after them.
+- ids are scoped by sender (`ScopedSeenIds`): the scope is the write key's
+  name or the signed source's name, recorded in every frame head (`src`,
+  `kind`), so an id repeats only within one scope, and no sender can make
+  another's events look stored by sending their ids first. Frames written
+  before scopes existed carry the same head fields, so old data directories
+  are scoped by replaying their heads; a snapshot from before scopes is set
+  aside and the log is read from its start once (recovery.py).
 - sources and opaque ids not seen for `window_s` are forgotten (`expire`); the
   window is at least the SDK's spool age plus a day (docs/reliability.md), and
   events older than it are quarantined, so an expired id cannot come back.
@@ -25,11 +32,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from maidian.collector.store.ids import id_ranges, split_event_id
 
-__all__ = ["SeenIds"]
+__all__ = ["SCOPED_SNAPSHOT", "ScopedSeenIds", "SeenIds", "head_scope", "scope_of"]
 
 
 class _Ranges:
@@ -168,3 +175,78 @@ class SeenIds:
             self.add_head({source: flat}, (), int(last_seen))
         for eid, t in data.get("opaque", {}).items():
             self.add_head({}, (eid,), int(t))
+
+
+def scope_of(name: str, kind: str) -> str:
+    """The dedup scope of a sender: `s:<source>` for a signed server source, `k:<write key name>` otherwise.
+
+    Vendor traffic (`sensors`, `segment`) resolves to a write key and shares
+    its scope. Names are configured, so the number of scopes is bounded.
+    """
+    return ("s:" if kind == "source" else "k:") + name
+
+
+def head_scope(head: Mapping[str, Any]) -> str:
+    """The scope of the sender that wrote a frame, from its head (`src`, `kind`; every frame ever written has both)."""
+    return scope_of(str(head.get("src", "")), str(head.get("kind", "key")))
+
+
+# The snapshot layout with one state per scope; a snapshot without it predates scopes.
+SCOPED_SNAPSHOT: Final = 2
+
+
+class ScopedSeenIds:
+    """Event ids stored within the dedup window, one `SeenIds` per sender scope.
+
+    An id is a duplicate only of an id stored by the same scope, so no write
+    key can make another key's (or a signed source's) events look already
+    stored by sending their ids first.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._scopes: dict[str, SeenIds] = {}
+
+    def of(self, scope: str) -> SeenIds:
+        """The ids of one scope (created empty when new)."""
+        seen = self._scopes.get(scope)
+        if seen is None:
+            seen = self._scopes[scope] = SeenIds(self.window_s)
+        return seen
+
+    def contains(self, scope: str, event_id: str) -> bool:
+        seen = self._scopes.get(scope)
+        return seen is not None and event_id in seen
+
+    def add(self, scope: str, event_ids: Iterable[str], now_ms: int) -> None:
+        self.of(scope).add(event_ids, now_ms)
+
+    def add_frame(self, head: Mapping[str, Any]) -> None:
+        """Mark the ids of one frame head seen, in the scope of its sender."""
+        self.of(head_scope(head)).add_head(head.get("seq", {}), head.get("oid", ()), int(head.get("at", 0)))
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._scopes.values())
+
+    @property
+    def range_count(self) -> int:
+        return sum(s.range_count for s in self._scopes.values())
+
+    def opaque_count(self) -> int:
+        return sum(s.opaque_count() for s in self._scopes.values())
+
+    def expire(self, now_ms: int) -> int:
+        forgotten = sum(s.expire(now_ms) for s in self._scopes.values())
+        for scope in [k for k, s in self._scopes.items() if not len(s)]:
+            del self._scopes[scope]
+        return forgotten
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"v": SCOPED_SNAPSHOT, "scopes": {k: s.snapshot() for k, s in self._scopes.items()}}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Merge a `snapshot()`; a snapshot from before scopes raises `ValueError` (rebuild from the log)."""
+        if data.get("v") != SCOPED_SNAPSHOT:
+            raise ValueError("a dedup snapshot without sender scopes")
+        for scope, state in data.get("scopes", {}).items():
+            self.of(scope).restore(state)

@@ -42,7 +42,7 @@ import msgspec
 from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import Batch
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, scope_of
 from maidian.collector.pipeline.judge import Judge, event_summary, reason_dicts
 from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.frames import encode_frame
@@ -130,8 +130,8 @@ class Ingest:
         *,
         raw: DurableLog,
         quarantine: DurableLog,
-        seen: SeenIds,
-        quarantined: SeenIds,
+        seen: ScopedSeenIds,
+        quarantined: ScopedSeenIds,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -142,8 +142,9 @@ class Ingest:
         self.quarantined = quarantined
         self.metrics = metrics
         self.clock = clock
-        self.pending: dict[str, asyncio.Future[None]] = {}
-        self.pending_quarantine: dict[str, asyncio.Future[None]] = {}
+        # Ids in flight, per sender scope (dedup.scope_of), like `seen`.
+        self.pending: dict[str, dict[str, asyncio.Future[None]]] = {}
+        self.pending_quarantine: dict[str, dict[str, asyncio.Future[None]]] = {}
         # Frames appended whose ids are not marked seen yet: (log, segment, offset).
         self._inflight: dict[int, tuple[str, str, int]] = {}
         self._next_ticket = 0
@@ -162,7 +163,10 @@ class Ingest:
         return out
 
     def _fresh(
-        self, valid: list[tuple[int, dict[str, Any], msgspec.Raw, int, list[str] | None]]
+        self,
+        valid: list[tuple[int, dict[str, Any], msgspec.Raw, int, list[str] | None]],
+        seen: SeenIds,
+        pending: dict[str, asyncio.Future[None]],
     ) -> tuple[list[str], set[str], str, list[int]] | None:
         """(ids, their set, source, seqs) when the valid events are new ids of one SDK source, else None.
 
@@ -174,10 +178,10 @@ class Ingest:
             return None
         ids = [event["event_id"] for _i, event, _r, _t, _f in valid]
         one = split_one_source(ids)
-        if one is None or not self.seen.all_below(one[0], min(one[1])):
+        if one is None or not seen.all_below(one[0], min(one[1])):
             return None
         local = set(ids)
-        if len(local) != len(ids) or not self.pending.keys().isdisjoint(ids):
+        if len(local) != len(ids) or not pending.keys().isdisjoint(ids):
             return None
         return ids, local, one[0], one[1]
 
@@ -208,7 +212,15 @@ class Ingest:
             )
             verdicts.count += len(refused)
         results: list[dict[str, Any]] = [_ACCEPTED] * verdicts.count
-        seen, pending = self.seen, self.pending
+        scope = scope_of(principal.name, principal.kind)
+        seen = self.seen.of(scope)
+        pending = self.pending.get(scope)
+        if pending is None:
+            pending = self.pending[scope] = {}
+        q_seen = self.quarantined.of(scope)
+        q_pending = self.pending_quarantine.get(scope)
+        if q_pending is None:
+            q_pending = self.pending_quarantine[scope] = {}
         has = seen.has
         split = split_event_id
         waits: list[asyncio.Future[None]] = []
@@ -221,7 +233,7 @@ class Ingest:
         msgpack = batch.format == "msgpack"
         suppress = self.suppress
         suppressed = 0
-        fresh = self._fresh(verdicts.valid) if store and msgpack and suppress is None else None
+        fresh = self._fresh(verdicts.valid, seen, pending) if store and msgpack and suppress is None else None
         if fresh is not None:
             # The same outcome as the loop below for a batch with nothing to deduplicate.
             ids, local, source, source_seqs = fresh
@@ -271,7 +283,7 @@ class Ingest:
                 continue
             eid, _name = event_summary(event)
             if eid is not None:
-                if eid in self.quarantined or eid in self.pending_quarantine or eid in local:
+                if eid in q_seen or eid in q_pending or eid in local:
                     continue
                 local.add(eid)
                 q_ids.append(eid)
@@ -297,7 +309,7 @@ class Ingest:
                 if q_appended.committed is not None:
                     commits.append(q_appended.committed)
                     for eid in q_ids:
-                        self.pending_quarantine[eid] = q_appended.committed
+                        q_pending[eid] = q_appended.committed
             if to_store:
                 ranges = to_ranges(seqs)
                 appended = self.raw.append(build_accepted_frame(head, to_store, ranges, opaque))
@@ -311,7 +323,7 @@ class Ingest:
             for eid in ids:
                 pending.pop(eid, None)
             for eid in q_ids:
-                self.pending_quarantine.pop(eid, None)
+                q_pending.pop(eid, None)
             if sys.exc_info()[0] is not None:
                 for ticket in tickets:
                     self._inflight.pop(ticket, None)
@@ -319,7 +331,7 @@ class Ingest:
         if appended is not None:
             seen.add_head(ranges, opaque, received_ms)
         if q_appended is not None:
-            self.quarantined.add(q_ids, received_ms)
+            q_seen.add(q_ids, received_ms)
         for ticket in tickets:
             self._inflight.pop(ticket, None)
         if waits:

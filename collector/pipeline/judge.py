@@ -28,7 +28,14 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.pipeline.decode import Batch, check_decoded_limits, check_limits, decode_event, event_too_large
+from maidian.collector.pipeline.decode import (
+    Batch,
+    check_decoded_limits,
+    check_limits,
+    decode_event,
+    event_too_large,
+    kept_bytes,
+)
 from maidian.tracking_plan import Plan, Validator, Violation
 from maidian.tracking_plan.envelope import Limits
 
@@ -99,7 +106,14 @@ class Judge:
         small_bytes = self.small_bytes if checked else -1
         check_trigger = bool(server_events) and not trusted
         valid = out.valid
+        problems = batch.problems
         for index, raw in enumerate(batch.events):
+            if problems is not None and index in problems:
+                # Refused while decoding (size, undecodable, a repeated key): the bytes are kept as they came.
+                refused = problems[index]
+                kept = kept_bytes(raw, refused, limits)
+                out.invalid.append((index, None if values is None else values[index], kept, received_ms, [refused]))
+                continue
             if values is None:
                 event, problem = decode_event(raw, fmt, limits)
             else:
@@ -114,7 +128,7 @@ class Judge:
                 else:
                     problem = check_limits(event, limits, size)
             if problem is not None:
-                out.invalid.append((index, event, raw, received_ms, [problem]))
+                out.invalid.append((index, event, kept_bytes(raw, problem, limits), received_ms, [problem]))
                 continue
             if is_valid(event):
                 # The plan's schema has checked the envelope: a dict with an integer time.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.dedup import ScopedSeenIds
 from maidian.collector.store.frames import read_frames, segment_files
 from maidian.collector.store.log import DataDir
 
@@ -26,15 +26,15 @@ log = logging.getLogger("maidian.collector")
 class DedupState:
     """What deduplication knows, and the log offsets that knowledge covers."""
 
-    seen: SeenIds
-    quarantined: SeenIds
+    seen: ScopedSeenIds
+    quarantined: ScopedSeenIds
     # (log, segment) -> offset read up to
     offsets: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def load_dedup_state(data: DataDir, writer: str | None, window_s: float, now_ms: int) -> DedupState:
     """Restore dedup from a snapshot (when `writer` has one) plus every frame head after it."""
-    state = DedupState(SeenIds(window_s), SeenIds(window_s))
+    state = DedupState(ScopedSeenIds(window_s), ScopedSeenIds(window_s))
     if writer is not None:
         path = data.snapshot(writer)
         try:
@@ -45,9 +45,14 @@ def load_dedup_state(data: DataDir, writer: str | None, window_s: float, now_ms:
             log.warning("dedup snapshot %s is unreadable; rebuilding from the log", path.name)
             snap = None
         if snap is not None:
-            state.seen.restore(snap["seen"])
-            state.quarantined.restore(snap["quarantined"])
-            state.offsets = {(lg, seg): int(off) for lg, seg, off in snap["offsets"]}
+            try:
+                state.seen.restore(snap["seen"])
+                state.quarantined.restore(snap["quarantined"])
+                state.offsets = {(lg, seg): int(off) for lg, seg, off in snap["offsets"]}
+            except ValueError:
+                # Written before ids were scoped by sender: the heads hold the scopes, read them all once.
+                log.warning("dedup snapshot %s predates sender scopes; rebuilding from the log", path.name)
+                state = DedupState(ScopedSeenIds(window_s), ScopedSeenIds(window_s))
     follow_segments(data, state, None)
     state.seen.expire(now_ms)
     state.quarantined.expire(now_ms)
@@ -71,8 +76,7 @@ def follow_segments(data: DataDir, state: DedupState, skip_writer: str | None) -
                 continue
             frames, end = read_frames(path, start)
             for frame in frames:
-                head = frame.head
-                target.add_head(head.get("seq", {}), head.get("oid", ()), int(head.get("at", 0)))
+                target.add_frame(frame.head)
             count += len(frames)
             if frames or start == 0:
                 state.offsets[key] = max(end, start)

@@ -38,20 +38,21 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.errors import PrivacyError
+from maidian.collector.errors import NoSuchPerson, PrivacyError
+from maidian.collector.read import Attribution, PersonView, person_view
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.log import DataDir
 from maidian.collector.store.rewrite import (
     Cleared,
     held_exclusively,
-    open_data_dir,
     remove_leftovers,
     rewrite_logs,
 )
@@ -85,7 +86,7 @@ def _identity_feed(data: DataDir, plan: Plan | None) -> IdentityFeed:
 @contextlib.contextmanager
 def _session(data_dir: Path, plan: Plan | None) -> Iterator[tuple[DataDir, Catalog, IdentityFeed, Cleared]]:
     """The data directory held exclusively, an interrupted run's files removed, the catalog and graph caught up."""
-    data = open_data_dir(data_dir)
+    data = DataDir.existing(data_dir)
     cleared = Cleared()
     with held_exclusively(data):
         cleared.leftovers = remove_leftovers(data)
@@ -99,65 +100,117 @@ def _session(data_dir: Path, plan: Plan | None) -> Iterator[tuple[DataDir, Catal
             feed.close()
 
 
-def _person_identities(catalog: Catalog, feed: IdentityFeed, value: str) -> tuple[Any, set[tuple[str, str]]]:
-    person = feed.graph.find(value)
-    found: set[tuple[str, str]] = set()
-    if person is not None:
-        found = {(t, v) for t, values in feed.graph.identities_of(person).items() for v in values}
-    found.update((t, value) for t in catalog.identity_types_of(value))
-    return person, found
+def normalised(value: object) -> str:
+    """An identity value as deletion matches it: NFKC, no surrounding whitespace (a stray space, full-width digits)."""
+    return unicodedata.normalize("NFKC", value if isinstance(value, str) else str(value)).strip()
 
 
 @dataclass(frozen=True, slots=True)
 class _Match:
-    """Whether a stored record is the person's: it carries one of their identities.
+    """Whether a stored record carries one of the person's own values, matched after `normalised`.
 
-    A record that is not an event with identities (a quarantined record that
-    does not decode) matches when its bytes contain any of the values. When
-    nothing indexed knows `value`, it matches under any identity type.
+    Any identity of the record counts, whatever its type (a declared one, an
+    unknown one, a misspelt key), and so does any string inside a quarantined
+    record (a value sent in the wrong place). A record that does not decode
+    matches when its bytes contain a value.
     """
 
-    identities: frozenset[tuple[str, str]]
-    value: str
+    values: frozenset[str]
 
-    def __call__(self, record: Any) -> bool:
-        if isinstance(record, dict) and isinstance(record.get("identities"), dict):
-            ids = record["identities"]
-            if not self.identities:
-                return any(str(v) == self.value for v in ids.values())
-            return any((str(t), str(v)) in self.identities for t, v in ids.items())
+    def __call__(self, record: Any, *, anywhere: bool) -> bool:
+        if not self.values:
+            return False
         if isinstance(record, dict) and isinstance(record.get("undecodable_base64"), str):
             record = base64.b64decode(record["undecodable_base64"])
-        blob = record if isinstance(record, bytes) else _encoder.encode(record)
-        values = {v for _t, v in self.identities} or {self.value}
-        return any(v.encode() in blob for v in values)
+        if isinstance(record, bytes):
+            return any(v.encode() in record for v in self.values)
+        ids = record.get("identities") if isinstance(record, dict) else None
+        if isinstance(ids, dict) and any(normalised(v) in self.values for v in ids.values()):
+            return True
+        return anywhere and any(normalised(v) in self.values for v in _strings(record))
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _own_values(view: PersonView, value: str) -> frozenset[str]:
+    """The person's own identity values, normalised; the value asked for too unless it is shared."""
+    shared = {normalised(v) for _t, v in view.shared}
+    own = {normalised(v) for _t, v in view.own}
+    if normalised(value) not in shared:
+        own.add(normalised(value))
+    return frozenset(own - shared - {""})
+
+
+def _lake_of(data: DataDir) -> Any:
+    """The lake's privacy functions when the data directory has a lake (lake/privacy.py), else None."""
+    if not (data.root / "lake" / "state.json").exists():
+        return None
+    try:
+        from maidian.collector.lake import privacy
+    except ImportError as exc:
+        raise PrivacyError(
+            f"{data.root}/lake holds the lake, which needs the lake extra to be changed: pip install 'maidian[lake]'"
+        ) from exc
+    return privacy
 
 
 def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: Plan | None = None) -> Cleared:
-    """Remove every stored trace of the person who owns identity `value`; see the module docstring."""
+    """Remove every stored trace of the person who owns identity `value`; see the module docstring.
+
+    The raw events removed are the ones the identity graph attributes to the
+    person, and any other carrying one of their own identity values; the
+    quarantined records removed are the ones carrying such a value anywhere,
+    matched after `normalised`. Identities that other persons' events carry
+    too (a shared branch pad) stay in those events, and are not suppressed.
+    """
     with _session(data_dir, plan) as (data, catalog, feed, cleared):
-        person, identities = _person_identities(catalog, feed, value)
-        match = _Match(frozenset(identities), value)
+        view = person_view(data, catalog, feed.graph, value)
+        person = view.person
+        match = _Match(_own_values(view, value))
+        members = view.members
+        attribute = Attribution(feed.graph)
         if suppress:
-            cleared.suppressed = add_suppressed(data, identities)
+            cleared.suppressed = add_suppressed(data, view.own)
         erased_ids: set[str] = set()
 
-        def drop(event: Any, _t: int) -> bool:
-            hit = match(event)
+        def drop(event: Any, _t: int, head: Mapping[str, Any]) -> bool:
+            ids = event.get("identities") if isinstance(event, dict) else None
+            mine = person is not None and attribute(ids, bool(head.get("trusted"))) == person
+            hit = mine or match(event, anywhere=head.get("q") is not None)
             if hit and isinstance(event, dict) and isinstance(event.get("event_id"), str):
                 erased_ids.add(event["event_id"])
             return hit
 
-        scan = rewrite_logs(
-            data, drop, cleared, raw_needs=lambda head: any(match({"identities": o[3]}) for o in head.get("obs", ()))
-        )
-        cleared.catalog_rows = catalog.forget_removed(
-            scan, identities=frozenset(identities), event_ids=frozenset(erased_ids)
-        )
+        def raw_needs(head: Mapping[str, Any]) -> bool:
+            return any(
+                (t, v) in members or normalised(v) in match.values for o in head.get("obs", ()) for t, v in o[3].items()
+            )
+
+        scan = rewrite_logs(data, drop, cleared, raw_needs=raw_needs)
+        cleared.catalog_rows = catalog.forget_removed(scan, identities=members, event_ids=frozenset(erased_ids))
+        lake = _lake_of(data)
+        if lake is not None:
+            cleared.notes.append(f"lake: {lake.forget(data.root, view.own, erased_ids)} rows removed")
         if person is not None:
             forgotten = feed.graph.forget(person)
             cleared.identities = sum(len(v) for v in forgotten.identities.values())
             catalog.record_refusals(forgotten.refusals)
+            # Others' events that carried a forgotten identity (a shared pad) link it again, as if never deleted.
+            removed = {(t, v) for t, values in forgotten.identities.items() for v in values}
+            again = catalog.observations_carrying(removed)
+            if again:
+                catalog.record_refusals(feed.graph.observe_many(again))
+            cleared.identities -= len({(t, v) for o in again for t, v in o.identities.items()} & removed)
             catalog.truncate_wal()
     return cleared
 
@@ -175,8 +228,11 @@ def retain(data_dir: Path, days: float, *, now_ms: int, plan: Plan | None = None
         raise PrivacyError(f"--days must be positive, got {days}")
     cutoff = now_ms - int(days * _DAY_MS)
     with _session(data_dir, plan) as (data, catalog, _, cleared):
-        scan = rewrite_logs(data, lambda _event, t: t < cutoff, cleared, cutoff_ms=cutoff)
+        scan = rewrite_logs(data, lambda _event, t, _head: t < cutoff, cleared, cutoff_ms=cutoff)
         cleared.catalog_rows = catalog.forget_removed(scan)
+        lake = _lake_of(data)
+        if lake is not None:
+            cleared.notes.append(f"lake: {lake.retain(data.root, cutoff)} rows removed")
     cleared.notes.append(f"cutoff: events with a corrected time before {cutoff} (epoch ms) were removed")
     return cleared
 
@@ -184,24 +240,29 @@ def retain(data_dir: Path, days: float, *, now_ms: int, plan: Plan | None = None
 def export_person(
     data_dir: Path, value: str, *, plan: Plan | None = None, quarantined: bool = False
 ) -> list[dict[str, Any]]:
-    """Every stored event of the person who owns `value`, deduplicated, in time order (`events --person`).
+    """Every stored event attributed to the person who owns `value`, deduplicated, in order (`events --person`).
 
-    With `quarantined`, their quarantined records follow, in log order, as
-    `export --quarantined` prints them (`quarantined: true`, the reasons, the
-    record as sent).
+    With `quarantined`, the quarantined records that carry one of their own
+    identity values follow, in log order, as `export --quarantined` prints
+    them (`quarantined: true`, the reasons, the record as sent).
     """
-    from maidian.collector.read import export_events, person_events
+    from maidian.collector.read import export_events
 
-    records = person_events(data_dir, value, plan=plan)
+    data = DataDir.existing(data_dir)
+    catalog = Catalog(data)
+    feed = _identity_feed(data, plan)
+    try:
+        catalog.catch_up(feed)
+        view = person_view(data, catalog, feed.graph, value)
+    finally:
+        catalog.close()
+        feed.close()
+    if not view.events and view.person is None:
+        raise NoSuchPerson("no stored event carries that identity")
+    records = list(view.events)
     if quarantined:
-        data = open_data_dir(data_dir)
-        catalog = Catalog(data)
-        feed = _identity_feed(data, plan)
-        try:
-            _person, identities = _person_identities(catalog, feed, value)
-        finally:
-            catalog.close()
-            feed.close()
-        match = _Match(frozenset(identities), value)
-        records += [r for r in export_events(data_dir, quarantined=True, accepted=False) if match(r["event"])]
+        match = _Match(_own_values(view, value))
+        records += [
+            r for r in export_events(data_dir, quarantined=True, accepted=False) if match(r["event"], anywhere=True)
+        ]
     return records

@@ -45,8 +45,9 @@ from typing import Any, Final
 import msgspec
 import zstandard
 
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, head_scope
 from maidian.collector.store.frames import Frame, decode_body, read_frames, segment_files
+from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 
 __all__ = [
@@ -461,12 +462,10 @@ def tally_data(
     tag: str | None = None,
 ) -> Tally:
     """Count every stored event of a data directory in the window (and with the tag), each once."""
-    from maidian.collector.read import _open
-
-    data = _open(data_dir)
+    data = DataDir.existing(data_dir)
     lo = since_ms if since_ms is not None else -_FAR
     hi = until_ms if until_ms is not None else _FAR
-    seen = SeenIds(_FOREVER_S)
+    scoped = ScopedSeenIds(_FOREVER_S)
     tally = Tally()
     for path in segment_files(data.raw):
         frames, _end = read_frames(path)
@@ -475,6 +474,7 @@ def tally_data(
             if head.get("tmax", hi) < lo or head.get("tmin", lo) >= hi:
                 continue
             fresh: list[str] = []
+            seen = scoped.of(head_scope(head))
             for kind, eid, name, props, t in _accepted_events(frame):
                 if not lo <= t < hi or eid in seen:
                     continue
@@ -486,7 +486,7 @@ def tally_data(
     for path in segment_files(data.quarantine):
         frames, _end = read_frames(path)
         for frame in frames:
-            _tally_quarantine(frame, tally, seen, lo=lo, hi=hi, tag=tag)
+            _tally_quarantine(frame, tally, scoped.of(head_scope(frame.head)), lo=lo, hi=hi, tag=tag)
     return tally
 
 

@@ -12,6 +12,8 @@
 - `counts`: events per name and outcome (coverage);
 - `quarantine` and `replayed`: every quarantined event and which of them a
   replay has moved into the raw log;
+- `damaged`: frames that failed their checks while being indexed (frames.py,
+  "Damage"), with the event ids their heads still name; skipped, never fatal;
 - `sdk_drops`: the largest loss count each sender reported per reason (the
   batch's `dropped` field, cumulative per source), and `sdk_drop_totals`, their
   sum per reason, kept as the counts grow.
@@ -31,6 +33,7 @@ new one) is fed every observation again, which the graph takes idempotently.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,13 +42,13 @@ from typing import Any, Final
 
 from maidian.collector.errors import DataDirError
 from maidian.collector.identity.graph import IdentityGraph
-from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
+from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal, order_time
 from maidian.collector.sqlite import connect
-from maidian.collector.store.frames import Frame, read_frame_at, read_frames, segment_files
+from maidian.collector.store.frames import Damage, Frame, read_frame_at, scan_segment, sealed, segment_files
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
 
-__all__ = ["Catalog", "CatchUp", "IdentityFeed"]
+__all__ = ["Catalog", "CatchUp", "IdentityFeed", "observation_of"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER);
@@ -55,8 +58,10 @@ CREATE TABLE IF NOT EXISTS identity_frames(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identity_frames_value ON identity_frames(value);
 CREATE TABLE IF NOT EXISTS observations(
-    id INTEGER PRIMARY KEY, event_id TEXT, time INTEGER, kind TEXT, identities TEXT, trusted INTEGER
+    id INTEGER PRIMARY KEY, event_id TEXT, time INTEGER, kind TEXT, identities TEXT, trusted INTEGER,
+    at INTEGER, segment TEXT, offset INTEGER
 );
+CREATE INDEX IF NOT EXISTS observations_frame ON observations(segment, offset);
 CREATE TABLE IF NOT EXISTS refusals(
     id INTEGER PRIMARY KEY, event_id TEXT, rule TEXT, identity_type TEXT, message TEXT
 );
@@ -69,7 +74,25 @@ CREATE TABLE IF NOT EXISTS replayed(segment TEXT, offset INTEGER, idx INTEGER, P
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sdk_drops(source TEXT, reason TEXT, n INTEGER, PRIMARY KEY(source, reason)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sdk_drop_totals(reason TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS damaged(
+    log TEXT, segment TEXT, offset INTEGER, length INTEGER, events INTEGER, event_ids TEXT,
+    PRIMARY KEY(log, segment, offset)
+) WITHOUT ROWID;
 """
+# The layout `_SCHEMA` makes. A catalog of another layout is derived data: it is emptied and rebuilt.
+_LAYOUT: Final = 2
+_TABLES: Final = (
+    "meta",
+    "progress",
+    "identity_frames",
+    "observations",
+    "refusals",
+    "counts",
+    "quarantine",
+    "replayed",
+    "sdk_drops",
+    "sdk_drop_totals",
+)
 # Readers and the server's indexer may hold the file at once; wait rather than fail.
 _BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -94,15 +117,51 @@ class IdentityFeed:
 
     def __init__(self, data: DataDir, policy: IdentityPolicy) -> None:
         self.path = data.identity
+        self.policy = policy
         self.graph = IdentityGraph(self.path, policy)
-        self.fed = int(self.graph.checkpoint() or 0)
+        self.generation, self.fed = _parse_checkpoint(self.graph.checkpoint())
 
     @classmethod
     def for_plan(cls, data: DataDir, plan: Plan) -> IdentityFeed:
         return cls(data, IdentityPolicy.from_plan(plan))
 
+    def checkpoint(self, row_id: int) -> str:
+        return f"{self.generation}:{row_id}"
+
+    def reset(self, generation: str) -> None:
+        """Start the graph again from nothing, for a catalog of another generation (its rows are numbered anew)."""
+        self.graph.close()
+        for suffix in ("", "-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        self.graph = IdentityGraph(self.path, self.policy)
+        self.generation, self.fed = generation, 0
+
     def close(self) -> None:
         self.graph.close()
+
+
+def _parse_checkpoint(text: str | None) -> tuple[str, int]:
+    """(catalog generation, observation rows fed); a checkpoint without a generation predates them."""
+    if not text or ":" not in text:
+        return "", 0
+    generation, _, row = text.rpartition(":")
+    return generation, int(row)
+
+
+def observation_of(row: tuple[Any, ...]) -> Observation:
+    """The graph's observation for a catalog row (event_id, time, kind, identities, trusted, at).
+
+    Its time is the graph's order time (`order_time`): the event time for a
+    signed source, the receive time after every signed event for anyone else.
+    """
+    event_id, time, kind, identities, trusted, at = row
+    return Observation(
+        event_id=event_id,
+        time=order_time(int(time), int(at if at is not None else time), trusted=bool(trusted)),
+        kind=kind,
+        identities=json.loads(identities),
+        trusted=bool(trusted),
+    )
 
 
 # Checkpoint attempts before giving up on a reader that keeps the WAL busy.
@@ -119,6 +178,28 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self.generation = self._layout()
+
+    def _layout(self) -> str:
+        """The catalog's generation; a catalog of an older layout is emptied first (it is rebuilt from the logs)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            layout = db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
+            generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            if layout is None or int(layout[0]) != _LAYOUT or generation is None:
+                for table in _TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                generation = (secrets.randbits(62),)
+                db.execute("INSERT INTO meta VALUES ('layout', ?)", (_LAYOUT,))
+                db.execute("INSERT INTO meta VALUES ('generation', ?)", generation)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return str(generation[0])
 
     def close(self) -> None:
         self.db.close()
@@ -160,8 +241,13 @@ class Catalog:
                 return 0, 0
         except FileNotFoundError:
             return 0, 0
-        found, end = read_frames(path, start)
-        if not found:
+        scanned = scan_segment(path, start)
+        found, end = scanned.frames, scanned.end
+        damage = list(scanned.damaged)
+        if scanned.tail is not None and sealed(path):  # never appended to again: the tail is final
+            damage.append(scanned.tail)
+            end = scanned.size
+        if not found and not damage:
             return 0, 0
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -180,6 +266,11 @@ class Catalog:
                 " ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
                 [(name, outcome, n, n) for (name, outcome), n in counts.items()],
             )
+            db.executemany(
+                "INSERT OR IGNORE INTO damaged(log, segment, offset, length, events, event_ids)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(log, d.segment, d.offset, d.length, d.events, json.dumps(d.event_ids)) for d in damage],
+            )
             db.execute("INSERT OR REPLACE INTO progress(log, segment, offset) VALUES (?, ?, ?)", (log, path.name, end))
             db.execute("COMMIT")
         except BaseException:
@@ -189,15 +280,7 @@ class Catalog:
 
     def _index_raw(self, frame: Frame, counts: Counter[tuple[str, str]]) -> int:
         head = frame.head
-        trusted = 1 if head.get("trusted") else 0
-        pairs: set[tuple[str, str]] = set()
-        rows = []
-        for time, event_id, kind, identities in head.get("obs", ()):
-            rows.append((event_id, time, kind, json.dumps(identities, ensure_ascii=False, sort_keys=True), trusted))
-            pairs.update((str(t), str(v)) for t, v in identities.items())
-        self.db.executemany(
-            "INSERT INTO observations(event_id, time, kind, identities, trusted) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        pairs = self.observe_frame(frame.segment, frame.offset, head)
         self.db.executemany(
             "INSERT OR IGNORE INTO identity_frames(type, value, segment, offset) VALUES (?, ?, ?, ?)",
             [(t, v, frame.segment, frame.offset) for t, v in pairs],
@@ -208,6 +291,38 @@ class Catalog:
             self.db.execute("INSERT OR IGNORE INTO replayed(segment, offset, idx) VALUES (?, ?, ?)", (seg, off, idx))
         self._note_drops(head)
         return int(head.get("n", 0))
+
+    def observe_frame(self, segment: str, offset: int, head: dict[str, Any]) -> set[tuple[str, str]]:
+        """Insert a raw frame's identity observations (inside the caller's transaction); its identities."""
+        trusted = 1 if head.get("trusted") else 0
+        at = head.get("at")
+        pairs: set[tuple[str, str]] = set()
+        rows = []
+        for time, event_id, kind, identities in head.get("obs", ()):
+            text = json.dumps(identities, ensure_ascii=False, sort_keys=True)
+            rows.append((event_id, time, kind, text, trusted, at, segment, offset))
+            pairs.update((str(t), str(v)) for t, v in identities.items())
+        self.db.executemany(
+            "INSERT INTO observations(event_id, time, kind, identities, trusted, at, segment, offset)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return pairs
+
+    def observations_carrying(self, identities: set[tuple[str, str]]) -> list[Observation]:
+        """Every stored observation that carries one of these identities (a scan: for deletions)."""
+        out: dict[int, Observation] = {}
+        for value in {v for _t, v in identities}:
+            needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
+            for row in self.db.execute(
+                "SELECT id, event_id, time, kind, identities, trusted, at FROM observations"
+                " WHERE instr(identities, ?) > 0",
+                (needle,),
+            ):
+                obs = observation_of(row[1:])
+                if any((t, v) in identities for t, v in obs.identities.items()):
+                    out[int(row[0])] = obs
+        return [out[k] for k in sorted(out)]
 
     def _note_drops(self, head: dict[str, Any]) -> None:
         """Keep the largest count a sender reported per reason; counts are cumulative, so repeats change nothing."""
@@ -243,6 +358,8 @@ class Catalog:
 
     def _feed(self, feed: IdentityFeed) -> tuple[int, list[Refusal]]:
         """Feed new observations; mirror the graph's refusal record (withdrawals included) in `refusals`."""
+        if feed.generation != self.generation:
+            feed.reset(self.generation)  # fed from another catalog (or before trust ordering): start again
         if feed.fed == 0:
             # A graph fed from the start (new, or rebuilt) reports every refusal again.
             self.db.execute("DELETE FROM refusals")
@@ -250,17 +367,14 @@ class Catalog:
         changes: list[Refusal] = []
         while True:
             rows = self.db.execute(
-                "SELECT id, event_id, time, kind, identities, trusted FROM observations WHERE id > ? ORDER BY id"
+                "SELECT id, event_id, time, kind, identities, trusted, at FROM observations WHERE id > ? ORDER BY id"
                 " LIMIT 5000",
                 (feed.fed,),
             ).fetchall()
             if not rows:
                 break
-            batch = [
-                Observation(event_id=r[1], time=r[2], kind=r[3], identities=json.loads(r[4]), trusted=bool(r[5]))
-                for r in rows
-            ]
-            found = feed.graph.observe_many(batch, checkpoint=str(rows[-1][0]))
+            batch = [observation_of(r[1:]) for r in rows]
+            found = feed.graph.observe_many(batch, checkpoint=feed.checkpoint(rows[-1][0]))
             observed += len(batch)
             feed.fed = rows[-1][0]
             changes.extend(found)
@@ -332,6 +446,16 @@ class Catalog:
         """(source, reason, count): the largest loss count each sender reported, by source then reason."""
         return list(self.db.execute("SELECT source, reason, n FROM sdk_drops ORDER BY source, reason"))
 
+    def damaged(self) -> list[tuple[str, Damage]]:
+        """(log, damage) for every damaged frame indexing met, in log order."""
+        rows = self.db.execute(
+            "SELECT log, segment, offset, length, events, event_ids FROM damaged ORDER BY log, segment, offset"
+        )
+        return [(lg, Damage(seg, off, length, n, tuple(json.loads(ids)))) for lg, seg, off, length, n, ids in rows]
+
+    def damaged_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM damaged").fetchone()[0])
+
     def sdk_drop_totals(self) -> dict[str, int]:
         """Events senders reported dropped, summed over senders, by reason."""
         return dict(self.db.execute("SELECT reason, n FROM sdk_drop_totals"))
@@ -354,20 +478,37 @@ class Catalog:
             for log, segment in list(db.execute("SELECT log, segment FROM progress")):
                 if (log, segment) not in scan.segments:
                     db.execute("DELETE FROM progress WHERE log=? AND segment=?", (log, segment))
-            # The person's identity observations, and every identity and event they name: the rows below follow.
-            observed: set[tuple[int]] = set()
+            # Observations mirror the frame heads: the rewritten frames', and (for a re-run after a crash) every
+            # frame an observation of the person's identities names, are read again from their heads.
+            frames: set[tuple[str, int]] = set(scan.rewritten)
             neighbours: set[tuple[str, str]] = set()
             erased = set(event_ids)
             for value in {v for _t, v in identities}:
                 needle = json.dumps(value, ensure_ascii=False)[1:-1]  # as the JSON text holds it
-                for row_id, event_id, text in db.execute(
-                    "SELECT id, event_id, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
+                for segment, offset, text in db.execute(
+                    "SELECT segment, offset, identities FROM observations WHERE instr(identities, ?) > 0", (needle,)
                 ):
                     pairs = {(str(t), str(v)) for t, v in json.loads(text).items()}
                     if pairs & identities:
-                        observed.add((row_id,))
+                        frames.add((segment, offset))
                         neighbours |= pairs - identities
-                        erased.add(event_id)
+            heads: dict[tuple[str, int], dict[str, Any] | None] = {}
+
+            def head_at(segment: str, offset: int) -> dict[str, Any] | None:
+                if (segment, offset) not in heads:
+                    found = scan.rewritten.get((segment, offset))
+                    if found is None:
+                        frame = read_frame_at(self.data.raw / segment, offset)
+                        found = None if frame is None else frame.head
+                    heads[(segment, offset)] = found
+                return heads[(segment, offset)]
+
+            for segment, offset in sorted(frames):
+                cur = db.execute("DELETE FROM observations WHERE segment=? AND offset=?", (segment, offset))
+                head = head_at(segment, offset)
+                if head is not None:
+                    self.observe_frame(segment, offset, head)
+                removed += max(0, cur.rowcount - (0 if head is None else len(head.get("obs", ()))))
             if scan.full:
                 stale = {
                     row
@@ -376,24 +517,16 @@ class Catalog:
                 }
             else:
                 stale = set(scan.stale_rows)
-                for t, v in identities:
-                    stale.update(
-                        db.execute(
-                            "SELECT ?, ?, segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v, t, v)
-                        )
-                    )
-                # Identities seen beside the person's, in frames an interrupted run rewrote: still carried?
-                for t, v in neighbours:
+                # The person's identities and those seen beside them: does each indexed frame still carry them?
+                for t, v in identities | neighbours:
                     for segment, offset in db.execute(
                         "SELECT segment, offset FROM identity_frames WHERE type=? AND value=?", (t, v)
                     ).fetchall():
-                        frame = read_frame_at(self.data.raw / segment, offset)
-                        row = (t, v, segment, offset)
-                        if frame is None or row not in identity_rows(frame.head, segment, offset):
-                            stale.add(row)
+                        head = head_at(segment, offset)
+                        if head is None or (t, v, segment, offset) not in identity_rows(head, segment, offset):
+                            stale.add((t, v, segment, offset))
             db.executemany("DELETE FROM identity_frames WHERE type=? AND value=? AND segment=? AND offset=?", stale)
-            db.executemany("DELETE FROM observations WHERE id=?", observed)
-            removed += len(stale) + len(observed)
+            removed += len(stale)
             gone = [
                 r for r in db.execute("SELECT segment, offset, idx FROM quarantine") if r not in scan.quarantine_rows
             ]
@@ -442,6 +575,8 @@ class Scan:
     segments: set[tuple[str, str]] = field(default_factory=set)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     kept: int = 0
+    # The new heads of the raw frames a deletion rewrote, by (segment, offset).
+    rewritten: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     def add_counts(self, log: str, head: dict[str, Any]) -> None:
         counts = self.counts

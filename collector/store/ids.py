@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Final
 
-__all__ = ["id_ranges", "split_event_id", "split_one_source", "to_ranges"]
+__all__ = ["event_ids_of", "id_ranges", "split_event_id", "split_one_source", "to_ranges"]
 
 _SOURCE_LEN: Final = 32
 # Nineteen digits fit in a signed 64-bit integer (envelope's `_SOURCE_RE`).
@@ -98,3 +98,13 @@ def id_ranges(event_ids: Iterable[str]) -> tuple[dict[str, list[int]], list[str]
         else:
             seqs.setdefault(pair[0], []).append(pair[1])
     return to_ranges(seqs), opaque
+
+
+def event_ids_of(ranges: dict[str, list[int]], opaque: Iterable[str]) -> list[str]:
+    """The ids a head's `seq` ranges and `oid` list name, the inverse of `id_ranges`."""
+    out: list[str] = []
+    for source, flat in ranges.items():
+        for k in range(0, len(flat) - 1, 2):
+            out.extend(f"{source}-{n}" for n in range(int(flat[k]), int(flat[k + 1]) + 1))
+    out.extend(str(e) for e in opaque)
+    return out

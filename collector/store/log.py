@@ -48,7 +48,7 @@ from typing import Final
 
 from maidian.collector.config import Durability
 from maidian.collector.errors import DataDirError, Unavailable
-from maidian.collector.store.frames import MAGIC, read_frames, segment_files
+from maidian.collector.store.frames import MAGIC, Damage, scan_segment, segment_files
 
 __all__ = [
     "Appended",
@@ -95,6 +95,14 @@ class DataDir:
 
     def snapshot(self, writer: str) -> Path:
         return self.state / f"dedup-{writer}.snap"
+
+    @classmethod
+    def existing(cls, path: Path | str) -> DataDir:
+        """The data directory at `path`, for readers: refused when it is not one (it has no `raw/`)."""
+        data = cls(Path(path))
+        if not data.raw.is_dir():
+            raise DataDirError(f"{path}: not a maidian data directory (no raw/ in it)")
+        return data
 
     def create(self) -> DataDir:
         for d in (self.root, self.raw, self.quarantine, self.state):
@@ -162,6 +170,8 @@ class Recovered:
 
     segments: int
     torn_bytes: dict[str, int] = field(default_factory=dict)
+    # Frames that fail their checks (interior, or a whole frame at a segment's end): reported, kept in place.
+    damaged: list[Damage] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -225,7 +235,10 @@ class LogWriter:
     # -- opening and recovery --------------------------------------------------
 
     def open(self, verified: Mapping[str, int] | None = None) -> Recovered:
-        """Lock this writer's segments, truncate torn tails, and start a new segment.
+        """Lock this writer's segments, truncate torn tails (and nothing else), and start a new segment.
+
+        Damaged frames (frames.py: interior ones, or a whole frame at a
+        segment's end) are left in place and returned in `Recovered.damaged`.
 
         `verified` maps segment names to offsets already known good (from a
         snapshot), so only the bytes after them are checked.
@@ -239,15 +252,21 @@ class LogWriter:
             )
         self._lock_fd = fd
         torn: dict[str, int] = {}
+        damaged: list[Damage] = []
         segments = segment_files(self.directory, self.writer)
         for path in segments:
             start = (verified or {}).get(path.name, 0)
             size = path.stat().st_size
             if start > size:
                 start = 0
-            _, end = read_frames(path, start)
-            if end == 0:
-                end = 0  # no valid magic: the file was torn at creation
+            found = scan_segment(path, start)
+            damaged.extend(found.damaged)
+            end = found.size
+            if found.tail is not None:
+                if found.tail_torn:
+                    end = found.end
+                else:
+                    damaged.append(found.tail)
             if end < size:
                 torn[path.name] = size - end
                 with open(path, "r+b") as f:
@@ -257,7 +276,7 @@ class LogWriter:
             self.synced_ends[path.name] = end
             number = _number_of(path.name)
             self._next_number = max(self._next_number, number + 1)
-        return Recovered(segments=len(segments), torn_bytes=torn)
+        return Recovered(segments=len(segments), torn_bytes=torn, damaged=damaged)
 
     def _new_segment(self) -> _Segment:
         name = f"{self.writer}-{self._next_number:08d}.seg"

@@ -48,7 +48,6 @@ __all__ = [
     "Drop",
     "HeadFilter",
     "held_exclusively",
-    "open_data_dir",
     "remove_leftovers",
     "rewrite_logs",
 ]
@@ -109,14 +108,6 @@ class Cleared:
 # -- the data directory, held exclusively --------------------------------------------------
 
 
-def open_data_dir(data_dir: Path) -> DataDir:
-    """The data directory at `data_dir`, refused when it is not one."""
-    data = DataDir(Path(data_dir))
-    if not data.raw.is_dir():
-        raise PrivacyError(f"{data_dir}: not a maidian data directory (no raw/ in it)")
-    return data
-
-
 @contextlib.contextmanager
 def held_exclusively(data: DataDir) -> Iterator[None]:
     """Hold every writer lock of the data directory (and w0's), or refuse: a writer is running."""
@@ -156,7 +147,7 @@ def remove_leftovers(data: DataDir) -> int:
 def _compress(data: bytes, level: int) -> bytes:
     c = _compressors.get(level)
     if c is None:
-        c = _compressors[level] = zstandard.ZstdCompressor(level=level)
+        c = _compressors[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
     return c.compress(data)
 
 
@@ -187,8 +178,8 @@ def _same_size_frame(frame: Frame, head: dict[str, Any], body: dict[str, Any]) -
     raise PrivacyError(f"{frame.segment} at {frame.offset}: the rewritten frame does not fit its old size")
 
 
-Drop = Callable[[Any, int], bool]
-"""Whether to remove one stored event: (the decoded event or undecodable bytes, its corrected time)."""
+Drop = Callable[[Any, int, dict[str, Any]], bool]
+"""Whether to remove one stored event: (the event or its undecodable bytes, its corrected time, its frame's head)."""
 
 
 @dataclass(slots=True)
@@ -210,7 +201,7 @@ def _rewrite_raw(frame: Frame, drop: Drop, cutoff_all: bool) -> _FrameChange | N
     body = _body_decoder.decode(_decompressor.decompress(frame.body))
     events = [_decode_event(r) for r in body.e]
     times = [body.t[i] if i < len(body.t) else 0 for i in range(len(events))]
-    keep = [i for i, ev in enumerate(events) if not (cutoff_all or drop(ev, times[i]))]
+    keep = [i for i, ev in enumerate(events) if not (cutoff_all or drop(ev, times[i], frame.head))]
     if len(keep) == len(events):
         return None
     meta = {k: v for k, v in frame.head.items() if k not in _DERIVED_RAW}
@@ -258,7 +249,7 @@ def _rewrite_quarantine(frame: Frame, drop: Drop) -> _FrameChange | None:
         if i < len(summary) and summary[i] is None:
             continue  # a tombstone already
         t = times[i] if i < len(times) else 0
-        if not drop(_quarantined_event(raw, fmt), t):
+        if not drop(_quarantined_event(raw, fmt), t, frame.head):
             kept += 1
             continue
         removed += 1
@@ -338,6 +329,7 @@ def _rewrite_segment(
                 scan.identity_rows |= identity_rows(head, path.name, offset)
             elif offset in changes:
                 scan.stale_rows |= identity_rows(frame.head, path.name, offset) - identity_rows(head, path.name, offset)
+                scan.rewritten[(path.name, offset)] = head
         else:
             for idx, entry in enumerate(head.get("q", ())):
                 if entry is not None:

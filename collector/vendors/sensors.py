@@ -347,6 +347,9 @@ class SensorsMapper:
             mapped = self.names.properties(
                 props, vendor_event=None, event=None, builtin={}, presets_only=kind == "profile_delete", dropped=dropped
             )
+            if props and not mapped and kind != "profile_delete":
+                # Only vendor presets the plan does not map (the web SDK's first-visit `$first_*`): counted, not kept.
+                return MappedRecord(i, (), None, tuple(dropped))
             events.append(
                 wire_event(kind, None, event_id=event_id, time_ms=time_ms, identities=identities, properties=mapped)
             )
@@ -481,7 +484,9 @@ def debug_response(
     `verdicts[k]` are the violations of `mapped.events[k]` (empty when valid),
     as the collector's validation gives them. Sensors' debug SDKs treat 200 as
     "valid" and print the body of any other answer; `stored` says whether the
-    records were also kept (no `Dry-Run` header).
+    records were also kept (no `Dry-Run` header). A browser (the request has an
+    `Origin`) gets 200 either way, the web SDK's form: it alerts success for an
+    empty JSON object and shows any other body as the reason for failure.
     """
     if len(verdicts) != len(mapped.events):
         raise ValueError(f"{len(verdicts)} verdicts for {len(mapped.events)} events")
@@ -508,4 +513,7 @@ def debug_response(
         message = f"all {len(rows)} records are valid"
     body = {"valid": not bad, "stored": not dry_run, "message": message, "records": rows}
     data = json.dumps(body, ensure_ascii=False).encode()
+    if header(headers, "origin"):
+        # The web SDK reads a 2xx body as the verdict: `{}` is success, anything else is shown as the failure.
+        return VendorResponse(200, data if bad else b"{}", "application/json; charset=utf-8", cors_headers(headers))
     return VendorResponse(400 if bad else 200, data, "application/json; charset=utf-8", cors_headers(headers))

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.auth import Principal
 from maidian.collector.pipeline.decode import decode_batch
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.dedup import ScopedSeenIds
 from maidian.collector.pipeline.ingest import Ingest, Outcome
 from maidian.collector.pipeline.judge import Judge
 from maidian.collector.store import heads as heads_module
@@ -105,14 +105,14 @@ async def _run(batches: list[dict[str, Any]], directory: Path, *, fast: bool) ->
         JUDGE,
         raw=raw,
         quarantine=quarantine,
-        seen=SeenIds(8 * 86400),
-        quarantined=SeenIds(8 * 86400),
+        seen=ScopedSeenIds(8 * 86400),
+        quarantined=ScopedSeenIds(8 * 86400),
         metrics=Metrics(),
         clock=lambda: NOW_MS / 1000,
     )
     patch = pytest.MonkeyPatch()
     if not fast:
-        patch.setattr(ingest, "_fresh", lambda valid: None)
+        patch.setattr(ingest, "_fresh", lambda valid, seen, pending: None)
         patch.setattr(heads_module, "_one_identity_set", lambda stored: None)
     try:
         answers = []
@@ -151,7 +151,7 @@ def test_the_fast_paths_are_taken_for_an_sdk_batch(tmp_path: Path) -> None:
     taken: list[str] = []
     fresh, summary = Ingest._fresh, heads_module._one_identity_set
     patch = pytest.MonkeyPatch()
-    patch.setattr(Ingest, "_fresh", lambda self, valid: taken.append("fresh") or fresh(self, valid))
+    patch.setattr(Ingest, "_fresh", lambda self, *a: taken.append("fresh") or fresh(self, *a))
     patch.setattr(heads_module, "_one_identity_set", lambda stored: taken.append("summary") or summary(stored))
     device = SOURCES[0]
     evs = [

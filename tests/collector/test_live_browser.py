@@ -1,51 +1,25 @@
 """The live page in headless Chromium: a real `maidian qa` collector, events sent with the SDK, the page checked.
 
-Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it) and
-the `playwright` package (the `dev` extra), which drives it; playwright's own
-browser downloads are never used. Without them these tests skip and say why.
-Screenshots go to test-artifacts/.
+Needs Debian's Chromium and playwright (tests/browser.py); without
+them these tests skip and say why. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from maidian.sdk import Client
+from tests.browser import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
 from tests.collector.qa_process import QaSession, start_qa
-from tests.conftest import MINI_PLAN, ROOT
+from tests.conftest import MINI_PLAN
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ORDER = {"stock_code": "600519", "side": "buy", "price": 1688.5, "quantity": 200}
-TIMEOUT_MS = 15_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("playwright") is None,
-        reason="browser tests need the playwright package: pip install -e '.[dev]'",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +27,6 @@ def qa() -> Iterator[QaSession]:
     session = start_qa("--tag", "build-7")
     yield session
     session.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def send(qa: QaSession, *calls: tuple[str, dict[str, Any]], tag: str = "build-7", login: str | None = None) -> None:

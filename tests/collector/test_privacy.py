@@ -514,12 +514,19 @@ def test_delete_leaves_exactly_the_others_events(
 def test_a_run_stopped_between_steps_is_completed_by_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """Segments rewritten but the catalog not cleaned, or the catalog cleaned but the graph not: a re-run finishes."""
+    """Segments rewritten but the catalog not cleaned, or the catalog cleaned but the graph not: a re-run finishes.
+
+    A second login on A's device (refused: the device is A's) is someone else's: their event stays, with the
+    device id it carries, and so does their login.
+    """
     data = DataDir(tmp_path / "data").create()
     a, b = Person("a", 1), Person("b", 2)
     t0 = 1_763_800_000_000
-    stranger = "13999990000"  # a login refused on A's device: only ever seen beside A's anonymous id
-    refused = {**a.event(t0 + 3), "identities": {"anonymous_id": a.anon, "login_id": stranger}}
+    stranger = "13999990000"
+    refused = {
+        **a.event(t0 + 3, utm_source="branch-pad"),
+        "identities": {"anonymous_id": a.anon, "login_id": stranger},
+    }
     events = [a.event(t0), b.event(t0 + 1), a.event(t0 + 2, login=False), refused, b.event(t0 + 4)]
     write_store(data, events, 2)
     if failing == "catalog":
@@ -530,8 +537,9 @@ def test_a_run_stopped_between_steps_is_completed_by_the_next(
         delete_person(data.root, a.login)
     monkeypatch.undo()
     delete_person(data.root, a.login)
-    assert hits(data.root, [*a.canaries, stranger]) == {}
-    assert stored_ids(data.root) == {events[1]["event_id"], events[4]["event_id"]}
+    assert hits(data.root, [a.anon2, a.login, a.customer_no, a.id_card]) == {}
+    assert stored_ids(data.root) == {events[1]["event_id"], refused["event_id"], events[4]["event_id"]}
+    assert [e["event_id"] for e in person_events(data.root, stranger)] == [refused["event_id"]]
     shutil.copytree(data.root, tmp_path / "rebuilt")
     rebuild(tmp_path / "rebuilt")
     assert catalog_state(data.root) == catalog_state(tmp_path / "rebuilt")

@@ -11,7 +11,7 @@ import pytest
 from maidian.collector.errors import DataDirError
 from maidian.collector.read import export_events, quarantine_records
 from maidian.collector.store.catalog import Catalog
-from maidian.collector.store.frames import MAGIC, encode_frame, read_frames, segment_files
+from maidian.collector.store.frames import MAGIC, encode_frame, read_frames, scan_segment, segment_files
 from maidian.collector.store.log import DataDir, LogWriter
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import DEVICE, body_of, headers_for, order, statuses
@@ -23,7 +23,7 @@ async def post(client: Any, events: list[Any]) -> list[str]:
     return statuses(await resp.json())
 
 
-def test_frames_round_trip_and_stop_at_the_first_bad_one(tmp_path: Path) -> None:
+def test_frames_round_trip_and_a_bad_one_costs_only_itself(tmp_path: Path) -> None:
     path = tmp_path / "w0-00000001.seg"
     frames = [encode_frame({"n": i}, {"e": [], "t": []}) for i in range(3)]
     path.write_bytes(MAGIC + b"".join(frames))
@@ -35,8 +35,11 @@ def test_frames_round_trip_and_stop_at_the_first_bad_one(tmp_path: Path) -> None
     data[second + 12] ^= 0xFF  # corrupt the second frame's payload
     path.write_bytes(bytes(data))
     found, end = read_frames(path)
-    assert [f.head["n"] for f in found] == [0]
-    assert end == second
+    assert [f.head["n"] for f in found] == [0, 2]
+    assert end == path.stat().st_size
+    scanned = scan_segment(path)
+    assert [(d.offset, d.length) for d in scanned.damaged] == [(second, len(frames[1]))]
+    assert scanned.tail is None
     found, _ = read_frames(path, second + len(frames[1]))  # reading from an offset
     assert [f.head["n"] for f in found] == [2]
 

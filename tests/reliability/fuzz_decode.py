@@ -45,11 +45,23 @@ def _imports() -> tuple[Any, ...]:
     from maidian.collector.errors import RequestError
     from maidian.collector.pipeline import decode, judge
     from maidian.collector.pipeline.ingest import _quarantine_frame, build_accepted_frame
+    from maidian.collector.pipeline.scan import scan_msgpack
     from maidian.collector.store import frames
     from maidian.collector.store.ids import id_ranges
     from maidian.tracking_plan import Validator, load_plan
 
-    return decode, frames, judge, id_ranges, RequestError, _quarantine_frame, build_accepted_frame, Validator, load_plan
+    return (
+        decode,
+        frames,
+        judge,
+        id_ranges,
+        RequestError,
+        _quarantine_frame,
+        build_accepted_frame,
+        Validator,
+        load_plan,
+        scan_msgpack,
+    )
 
 
 if atheris is not None and __name__ == "__main__":
@@ -58,9 +70,18 @@ if atheris is not None and __name__ == "__main__":
 else:
     _MODULES = _imports()
 
-decode, frames, judge_mod, id_ranges, RequestError, quarantine_frame, build_accepted_frame, Validator, load_plan = (
-    _MODULES
-)
+(
+    decode,
+    frames,
+    judge_mod,
+    id_ranges,
+    RequestError,
+    quarantine_frame,
+    build_accepted_frame,
+    Validator,
+    load_plan,
+    scan_msgpack,
+) = _MODULES
 
 _PLAN = load_plan(_ROOT / "tests" / "data" / "mini.plan.json")
 _LIMITS = decode.Limits()
@@ -103,6 +124,9 @@ def judge_target(data: bytes) -> None:
             continue
         local.add(event["event_id"])
         encoded = raw if fmt == "msgpack" else msgspec.Raw(msgspec.msgpack.encode(event))
+        # One event, one meaning: the bytes stored decode to what was judged, with no key written twice.
+        assert msgspec.msgpack.decode(encoded) == event, "a stored event decodes to something else"
+        assert not scan_msgpack(bytes(encoded), 1 << 20, 64).duplicate_key, "a stored event repeats a key"
         accepted.append((event, encoded, t, flags))
     refused = []
     q_ids = []

@@ -37,6 +37,8 @@ class Profile:
     # T8: slow, then blackholed collector; slowloris connections.
     t8_slow_s: float
     t8_blackhole_s: float
+    # T8: honest senders beside 300 slow bodies without credentials.
+    t8_slow_bodies_s: float
     # T9: resets mid-body.
     t9_resets: int
     # T20: stateful examples per machine; seconds per atheris target; schemathesis examples per operation.
@@ -61,6 +63,7 @@ CI = Profile(
     t7_rate_ev_s=1000,
     t8_slow_s=12.0,  # long profile: 60 s
     t8_blackhole_s=12.0,  # long profile: 60 s
+    t8_slow_bodies_s=15.0,  # long profile: 120 s
     t9_resets=200,
     t20_examples=500,
     t20_fuzz_s=20,  # long profile: 5 min per target
@@ -82,6 +85,7 @@ LONG = Profile(
     t7_rate_ev_s=1000,
     t8_slow_s=60.0,
     t8_blackhole_s=60.0,
+    t8_slow_bodies_s=120.0,
     t9_resets=2000,
     t20_examples=5000,
     t20_fuzz_s=300,

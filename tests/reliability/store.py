@@ -4,10 +4,10 @@
   taken from the frame heads, so a head that disagreed with its body would
   show), the deduplicated view as `maidian export` gives it, and the ids in the
   quarantine log.
-- `scan_segments`: per segment, where validity ends against its size: a torn
-  tail (bytes after the last whole frame) is allowed only at the end of each
-  writer's newest segment, and only until the next start truncates it;
-  anything else is interior corruption.
+- `scan_segments`: per segment, what is not a valid frame: a torn tail (an
+  append cut short) is allowed only at the end of each writer's newest
+  segment, and only until the next start truncates it; anything else
+  (damaged frames, a whole bad frame at the end) is interior corruption.
 - `sqlite_integrity`: `PRAGMA integrity_check` of every SQLite file in the data
   directory.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from maidian.collector.read import export_events
-from maidian.collector.store.frames import decode_body, read_frames, segment_files
+from maidian.collector.store.frames import decode_body, read_frames, scan_segment, segment_files
 from tests.reliability.ledger import Stored
 
 __all__ = ["Segments", "read_store", "scan_segments", "sqlite_integrity"]
@@ -71,16 +71,17 @@ def scan_segments(data_dir: Path) -> Segments:
         for p in paths:
             newest[p.name.split("-", 1)[0]] = p  # sorted by name: the last one per writer wins
         for path in paths:
-            frames, end = read_frames(path)
-            count += len(frames)
-            size = path.stat().st_size
-            if end == size:
-                continue
+            scanned = scan_segment(path)
+            count += len(scanned.frames)
             key = f"{log}/{path.name}"
-            if newest.get(path.name.split("-", 1)[0]) == path:
-                torn[key] = size - end
-            else:
-                interior[key] = size - end
+            bad = sum(d.length for d in scanned.damaged)
+            if scanned.tail is not None:
+                if scanned.tail_torn and newest.get(path.name.split("-", 1)[0]) == path:
+                    torn[key] = scanned.tail.length
+                else:
+                    bad += scanned.tail.length
+            if bad:
+                interior[key] = bad
     return Segments(torn, interior, count)
 
 

@@ -8,22 +8,33 @@ while full, answers are 503 with Retry-After and never 200 for data that was
 not persisted, /readyz is 503 and /healthz 200; once space is back the
 collector serves again within 5 s without a restart; every acknowledged
 event is stored, and SQLite passes its integrity check.
+
+The commands that read and rewrite a data directory (`events --person`,
+`privacy delete`, `rebuild`) on a full disk (the tmpfs filled, or, where no
+tmpfs can be mounted, a file-size limit that refuses every write past 4 KiB)
+end with the named `DiskError` and exit code 3, never a traceback; `export`,
+which writes nothing, still exports everything; once space is back each
+command finishes its job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from maidian.collector.cli.output import EXIT_DISK
 from tests.reliability.disks import Filler, small_disk
 from tests.reliability.figures import Figures
-from tests.reliability.load import Load
-from tests.reliability.procs import CollectorProcess, http_get, write_config
+from tests.reliability.load import Load, order_event
+from tests.reliability.procs import CollectorProcess, batch_body, http_get, http_post, key_headers, write_config
 from tests.reliability.store import read_store, scan_segments, sqlite_integrity
 
 FULL_FOR_S = 3.0
@@ -124,3 +135,76 @@ async def test_disk_full_then_freed(tmp_path: Path, figures: Figures, disk: str)
     assert all(v == "ok" for v in integrity.values()), integrity
     assert segments.interior == {}
     assert b"maidian_write_errors_total 0" not in metrics
+
+
+def _run_cli(args: list[str], *, fsize_limit: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`maidian ARGS` in a child process; with `fsize_limit`, no file it writes may grow past that many bytes."""
+
+    def limit() -> None:
+        if fsize_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "maidian.collector.cli", *args],
+        capture_output=True,
+        timeout=120,
+        preexec_fn=limit,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "fsize"])
+def test_read_and_rewrite_commands_on_a_full_disk(tmp_path: Path, figures: Figures, disk: str) -> None:
+    """Commands on a full disk end with DiskError's message and exit 3; reading without writing still works."""
+    mount = tmp_path / "disk"
+    with small_disk(mount, 16 << 20) if disk == "tmpfs" else contextlib.nullcontext(False) as mounted:
+        if disk == "tmpfs" and not mounted:
+            pytest.skip("mounting a tmpfs is not allowed here; the fsize variant covers this machine")
+        data = mount / "data"
+        config = write_config(tmp_path / "collector.toml", data)
+        proc = CollectorProcess(config).start()
+        try:
+            now = int(time.time() * 1000)
+            for b in range(5):
+                events = [order_event(f"{b:032x}", i + 1, now, f"dev-{b}") for i in range(100)]
+                assert http_post(proc.url + "/v1/batch", batch_body(events), key_headers())[0] == 200
+        finally:
+            assert proc.stop() == 0
+        for derived in data.glob("*.sqlite*"):
+            derived.unlink()  # readers must now write the catalog and the identity graph to answer
+        filler = Filler(mount / "filler")
+        fsize = None
+        if mounted:
+            filler.fill()
+        else:
+            fsize = 4096  # no file may grow past one page: every catalog write is refused
+        commands = {
+            "events --person": ["events", "--data", str(data), "--person", "dev-1"],
+            "privacy delete": ["privacy", "delete", "--data", str(data), "--person", "dev-1"],
+            "rebuild": ["rebuild", "--data", str(data)],
+        }
+        outcomes: dict[str, int] = {}
+        for name, args in commands.items():
+            done = _run_cli(args, fsize_limit=fsize)
+            outcomes[name] = done.returncode
+            assert b"Traceback" not in done.stderr, (name, done.stderr.decode()[-2000:])
+            assert done.returncode == EXIT_DISK, (name, done.returncode, done.stderr.decode())
+            assert b"run the command again" in done.stderr, (name, done.stderr.decode())
+        exported = _run_cli(["export", "--data", str(data)], fsize_limit=fsize)
+        assert exported.returncode == 0, exported.stderr.decode()
+        assert len(exported.stdout.splitlines()) == 500
+        # Space comes back: the same commands finish the job, and nothing was left half-done.
+        filler.free()
+        assert _run_cli(commands["privacy delete"]).returncode == 0
+        assert _run_cli(commands["events --person"]).returncode == 1  # deleted: no stored event carries it
+        assert _run_cli(commands["rebuild"]).returncode == 0
+        assert _run_cli(["verify", "--data", str(data)]).returncode == 0
+        left = _run_cli(["export", "--data", str(data)])
+        assert len(left.stdout.splitlines()) == 400
+    figures.inputs += len(commands) + 1
+    how = "tmpfs 16 MiB, filled" if mounted else "RLIMIT_FSIZE 4 KiB (EFBIG)"
+    figures.note(
+        f"read and rewrite commands on a full disk ({how}): exit codes {outcomes} (3 = DiskError), no traceback; "
+        "export (reads only) exit 0 with all 500 events; after space came back every command finished its job"
+    )

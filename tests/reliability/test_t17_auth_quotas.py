@@ -89,7 +89,7 @@ def test_secrets_are_compared_only_in_constant_time(figures: Figures) -> None:
     figures.inputs += comparisons
     figures.note(f"static check: {comparisons:,} comparisons in {len(files)} modules, {len(findings)} on secrets")
     assert not findings, findings
-    for must in (ROOT / "collector" / "pipeline" / "collector/pipeline/auth.py", ROOT / "tracking_plan" / "signing.py"):
+    for must in (ROOT / "collector" / "pipeline" / "auth.py", ROOT / "tracking_plan" / "signing.py"):
         assert "hmac.compare_digest" in must.read_text(), must
 
 

@@ -64,6 +64,7 @@ class Sink:
     validator: Any = None  # a maidian.tracking_plan.Validator at the wire stage, or None
     delay_s: float = 0.0
     blackhole: bool = False
+    ssl_context: Any = None  # an ssl.SSLContext: serve https (https://localhost:<port>)
     url: str = ""
     requests: list[RequestLog] = field(default_factory=list)
     raw: list[dict[str, Any]] = field(default_factory=list)
@@ -147,11 +148,11 @@ class Sink:
         self._release = asyncio.Event()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
         port = sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"https://localhost:{port}" if self.ssl_context is not None else f"http://127.0.0.1:{port}"
 
     async def _shutdown(self) -> None:
         if self._release is not None:

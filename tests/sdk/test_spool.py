@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from maidian.sdk import _spool
-from maidian.sdk._spool import Spool
+from maidian.sdk._spool import SourceRecord, Spool
 from maidian.sdk.config import QueueLimits, SpoolConfig
 from maidian.sdk.errors import ConfigError
 
@@ -56,12 +56,66 @@ def test_a_corrupt_frame_ends_the_segment_there(tmp_path: Path) -> None:
     again.close()
 
 
-def test_two_live_clients_never_share_a_spool(tmp_path: Path) -> None:
-    first = Spool(SpoolConfig(str(tmp_path)), QueueLimits())
-    with pytest.raises(ConfigError, match="in use"):
-        Spool(SpoolConfig(str(tmp_path)), QueueLimits())
-    first.close()
-    Spool(SpoolConfig(str(tmp_path)), QueueLimits()).close()
+def test_live_clients_on_one_path_each_get_a_slot_of_their_own(tmp_path: Path) -> None:
+    config = SpoolConfig(str(tmp_path), fsync_interval_s=0)
+    spools = [Spool(config, QueueLimits()) for _ in range(3)]
+    assert len({s.slot for s in spools}) == 3
+    for i, spool in enumerate(spools):
+        spool.put(EVENT + bytes([i]))
+    for i, spool in enumerate(spools):
+        assert spool.take(10, 1 << 20)[0] == [EVENT + bytes([i])]  # nobody reads another's frames
+    for spool in spools:
+        spool.close()
+
+
+def test_a_new_client_adopts_the_slots_of_dead_ones_so_nothing_is_stranded(tmp_path: Path) -> None:
+    config = SpoolConfig(str(tmp_path), fsync_interval_s=0)
+    spools = [Spool(config, QueueLimits()) for _ in range(4)]
+    for i, spool in enumerate(spools):
+        for j in range(5):
+            spool.put(EVENT + bytes([i, j]))
+    for spool in spools:
+        spool.close()  # four workers gone, unsent frames left in four slots
+    survivor = Spool(config, QueueLimits())  # the restarted server has one worker
+    events, refs = survivor.take(100, 1 << 20)
+    assert sorted(events) == sorted(EVENT + bytes([i, j]) for i in range(4) for j in range(5))
+    other = Spool(config, QueueLimits())  # a second process meanwhile: the orphans are held
+    assert other.pending() == 0
+    survivor.settle(refs)
+    survivor.close()
+    other.close()
+    assert not list(tmp_path.rglob("*.seg"))
+
+
+def test_a_slot_held_by_a_live_client_is_never_adopted(tmp_path: Path) -> None:
+    config = SpoolConfig(str(tmp_path), fsync_interval_s=0)
+    live = Spool(config, QueueLimits())
+    live.put(EVENT)
+    newcomer = Spool(config, QueueLimits())
+    assert newcomer.pending() == 0
+    assert live.pending() == 1
+    newcomer.close()
+    live.close()
+
+
+def test_the_source_id_continues_after_a_clean_close_and_never_after_a_crash(tmp_path: Path) -> None:
+    config = SpoolConfig(str(tmp_path), fsync_interval_s=0)
+    first = Spool(config, QueueLimits())
+    assert first.record is None
+    first.close(SourceRecord("a" * 32, 101, {"overflow": 3}))
+    second = Spool(config, QueueLimits())
+    assert second.record == SourceRecord("a" * 32, 101, {"overflow": 3})
+    # second is "killed": its descriptors go away without a close, so no record is written
+    second.abandon()
+    third = Spool(config, QueueLimits())
+    assert third.record is None, "a sequence number could be reused after a crash"
+    third.close()
+
+
+def test_a_spool_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        Spool(SpoolConfig(str(tmp_path / "file" / "spool")), QueueLimits())
 
 
 def test_at_the_byte_cap_drop_oldest_drops_whole_old_segments_counted_exactly(tmp_path: Path) -> None:

@@ -210,6 +210,32 @@ FAILING: list[tuple[str, Change, str]] = [
         lambda d: d["events"]["account_login"].update({"x-lint-ignore": ["no-such-rule"]}),
         "/events/account_login/x-lint-ignore",
     ),
+    (
+        "funnel",
+        lambda d: d.update({"funnels": {"buy": {"steps": [{"event": "account_login"}, {"event": "stock_nope"}]}}}),
+        "/funnels/buy/steps/1/event",
+    ),
+    (
+        "funnel",
+        lambda d: d.update({"funnels": {"buy": {"steps": [{"event": "account_login"}] * 2, "identity": "device_id"}}}),
+        "/funnels/buy/identity",
+    ),
+    (
+        "funnel-annotation",
+        lambda d: (
+            d["events"]["account_login"].update({"x-funnel": {"name": "buy", "step": 1}}),
+            d["events"]["stock_order_submit"].update({"x-funnel": {"name": "buy", "step": 3}}),
+        ),
+        "/events/account_login/x-funnel",
+    ),
+    (
+        "funnel-annotation",
+        lambda d: (
+            d["events"]["stock_order_submit"].update({"x-funnel": {"name": "buy", "step": 1}}),
+            d.update({"funnels": {"buy": {"steps": [{"event": "account_login"}, {"event": "stock_order_submit"}]}}}),
+        ),
+        "/events/stock_order_submit/x-funnel",
+    ),
 ]
 
 

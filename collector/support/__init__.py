@@ -1,0 +1,7 @@
+"""The support agents' view: staff accounts and sessions, finding a person, their timeline, the audit.
+
+`access` (passwords, tokens, sessions, CSRF, lock-out, single sign-on),
+`search` and `timeline` (one person's events, paged, as the identity graph
+attributes them) and `audit` hold no HTTP: `http/support_routes.py` serves them.
+docs/guide-support.md is the long form.
+"""
