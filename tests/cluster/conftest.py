@@ -1,8 +1,10 @@
 """Fixtures for cluster mode: real Kafka brokers (kafka.py) and a real PostgreSQL server (postgres.py).
 
-- `kafka`: one KRaft broker for the whole session; tests create their own topics (`topic_name`).
-- `kafka3`: three brokers (replication factor 3, min.insync.replicas=2) for one test, for fault tests.
-- `postgres`: one PostgreSQL server for the session.
+- `kafka`: one KRaft broker for the cluster tests (package scope: stopped once they are done); tests
+  create their own topics (`topic_name`).
+- `kafka3`: three brokers (replication factor 3, min.insync.replicas=2) for the fault tests of one module
+  (each test restarts what it kills and uses its own topics).
+- `postgres`: one PostgreSQL server for the cluster tests.
 
 Each fixture stops what it started, by PID, at teardown. None of them skips: a server that cannot start
 fails the test with the reason.
@@ -32,17 +34,17 @@ def _running(brokers: int) -> Iterator[KafkaCluster]:
             cluster.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kafka() -> Iterator[KafkaCluster]:
     yield from _running(1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kafka3() -> Iterator[KafkaCluster]:
     yield from _running(3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer.start()
     try:
