@@ -285,8 +285,8 @@ class Config:
     time: TimeConfig = TimeConfig()
     limits: Limits = DEFAULT_LIMITS
     live: LiveConfig = LiveConfig()
-    sink: SinkConfig = SinkConfig()
     support: SupportConfig = SupportConfig()
+    sink: SinkConfig = SinkConfig()
 
 
 # -- resolving -----------------------------------------------------------------
@@ -581,8 +581,8 @@ def resolve_config(
         time=_group("time", TimeConfig, tables["time"]),
         limits=_group("limits", Limits, tables["limits"]),
         live=_group("live", LiveConfig, tables["live"]),
-        sink=_group("sink", SinkConfig, tables["sink"]),
         support=_support(doc.get("support", {})),
+        sink=_group("sink", SinkConfig, tables["sink"]),
         auth=AuthConfig(
             write_keys=tuple(keys),
             sources=sources,
@@ -628,11 +628,11 @@ def check_config(config: Config) -> Config:
         )
     if live.history_events < 0 or live.queue_events < 1:
         raise ConfigError("live: history_events must be >= 0 and queue_events >= 1")
+    _check_support(config.support)
     if config.sink.kind not in ("local", "kafka"):
         raise ConfigError("sink.kind: expected 'local' or 'kafka'")
     if config.sink.kind == "kafka" and not config.sink.kafka_bootstrap:
         raise ConfigError("sink.kafka_bootstrap: the kafka sink needs the brokers (--kafka-bootstrap HOST:PORT,...)")
-    _check_support(config.support)
     if not config.auth.write_keys and not config.auth.sources:
         raise ConfigError("no write key or server source: give --write-key, MAIDIAN_WRITE_KEYS or [[write_keys]]")
     return config

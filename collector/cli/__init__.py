@@ -39,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_collector_commands(sub)
     add_qa_commands(sub)
     add_privacy_commands(sub)
-    add_cluster_commands(sub)
     add_import_commands(sub)
     add_support_commands(sub)
     add_lake_commands(sub)
+    add_cluster_commands(sub)
     return parser
 
 

@@ -203,6 +203,12 @@ class IdentityGraph:
             out.setdefault(t, set()).add(v)
         return out
 
+    def first_seen(self, person: PersonId) -> dict[tuple[str, str], int]:
+        """When each identity of a person was first seen (the earliest event time that carried it), in ms."""
+        with self._lock:
+            rows = self._ready().identities_seen(person)
+        return {(t, v): first for t, v, first in rows}
+
     def cluster_members(self, identities: Iterable[tuple[str, str]]) -> list[tuple[str, str, PersonId]]:
         """(type, value, person) of every identity connected, by any link made or refused, to the given ones.
 
@@ -216,12 +222,6 @@ class IdentityGraph:
         """Every identity's person: (type, value) -> person id."""
         with self._lock:
             return self._ready().all_persons()
-
-    def first_seen(self, person: PersonId) -> dict[tuple[str, str], int]:
-        """When each identity of a person was first seen (the earliest event time that carried it), in ms."""
-        with self._lock:
-            rows = self._ready().identities_seen(person)
-        return {(t, v): first for t, v, first in rows}
 
     def find(self, value: str, identity_type: str | None = None) -> PersonId | None:
         """The person that any identity with this value (of this type, if given) belongs to.

@@ -230,6 +230,11 @@ class Store:
             (str(t), str(v)) for t, v in self.conn.execute("SELECT type, value FROM node WHERE person = ?", (person,))
         ]
 
+    def identities_seen(self, person: str) -> list[tuple[str, str, int]]:
+        """(type, value, first event time) for every identity of a person."""
+        rows = self.conn.execute("SELECT type, value, first_time FROM node WHERE person = ?", (person,))
+        return [(str(t), str(v), int(f)) for t, v, f in rows]
+
     def cluster_members(self, identities: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
         """(type, value, person) of every identity in the clusters of the given identities."""
         conn = self.conn
@@ -246,11 +251,6 @@ class Store:
 
     def all_persons(self) -> dict[tuple[str, str], str]:
         return {(str(t), str(v)): str(p) for t, v, p in self.conn.execute("SELECT type, value, person FROM node")}
-
-    def identities_seen(self, person: str) -> list[tuple[str, str, int]]:
-        """(type, value, first event time) for every identity of a person."""
-        rows = self.conn.execute("SELECT type, value, first_time FROM node WHERE person = ?", (person,))
-        return [(str(t), str(v), int(f)) for t, v, f in rows]
 
     def find(self, value: str) -> list[tuple[str, str]]:
         """(type, person) for every identity with this value."""

@@ -160,6 +160,10 @@ def templates(seq: int) -> list[Template]:
         Template("POST", "/live/session", "", {"Content-Type": "application/json"}, b'{"token": "%s"}' % token),
         Template("POST", "/segment/v1/track", "", segment, json.dumps(segment_msg).encode()),
         Template("OPTIONS", "/segment/v1/track", "", preflight, b""),
+        Template("GET", f"/segment/v1/projects/{KEY}/settings", "", {}, b""),
+        Template("OPTIONS", f"/segment/v1/projects/{KEY}/settings", "", preflight, b""),
+        Template("POST", "/segment/v1/m", "", {"Content-Type": "text/plain"}, b'{"series": []}'),
+        Template("OPTIONS", "/segment/v1/m", "", preflight, b""),
     ]
     for path in ("/sa", "/sa.gif", "/debug"):
         out.append(Template("POST", path, "", form, sensors_body))
@@ -180,7 +184,11 @@ def _route_keys(app: web.Application) -> set[tuple[str, str]]:
 
 def _template_key(template: Template) -> tuple[str, str]:
     path = template.path
-    if path.startswith("/segment/v1/"):
+    if path.startswith("/segment/v1/projects/"):
+        path = "/segment/v1/projects/{write_key}/settings"
+    elif path == "/segment/v1/m":
+        pass
+    elif path.startswith("/segment/v1/"):
         path = "/segment/v1/{endpoint}"
     elif path.startswith("/live/assets/"):
         path = "/live/assets/{name}"

@@ -12,23 +12,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from maidian.collector.cli import main
-from tests.collector.test_live_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.browser import ARTIFACTS, BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.conftest import ROOT
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("playwright") is None,
-        reason="browser tests need the playwright package: pip install -e '.[dev]'",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 def _generator() -> Any:
