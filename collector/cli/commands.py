@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from maidian.collector.cli.output import emit_json_line, reporting
-from maidian.collector.errors import NoSuchPerson
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
 # The key the apps hash `x-pii: hash` identities with (the SDK reads the same variable).
@@ -96,7 +95,8 @@ def _check_config(config: Any, file: str | None) -> int:
 def _events(args: argparse.Namespace) -> int:
     import os
 
-    from maidian.collector.cli.privacy import audit
+    from maidian.collector.cli.audit import audit
+    from maidian.collector.errors import NoSuchPerson
     from maidian.collector.read import find_person_events
 
     key = os.environ.get(PII_KEY_ENV, "")

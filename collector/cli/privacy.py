@@ -7,24 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from maidian.collector.cli.audit import add_audit_arguments, audit
 from maidian.collector.cli.commands import _load_plan, _time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
 __all__ = ["add_privacy_commands"]
-
-
-def audit(args: argparse.Namespace, action: str, person: str | None) -> None:
-    """Append the command's person-level access to the data directory's audit log (privacy/audit.py)."""
-    from maidian.collector.privacy.audit import NOT_FOUND, AuditLog, current_actor
-
-    log = AuditLog(Path(args.data))
-    log.append(args.actor or current_actor(), "cli", action, person or NOT_FOUND, args.reason or "")
-
-
-def add_audit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
-    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
 
 
 @reporting
@@ -43,7 +31,8 @@ def _audit(args: argparse.Namespace) -> int:
 
     from maidian.collector.privacy.audit import AuditLog
 
-    for record in reversed(AuditLog(Path(args.data)).list(limit=args.limit)):
+    log = AuditLog(Path(args.data), name="support.jsonl") if args.support else AuditLog(Path(args.data))
+    for record in reversed(log.list(limit=args.limit)):
         emit_json_line(asdict(record), sys.stdout)
     return EXIT_OK
 
@@ -151,6 +140,9 @@ def add_privacy_commands(sub: Any) -> None:
     )
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--limit", type=int, default=10_000, help="the newest this many records (default 10000)")
+    p.add_argument(
+        "--support", action="store_true", help="the support view's trail instead (lookups, timeline views, exports)"
+    )
 
     p = add_command(
         qsub,
