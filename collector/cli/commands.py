@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from maidian.collector.cli.options import audit, load_plan, time_ms
+from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
@@ -292,8 +292,7 @@ def add_collector_commands(sub: Any) -> None:
         help=f"the tracking plan, for its identity rules (default: the built-in rules); with it and {PII_KEY_ENV},"
         " a raw value of a hashed identity type (a mobile number) is hashed before the lookup",
     )
-    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
-    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
+    add_audit_arguments(p)
 
     p = add_command(
         sub,
