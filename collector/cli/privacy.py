@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.audit import add_audit_arguments, audit
-from maidian.collector.cli.commands import _load_plan, _time_ms
+from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
@@ -19,7 +18,7 @@ __all__ = ["add_privacy_commands"]
 def _delete(args: argparse.Namespace) -> int:
     from maidian.collector.privacy.operations import delete_person
 
-    cleared = delete_person(Path(args.data), args.person, suppress=args.suppress, plan=_load_plan(args.plan))
+    cleared = delete_person(Path(args.data), args.person, suppress=args.suppress, plan=load_plan(args.plan))
     audit(args, "delete", cleared.person)
     print("\n".join(cleared.lines()))
     return EXIT_OK
@@ -43,7 +42,7 @@ def _export(args: argparse.Namespace) -> int:
     from maidian.collector.privacy.operations import export_person_records
 
     person, records = export_person_records(
-        Path(args.data), args.person, plan=_load_plan(args.plan), quarantined=args.quarantined
+        Path(args.data), args.person, plan=load_plan(args.plan), quarantined=args.quarantined
     )
     audit(args, "export", person)
     out = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
@@ -66,9 +65,9 @@ def _retention(args: argparse.Namespace) -> int:
 
     from maidian.collector.privacy.operations import retain
 
-    now_ms = _time_ms(args.now) if args.now is not None else int(time.time() * 1000)
+    now_ms = time_ms(args.now) if args.now is not None else int(time.time() * 1000)
     assert now_ms is not None
-    cleared = retain(Path(args.data), args.days, now_ms=now_ms, plan=_load_plan(args.plan))
+    cleared = retain(Path(args.data), args.days, now_ms=now_ms, plan=load_plan(args.plan))
     print("\n".join(cleared.lines()))
     return EXIT_OK
 
