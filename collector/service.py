@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 from maidian.collector.config import Config
 from maidian.collector.errors import DataDirError
+from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.ingest import Ingest
 from maidian.collector.pipeline.judge import Judge
@@ -41,6 +42,8 @@ from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
 from maidian.collector.store.suppression import load_suppression
 from maidian.tracking_plan import Plan, Validator, load_plan
+
+T = TypeVar("T")
 
 __all__ = ["Collector"]
 
@@ -212,6 +215,22 @@ class Collector:
     async def catch_up_catalog(self) -> None:
         """Index the log into the catalog and feed the identity graph now (on the indexer thread)."""
         await asyncio.get_running_loop().run_in_executor(self._index_pool, self._index)
+
+    async def read_catalog(self, fn: Callable[[Catalog, IdentityGraph], T]) -> T:
+        """`fn(catalog, identity graph)` on the indexer thread, both brought up to date first.
+
+        Readers inside the server (the support view) share the one catalog and
+        identity graph the indexer keeps: no second feed opens the same files.
+        """
+
+        def run() -> T:
+            self._index()
+            catalog, feed = self._catalog, self._feed
+            if catalog is None or feed is None:  # _index opens both
+                raise DataDirError("the catalog could not be opened")
+            return fn(catalog, feed.graph)
+
+        return await asyncio.get_running_loop().run_in_executor(self._index_pool, run)
 
     def _index(self) -> None:
         if self._catalog is None:

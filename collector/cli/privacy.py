@@ -30,7 +30,8 @@ def _audit(args: argparse.Namespace) -> int:
 
     from maidian.collector.privacy.audit import AuditLog
 
-    for record in reversed(AuditLog(Path(args.data)).list(limit=args.limit)):
+    log = AuditLog(Path(args.data), name="support.jsonl") if args.support else AuditLog(Path(args.data))
+    for record in reversed(log.list(limit=args.limit)):
         emit_json_line(asdict(record), sys.stdout)
     return EXIT_OK
 
@@ -138,6 +139,9 @@ def add_privacy_commands(sub: Any) -> None:
     )
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--limit", type=int, default=10_000, help="the newest this many records (default 10000)")
+    p.add_argument(
+        "--support", action="store_true", help="the support view's trail instead (lookups, timeline views, exports)"
+    )
 
     p = add_command(
         qsub,

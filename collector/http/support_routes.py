@@ -29,6 +29,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -45,9 +46,10 @@ from aiohttp import web
 from maidian.collector.config import SupportConfig
 from maidian.collector.http.live_routes import LIVE
 from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
+from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.privacy.audit import AuditLog
 from maidian.collector.qa.live import LiveFilter, LiveHub
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
 from maidian.collector.support.access import Access, LockedOut, Session
 from maidian.collector.support.timeline import Found, PersonFrames, Timeline, TimelineFilter, find_person
 
@@ -85,29 +87,6 @@ class _View:
     memory: PersonFrames = field(default_factory=PersonFrames)
 
 
-class _Reader:
-    """The catalog and identity graph the support view reads, used from its one thread only."""
-
-    def __init__(self, collector: Collector) -> None:
-        self.collector = collector
-        self.catalog: Catalog | None = None
-        self.feed: IdentityFeed | None = None
-
-    def fresh(self) -> tuple[Catalog, IdentityFeed]:
-        if self.catalog is None or self.feed is None:
-            self.catalog = Catalog(self.collector.data)
-            self.feed = IdentityFeed.for_plan(self.collector.data, self.collector.plan)
-        self.catalog.catch_up(self.feed)
-        return self.catalog, self.feed
-
-    def close(self) -> None:
-        if self.catalog is not None:
-            self.catalog.close()
-        if self.feed is not None:
-            self.feed.close()
-        self.catalog = self.feed = None
-
-
 class _Support:
     """The support view's state in one collector process."""
 
@@ -117,7 +96,6 @@ class _Support:
         self.access = Access(settings)
         self.audit = AuditLog(collector.data.root, name="support.jsonl")
         self.timeline = Timeline(collector.data.root, collector.plan, settings.time_zone)
-        self.reader = _Reader(collector)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="maidian-support")
         key = os.environ.get(settings.pii_key_env, "")
         self.pii_key = key.encode() if key else None
@@ -295,11 +273,10 @@ async def _search(request: web.Request, session: Session) -> web.StreamResponse:
     if kind is not None and kind not in state.collector.plan.identities:
         return _error(400, "bad_request", "not an identity type of the plan")
 
-    def look() -> Found | None:
-        _catalog, feed = state.reader.fresh()
-        return find_person(feed.graph, state.collector.plan, value, kind, pii_key=state.pii_key)
+    def look(_catalog: Catalog, graph: IdentityGraph) -> Found | None:
+        return find_person(graph, state.collector.plan, value, kind, pii_key=state.pii_key)
 
-    found = await state.run(look)
+    found = await state.collector.read_catalog(look)
     session.view = None
     if found is None:
         await state.run(state.audit.append, session.account, session.role, "lookup_miss", "", reason)
@@ -349,20 +326,19 @@ async def _timeline(request: web.Request, session: Session, view: _View) -> web.
     flt = _filter(state, body)
     cursor = body.get("cursor") if isinstance(body.get("cursor"), str) else None
 
-    def read() -> dict[str, Any]:
-        catalog, feed = state.reader.fresh()
+    def read(catalog: Catalog, graph: IdentityGraph) -> dict[str, Any]:
         page = state.timeline.page(
-            catalog, feed.graph, view.found, view.memory, flt=flt, cursor=cursor, limit=state.settings.page_events
+            catalog, graph, view.found, view.memory, flt=flt, cursor=cursor, limit=state.settings.page_events
         )
         out: dict[str, Any] = {"events": page.events, "cursor": page.cursor}
         names = {e["event"] for e in page.events}
         if cursor is None:
-            out["quarantined"] = state.timeline.quarantined(feed.graph, view.found, flt)
+            out["quarantined"] = state.timeline.quarantined(graph, view.found, flt)
             names |= {e["event"] for e in out["quarantined"]}
         out["notes"] = state.timeline.notes(names)
         return out
 
-    out = await state.run(read)
+    out = await state.collector.read_catalog(read)
     await state.run(state.audit.append, session.account, session.role, "view", view.found.person, view.reason)
     return json_response(out)
 
@@ -383,13 +359,12 @@ async def _export(request: web.Request, session: Session, view: _View) -> web.St
     cursor: str | None = None
     while True:
 
-        def read(c: str | None = cursor) -> Any:
-            catalog, feed = state.reader.fresh()
+        def read(catalog: Catalog, graph: IdentityGraph, c: str | None = cursor) -> Any:
             return state.timeline.page(
-                catalog, feed.graph, view.found, memory, flt=TimelineFilter(), cursor=c, limit=_EXPORT_PAGE
+                catalog, graph, view.found, memory, flt=TimelineFilter(), cursor=c, limit=_EXPORT_PAGE
             )
 
-        page = await state.run(read)
+        page = await state.collector.read_catalog(read)
         await response.write(b"".join(json.dumps(e, ensure_ascii=False).encode() + b"\n" for e in page.events))
         if page.cursor is None:
             break
@@ -425,8 +400,7 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
     ready = asyncio.Event()
     sub = hub.subscribe(LiveFilter(), ready.set, after_seq=hub.history[-1].seq if hub.history else 0)
 
-    def pick(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        _catalog, feed = state.reader.fresh()
+    def pick(docs: list[dict[str, Any]], _catalog: Catalog, graph: IdentityGraph) -> list[dict[str, Any]]:
         out = []
         for doc in docs:
             event = doc.get("payload")
@@ -434,7 +408,7 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
                 continue
             ids = {str(t): str(v) for t, v in (doc.get("identities") or {}).items()}
             trusted = doc.get("source") in signed
-            if doc.get("verdict") == "accepted" and feed.graph.attribute(ids, trusted=trusted) not in (
+            if doc.get("verdict") == "accepted" and graph.attribute(ids, trusted=trusted) not in (
                 None,
                 view.found.person,
             ):
@@ -458,7 +432,7 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
             ]
             if not docs:
                 continue
-            events = await state.run(pick, docs)
+            events = await state.collector.read_catalog(functools.partial(pick, docs))
             if events:
                 notes = state.timeline.notes({e["event"] for e in events})
                 data = json.dumps({"events": events, "notes": notes}, ensure_ascii=False).encode()
@@ -488,7 +462,6 @@ def mount_support(app: web.Application, collector: Collector) -> None:
         yield
         if own and state.hub is not None:
             state.hub.close()
-        await state.run(state.reader.close)
         state.pool.shutdown(wait=True)
 
     async def stop_streams(app: web.Application) -> None:

@@ -190,8 +190,10 @@ async def test_search_by_any_declared_identity_finds_the_same_person(support: Cl
 
 
 async def test_a_search_needs_a_reason_and_is_audited_without_the_value(
-    support: Client, caplog: pytest.LogCaptureFixture
+    support: Client, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from maidian.collector.cli import main
+
     caplog.set_level(logging.DEBUG)
     csrf = await login(support, sd.AGENT, sd.AGENT_PASSWORD)
     status, body = await search(support, csrf, sd.MOBILE, reason="")
@@ -206,6 +208,10 @@ async def test_a_search_needs_a_reason_and_is_audited_without_the_value(
         (sd.AGENT, "agent", "view", found["person"]),
     ]
     assert all(r["reason"] == "来电 0571-1234 入金失败" and r["at_ms"] > 0 for r in records)
+    capsys.readouterr()
+    assert main(["privacy", "audit", "--data", str(audit_path(support).parent.parent), "--support"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["action"] for r in listed] == ["lookup", "view"]  # oldest first, as `maidian privacy audit` prints
     audit_bytes = audit_path(support).read_bytes()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for secret in (sd.MOBILE, hash_value(sd.MOBILE, sd.PII_KEY)):
