@@ -8,14 +8,13 @@ without the collector's dependencies, and returns an exit code: 0 done,
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
-from maidian.collector.errors import NoSuchPerson
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
 # The key the apps hash `x-pii: hash` identities with (the SDK reads the same variable).
@@ -24,29 +23,6 @@ PII_KEY_ENV: Final = "MAIDIAN_PII_KEY"
 __all__ = ["add_collector_commands"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _time_ms(text: str | None) -> int | None:
-    """Epoch milliseconds from an integer or an ISO 8601 date/time (UTC unless it says otherwise)."""
-    if text is None:
-        return None
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
-
-
-def _load_plan(path: str | None) -> Any:
-    if path is None:
-        return None
-    from maidian.tracking_plan import load_plan
-
-    return load_plan(path)
 
 
 @reporting
@@ -96,13 +72,13 @@ def _check_config(config: Any, file: str | None) -> int:
 def _events(args: argparse.Namespace) -> int:
     import os
 
-    from maidian.collector.cli.privacy import audit
+    from maidian.collector.errors import NoSuchPerson
     from maidian.collector.read import find_person_events
 
     key = os.environ.get(PII_KEY_ENV, "")
     try:
         view = find_person_events(
-            Path(args.data), args.person, args.type, plan=_load_plan(args.plan), pii_key=key.encode() or None
+            Path(args.data), args.person, args.type, plan=load_plan(args.plan), pii_key=key.encode() or None
         )
     except NoSuchPerson:
         audit(args, "read", None)
@@ -142,8 +118,8 @@ def _export(args: argparse.Namespace) -> int:
     count = 0
     for record in export_events(
         Path(args.data),
-        since_ms=_time_ms(args.since),
-        until_ms=_time_ms(args.until),
+        since_ms=time_ms(args.since),
+        until_ms=time_ms(args.until),
         quarantined=args.quarantined,
         progress=progress,
         on_damage=lambda log, damage: damaged.append((log, damage)),
@@ -184,7 +160,7 @@ def _quarantine_list(args: argparse.Namespace) -> int:
 def _quarantine_replay(args: argparse.Namespace) -> int:
     from maidian.collector.read import replay_quarantine
 
-    report = replay_quarantine(Path(args.data), _load_plan(args.plan))
+    report = replay_quarantine(Path(args.data), load_plan(args.plan))
     print(
         f"moved {report.moved} events into the raw log; {report.duplicate} were already there; "
         f"{report.still_invalid} still fail the plan; {report.already_replayed} were replayed before"
@@ -214,7 +190,7 @@ def _drops(args: argparse.Namespace) -> int:
 def _rebuild(args: argparse.Namespace) -> int:
     from maidian.collector.read import rebuild
 
-    counts = rebuild(Path(args.data), _load_plan(args.plan))
+    counts = rebuild(Path(args.data), load_plan(args.plan))
     print(f"rebuilt the catalog: {counts['accepted']} accepted, {counts['quarantined']} quarantined events")
     return EXIT_OK
 
@@ -316,8 +292,7 @@ def add_collector_commands(sub: Any) -> None:
         help=f"the tracking plan, for its identity rules (default: the built-in rules); with it and {PII_KEY_ENV},"
         " a raw value of a hashed identity type (a mobile number) is hashed before the lookup",
     )
-    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
-    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
+    add_audit_arguments(p)
 
     p = add_command(
         sub,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _time_ms
+from maidian.collector.cli.options import time_ms
 from maidian.collector.cli.output import reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
@@ -37,7 +37,7 @@ def _import(args: argparse.Namespace) -> int:
         project=getattr(args, "project", "default"),
         write_key_name=getattr(args, "write_key_name", None),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        backfill_since_ms=_time_ms(args.backfill_since),
+        backfill_since_ms=time_ms(args.backfill_since),
     )
     stopping: list[int] = []
     if args.follow:

@@ -7,31 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _load_plan, _time_ms
+from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
 from maidian.tracking_plan.cli import EXIT_OK, add_command
 
 __all__ = ["add_privacy_commands"]
 
 
-def audit(args: argparse.Namespace, action: str, person: str | None) -> None:
-    """Append the command's person-level access to the data directory's audit log (privacy/audit.py)."""
-    from maidian.collector.privacy.audit import NOT_FOUND, AuditLog, current_actor
-
-    log = AuditLog(Path(args.data))
-    log.append(args.actor or current_actor(), "cli", action, person or NOT_FOUND, args.reason or "")
-
-
-def add_audit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
-    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
-
-
 @reporting
 def _delete(args: argparse.Namespace) -> int:
     from maidian.collector.privacy.operations import delete_person
 
-    cleared = delete_person(Path(args.data), args.person, suppress=args.suppress, plan=_load_plan(args.plan))
+    cleared = delete_person(Path(args.data), args.person, suppress=args.suppress, plan=load_plan(args.plan))
     audit(args, "delete", cleared.person)
     print("\n".join(cleared.lines()))
     return EXIT_OK
@@ -54,7 +41,7 @@ def _export(args: argparse.Namespace) -> int:
     from maidian.collector.privacy.operations import export_person_records
 
     person, records = export_person_records(
-        Path(args.data), args.person, plan=_load_plan(args.plan), quarantined=args.quarantined
+        Path(args.data), args.person, plan=load_plan(args.plan), quarantined=args.quarantined
     )
     audit(args, "export", person)
     out = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
@@ -77,9 +64,9 @@ def _retention(args: argparse.Namespace) -> int:
 
     from maidian.collector.privacy.operations import retain
 
-    now_ms = _time_ms(args.now) if args.now is not None else int(time.time() * 1000)
+    now_ms = time_ms(args.now) if args.now is not None else int(time.time() * 1000)
     assert now_ms is not None
-    cleared = retain(Path(args.data), args.days, now_ms=now_ms, plan=_load_plan(args.plan))
+    cleared = retain(Path(args.data), args.days, now_ms=now_ms, plan=load_plan(args.plan))
     print("\n".join(cleared.lines()))
     return EXIT_OK
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.cli.commands import _time_ms
+from maidian.collector.cli.options import time_ms
 from maidian.collector.cli.output import reporting
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
@@ -43,7 +43,7 @@ def _coverage(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     report = coverage_of_data(
-        Path(args.data), plan, since_ms=_time_ms(args.since), until_ms=_time_ms(args.until), tag=args.tag
+        Path(args.data), plan, since_ms=time_ms(args.since), until_ms=time_ms(args.until), tag=args.tag
     )
     if args.format == "json":
         text = json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n"

@@ -51,6 +51,7 @@ import zstandard
 
 from maidian.collector.errors import CollectorError
 from maidian.collector.identity import IdentityGraph
+from maidian.collector.pipeline.dedup import head_scope
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.frames import scan_frames, segment_files
 from maidian.collector.store.log import DataDir, sync_dir
@@ -152,15 +153,16 @@ class _Attribution:
     def __init__(self, graph: IdentityGraph) -> None:
         self.graph = graph
         self.priorities = graph.policy.priorities
-        self.cache: dict[tuple[tuple[str, Any], ...], tuple[int, str | None]] = {}
+        # (signed sender?, the event's identities) -> (identity key, person)
+        self.cache: dict[tuple[bool, tuple[tuple[str, Any], ...]], tuple[int, str | None]] = {}
         # (type, value) -> the earliest corrected time this pass saw it at
         self.seen: dict[tuple[str, str], int] = {}
 
-    def of(self, identities: dict[str, Any], when: int) -> tuple[int, str | None]:
+    def of(self, identities: dict[str, Any], when: int, trusted: bool) -> tuple[int, str | None]:
         items = tuple(identities.items())
-        found = self.cache.get(items)
+        found = self.cache.get((trusted, items))
         if found is None:
-            found = self.cache[items] = self._resolve(identities)
+            found = self.cache[trusted, items] = self._resolve(identities, trusted)
         seen = self.seen
         for t, v in items:
             first = seen.get((t, v))
@@ -168,10 +170,10 @@ class _Attribution:
                 seen[t, v] = when
         return found
 
-    def _resolve(self, identities: Mapping[str, Any]) -> tuple[int, str | None]:
+    def _resolve(self, identities: Mapping[str, Any], trusted: bool) -> tuple[int, str | None]:
         clean = {str(t): str(v) for t, v in identities.items()}
         order = sorted(clean, key=lambda t: (self.priorities.get(t, 100), t))
-        person = self.graph.attribute(clean)
+        person = self.graph.attribute(clean, trusted=trusted)
         if person is not None:
             for t in order:
                 if self.graph.person_of(t, clean[t]) == person:
@@ -375,7 +377,8 @@ class _Pass:
         # Rows waiting to be written, per (table, date): a date's rows go out together, in as few files as fit.
         self.pending: dict[tuple[bool, int], _Rows] = {}
         self.pending_rows = 0
-        self.ids: set[str] = set()
+        # (sender scope, event id): an id repeats only within its sender's scope (pipeline/dedup.py)
+        self.ids: set[tuple[str, str]] = set()
         self.counts = {"events": 0, "profiles": 0, "duplicates": 0, "files": 0, "frames": 0, "bytes": 0}
         self.touched: set[str] = set()
         self.file_numbers: dict[str, int] = {}
@@ -409,6 +412,8 @@ class _Pass:
             body = _lenient_body(raw)
         received = int(head.get("at", 0))
         source = str(head.get("src", ""))
+        scope = head_scope(head)
+        trusted = bool(head.get("trusted"))
         ids = self.ids
         attribution = self.attribution
         day = self.zone.day
@@ -418,12 +423,12 @@ class _Pass:
         added = 0
         for i, event in enumerate(body.e):
             eid = event.event_id
-            if eid in ids:
+            if (scope, eid) in ids:
                 self.counts["duplicates"] += 1
                 continue
-            ids.add(eid)
+            ids.add((scope, eid))
             t = times[i] if i < len(times) else event.time
-            key, person = attribution.of(event.identities, t)
+            key, person = attribution.of(event.identities, t, trusted)
             f = flags.get(str(i)) if flags else None
             d = day(t)
             profile = event.type.startswith("profile_")
@@ -568,12 +573,14 @@ def _resolve(
 
 
 def _dedup(table: pa.Table) -> pa.Table:
+    """One row per (sender, event id): an id repeats only within its sender's scope."""
     ids = table["event_id"]
     if pc.count_distinct(ids).as_py() == table.num_rows:
         return table
-    first: dict[str, int] = {}
+    sources = table["source"].to_pylist() if "source" in table.column_names else [None] * table.num_rows
+    first: dict[tuple[object, str], int] = {}
     for i, eid in enumerate(ids.to_pylist()):
-        first.setdefault(eid, i)
+        first.setdefault((sources[i], eid), i)
     return table.take(pa.array(sorted(first.values()), pa.int64()))
 
 
