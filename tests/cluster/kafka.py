@@ -192,7 +192,11 @@ class KafkaCluster:
         node.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _java(self, main: str, *args: str) -> list[str]:
+        # setpriv: the JVM gets SIGKILL if the process that started it dies (a killed pytest leaves no broker).
         return [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
             "java",
             HEAP,
             "-Xms64m",

@@ -1,11 +1,12 @@
 """A real PostgreSQL server for the cluster tests: Debian's binaries, a throwaway cluster, a free port.
 
-`PostgresServer.start()` finds `initdb`/`pg_ctl` under /usr/lib/postgresql/<version>/bin, creates a cluster in
-a fresh temporary directory with `initdb` (as the `postgres` user when running as root, since PostgreSQL
-refuses to run as root), starts it with `pg_ctl -w` (which polls until the server accepts connections) on a
-free 127.0.0.1 port with its unix socket in the same directory, and returns once `SELECT 1` answers.
-`stop()` stops it (`pg_ctl stop -m immediate`) and removes the directory. Any failure raises
-`PostgresError` with pg_ctl's log, so a test that needs the server fails with the reason.
+`PostgresServer.start()` finds `initdb` and `postgres` under /usr/lib/postgresql/<version>/bin, creates a
+cluster in a fresh temporary directory with `initdb` (as the `postgres` user when running as root, since
+PostgreSQL refuses to run as root), starts `postgres` on a free 127.0.0.1 port with its unix socket in the
+same directory, as a child of this process that dies with it (`setpriv --pdeathsig`), and returns once
+`SELECT 1` answers (polled). `stop()` stops it by PID (SIGQUIT: immediate shutdown) and removes the
+directory. Any failure raises `PostgresError` with the server's log, so a test that needs the server
+fails with the reason.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,7 @@ class PostgresServer:
     port: int
     bin: Path
     user: str | None
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def data(self) -> Path:
@@ -75,22 +79,43 @@ class PostgresServer:
         result = self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
         if result.returncode != 0:
             raise PostgresError(f"initdb failed ({result.returncode}): {(result.stdout + result.stderr)[-2000:]}")
-        options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c shared_buffers=32MB -c max_connections=50"
-        )
-        log = self.directory / "postgres.log"
-        result = self._run("pg_ctl", "-D", str(self.data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
-        if result.returncode != 0:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise PostgresError(f"pg_ctl start failed ({result.returncode}): {result.stderr[-1000:]}\n{tail}")
+        # The postmaster is this process's own child (no pg_ctl daemon), run as `postgres` by setpriv, and
+        # gets SIGKILL if this process dies: a killed pytest leaves no server behind.
+        user = [] if self.user is None else ["--reuid", self.user, "--regid", self.user, "--init-groups"]
+        command = ["setpriv", *user, "--pdeathsig", "KILL", str(self.bin / "postgres"), "-D", str(self.data)]
+        command += ["-p", str(self.port), "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1"]
+        command += ["-c", "shared_buffers=32MB", "-c", "max_connections=50"]
+        with (self.directory / "postgres.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         import psycopg
 
-        with psycopg.connect(self.dsn, connect_timeout=10) as conn:
-            conn.execute("SELECT 1")
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise PostgresError(f"postgres exited ({self.process.returncode}):\n{self._log_tail()}")
+            try:
+                with psycopg.connect(self.dsn, connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise PostgresError(f"postgres did not accept connections in 60 s:\n{self._log_tail()}") from None
+                time.sleep(0.1)
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.directory / "postgres.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
 
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout_s=60)
+        """SIGQUIT (immediate shutdown) to the postmaster this object started, then wait for it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.directory)
