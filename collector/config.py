@@ -276,6 +276,8 @@ class SupportConfig:
     sso_proxies: tuple[Network, ...] = ()
     # Events per timeline page.
     page_events: int = 200
+    # Mark the session cookie Secure even when the collector itself speaks plain HTTP (TLS ends at a proxy).
+    secure_cookie: bool = False
 
 
 @dataclass(frozen=True, slots=True)

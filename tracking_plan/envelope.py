@@ -90,7 +90,18 @@ OPTIONAL_BATCH_FIELDS: Final = frozenset({"dropped"})
 # Why a sender dropped events (the batch's `dropped` counts; docs/protocol.md, "A batch"). The
 # collector counts any other reason as "other".
 DROP_REASONS: Final = frozenset(
-    {"overflow", "expired", "unencodable", "invalid", "too_large", "rejected_batch", "internal", "closed"}
+    {
+        "overflow",
+        "expired",
+        "unencodable",
+        "invalid",
+        "too_large",
+        "rejected_batch",
+        "internal",
+        "closed",
+        "unsent",  # still in memory when the client closed or its process exited, with no spool to keep it
+        "opted_out",  # waiting when the device opted out: purged, never to be sent
+    }
 )
 
 BUILTIN_IDENTITIES: Final = ("anonymous_id", "login_id")

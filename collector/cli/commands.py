@@ -12,10 +12,14 @@ import datetime as dt
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from maidian.collector.cli.output import emit_json_line, reporting
+from maidian.collector.errors import NoSuchPerson
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
+
+# The key the apps hash `x-pii: hash` identities with (the SDK reads the same variable).
+PII_KEY_ENV: Final = "MAIDIAN_PII_KEY"
 
 __all__ = ["add_collector_commands"]
 
@@ -90,9 +94,21 @@ def _check_config(config: Any, file: str | None) -> int:
 
 @reporting
 def _events(args: argparse.Namespace) -> int:
-    from maidian.collector.read import person_events
+    import os
 
-    records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
+    from maidian.collector.cli.privacy import audit
+    from maidian.collector.read import find_person_events
+
+    key = os.environ.get(PII_KEY_ENV, "")
+    try:
+        view = find_person_events(
+            Path(args.data), args.person, args.type, plan=_load_plan(args.plan), pii_key=key.encode() or None
+        )
+    except NoSuchPerson:
+        audit(args, "read", None)
+        raise
+    audit(args, "read", view.person)
+    records = view.events
     for record in records:
         emit_json_line(record, sys.stdout)
     return EXIT_OK
@@ -295,7 +311,13 @@ def add_collector_commands(sub: Any) -> None:
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--person", required=True, help="any identity value of the person")
     p.add_argument("--type", help="the identity type of the value (default: any)")
-    p.add_argument("--plan", help="the tracking plan, for its identity rules (default: the built-in rules)")
+    p.add_argument(
+        "--plan",
+        help=f"the tracking plan, for its identity rules (default: the built-in rules); with it and {PII_KEY_ENV},"
+        " a raw value of a hashed identity type (a mobile number) is hashed before the lookup",
+    )
+    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
+    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
 
     p = add_command(
         sub,

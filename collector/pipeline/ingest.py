@@ -156,6 +156,8 @@ class Ingest:
         self.observer: Callable[[Batch, Principal, Outcome, bool, int], None] | None = None
         # The suppression list (store/suppression.py): events it covers are answered as usual, never stored.
         self.suppress: Callable[[Any], bool] | None = None
+        # The plan's PII tags for quarantined records (redact.py): (record, raw, format) -> the bytes to store.
+        self.redact: Callable[[Any, msgspec.Raw, str], msgspec.Raw] | None = None
         self.suppressed = 0
 
     def uncommitted(self, log: str) -> dict[str, int]:
@@ -291,7 +293,8 @@ class Ingest:
                     continue
                 local.add(eid)
                 q_ids.append(eid)
-            q_records.append((event, raw, corrected, shown))
+            kept = raw if self.redact is None else self.redact(event, raw, batch.format)
+            q_records.append((event, kept, corrected, shown))
         accepted = len(ids)
         self.suppressed += suppressed + suppressed_invalid
         outcome = Outcome(accepted + suppressed, duplicates, len(verdicts.invalid), results)
