@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from maidian.collector.cli.output import emit_json_line, reporting
-from maidian.collector.errors import NoSuchPerson
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
 # The key the apps hash `x-pii: hash` identities with (the SDK reads the same variable).
@@ -75,7 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     import os
 
-    from maidian.collector.cli.privacy import audit
+    from maidian.collector.errors import NoSuchPerson
+    from maidian.collector.privacy.audit import record_access
     from maidian.collector.read import find_person_events
 
     key = os.environ.get(PII_KEY_ENV, "")
@@ -84,9 +84,9 @@ def _events(args: argparse.Namespace) -> int:
             Path(args.data), args.person, args.type, plan=_load_plan(args.plan), pii_key=key.encode() or None
         )
     except NoSuchPerson:
-        audit(args, "read", None)
+        record_access(Path(args.data), "read", None, actor=args.actor, reason=args.reason)
         raise
-    audit(args, "read", view.person)
+    record_access(Path(args.data), "read", view.person, actor=args.actor, reason=args.reason)
     records = view.events
     for record in records:
         emit_json_line(record, sys.stdout)
