@@ -67,7 +67,28 @@ def _serve(args: argparse.Namespace) -> int:
     config = source.resolve()
     if args.writer_id:
         config = with_storage(config, writer_id=args.writer_id)
+    if args.check_config:
+        return _check_config(config, args.config)
     return serve(config, source)
+
+
+def _check_config(config: Any, file: str | None) -> int:
+    """`serve --check-config`: the configuration resolved and its plan loaded, nothing started; a summary."""
+    from maidian.collector.run.serve import loop_factory
+    from maidian.tracking_plan import load_plan
+
+    plan = load_plan(config.plan)
+    loop_factory(config.server.event_loop)
+    keys = config.auth.write_keys
+    revoked = sum(1 for k in keys if k.revoked)
+    where = file or "flags and environment"
+    print(
+        f"configuration OK ({where}): plan {plan.name} {plan.version} ({len(plan.events)} events); "
+        f"{len(keys) - revoked} active write keys, {revoked} revoked; {len(config.auth.sources)} server sources; "
+        f"{len(config.auth.sensors_projects)} Sensors projects; listen {config.server.host}:{config.server.port}, "
+        f"{config.server.workers} worker(s); data {config.storage.data_dir} ({config.storage.durability})"
+    )
+    return 0
 
 
 @reporting
@@ -268,6 +289,12 @@ def add_collector_commands(sub: Any) -> None:
         "--sink", choices=("local", "kafka"), help="local segments (default) or Apache Kafka; see docs/scaling.md"
     )
     p.add_argument("--kafka-bootstrap", help="the Kafka brokers, HOST:PORT,... (or MAIDIAN_KAFKA_BOOTSTRAP)")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration (file, environment, flags) and the plan, print a summary, and exit "
+        "without starting: 0 when usable, 2 naming the file, line and key that is not",
+    )
 
     p = add_command(
         sub,

@@ -65,8 +65,10 @@ __all__ = ["Built", "LakeError", "build", "follow", "identity_key", "write_table
 BATCH_ROWS: Final = 250_000
 # Files a partition may hold before a pass compacts it into one.
 COMPACT_FILES: Final = 8
-# Row groups small enough that a report reading a few event names skips most of a file.
-ROW_GROUP_ROWS: Final = 128 * 1024
+# Files are sorted by identity, then time: a person's rows sit in a row group or two of each file, and row
+# groups this small let a person lookup skip the rest (docs/decisions.md, "Lake: one typed column ...").
+ROW_GROUP_ROWS: Final = 16 * 1024
+_ORDER: Final = [("identity_key", "ascending"), ("time", "ascending")]
 _HOUR_MS: Final = 3_600_000
 _DAY_MS: Final = 86_400_000
 
@@ -151,8 +153,8 @@ class _Attribution:
         self.graph = graph
         self.priorities = graph.policy.priorities
         self.cache: dict[tuple[tuple[str, Any], ...], tuple[int, str | None]] = {}
-        # (type, value) -> [key, first time seen in this pass]
-        self.seen: dict[tuple[str, str], list[int]] = {}
+        # (type, value) -> the earliest corrected time this pass saw it at
+        self.seen: dict[tuple[str, str], int] = {}
 
     def of(self, identities: dict[str, Any], when: int) -> tuple[int, str | None]:
         items = tuple(identities.items())
@@ -161,11 +163,9 @@ class _Attribution:
             found = self.cache[items] = self._resolve(identities)
         seen = self.seen
         for t, v in items:
-            entry = seen.get((t, v))
-            if entry is None:
-                seen[t, v] = [0, when]
-            elif when < entry[1]:
-                entry[1] = when
+            first = seen.get((t, v))
+            if first is None or when < first:
+                seen[t, v] = when
         return found
 
     def _resolve(self, identities: Mapping[str, Any]) -> tuple[int, str | None]:
@@ -271,13 +271,13 @@ class _Tables:
         tables = []
         for name in sorted(rows.groups):
             group = rows.groups[name]
-            group.sort(key=lambda r: (r[5], r[1], r[0].event_id))
             columns = self.user_columns if profiles else self.columns_of.get(name, self.common)
             tables.append(self._group(group, columns, schema, profiles=profiles))
         if not tables:
             return schema.empty_table()
         # Each group has its own few columns; the others are nulls, made once per column for the whole table.
         table = pa.concat_tables(tables, promote_options="default")
+        table = table.sort_by(_ORDER)
         n = table.num_rows
         columns = []
         for f in schema:
@@ -536,14 +536,14 @@ def write_identities(lake: LakeDir, known: Mapping[tuple[str, str], list[Any]]) 
 
 def _resolve(
     known: dict[tuple[str, str], list[Any]],
-    seen: Mapping[tuple[str, str], list[int]],
+    seen: Mapping[tuple[str, str], int],
     graph: IdentityGraph,
     *,
     everything: bool,
 ) -> int:
     """Bring `known` up to date with the graph for the clusters this pass touched; the count re-resolved."""
     touched: set[str | None] = set()
-    for pair, (_k, first) in seen.items():
+    for pair, first in seen.items():
         entry = known.get(pair)
         if entry is None:
             known[pair] = [identity_key(*pair), None, first]
@@ -584,15 +584,7 @@ def compact_partition(lake: LakeDir, state: LakeState, partition: Path, number: 
         return 0
     tables = [pq.read_table(f) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive").unify_dictionaries().combine_chunks()
-    table = _dedup(table)
-    keys = [("identity_key", "ascending"), ("time", "ascending")]
-    if "event" in table.column_names:
-        # Dictionary columns do not sort; their strings do.
-        table = table.append_column("__event", table["event"].cast(pa.string()))
-        keys.insert(0, ("__event", "ascending"))
-    table = table.sort_by(keys)
-    if "__event" in table.column_names:
-        table = table.drop_columns(["__event"])
+    table = _dedup(table).sort_by(_ORDER)
     output = partition / f"compact-{number:08d}.parquet"
     tmp = output.with_name(output.name + ".tmp")
     write_table(table, tmp)

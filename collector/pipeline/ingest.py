@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -104,7 +104,9 @@ class Refused:
     reasons: Sequence[Violation]
 
 
-def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int) -> dict[str, Any]:
+def _head(
+    batch: Batch, principal: Principal, request_id: str, received_ms: int, sources: Container[str]
+) -> dict[str, Any]:
     head = {
         "rid": request_id,
         "at": received_ms,
@@ -116,8 +118,10 @@ def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int)
         "lib_version": batch.lib_version,
         "plan_version": batch.plan_version,
     }
-    if batch.dropped is not None:
-        head["dropped"] = batch.dropped  # the sender's loss report; the catalog keeps the largest counts
+    if batch.dropped is not None and batch.dropped["source"] in sources:
+        # The sender's loss report, about a device whose events this frame holds: a sender cannot speak
+        # for devices it sends nothing of. The catalog keeps the largest counts.
+        head["dropped"] = batch.dropped
     return head
 
 
@@ -298,7 +302,7 @@ class Ingest:
             if self.observer is not None:
                 self.observer(batch, principal, outcome, False, received_ms)
             return outcome
-        head = _head(batch, principal, request_id, received_ms)
+        head = _head(batch, principal, request_id, received_ms, seqs)
         commits: list[asyncio.Future[None]] = []
         appended: Appended | None = None
         ranges: dict[str, list[int]] = {}

@@ -4,17 +4,11 @@ Data-subject requests (PIPL Art. 45 access and copy, Art. 47 deletion) and the
 retention limit (Art. 19) need every trace of a person or of old data gone
 from the files, while the logs stay append-only for everything else.
 
-How a segment changes (docs/collector.md, "Deleting and exporting"): a
-segment is copied to a new file with the chosen events left out, synced,
-renamed over the old one and the directory synced, so a crash (kill -9 at any
-moment) leaves each segment whole, old or new. Every rewritten frame keeps its
-exact length and position: the head is rebuilt for the events that stay and
-padded to the old size (`pad`). So every (segment, offset) that derived state
-holds (the catalog's identity index, dedup snapshots, the quarantine replay
-marks) still names the same frame, and readers never see a frame move. In
-quarantine frames, a removed record keeps its index as a tombstone (an empty
-record, no reasons), because replays and the quarantine index refer to
-records by index.
+Which events go is decided here; how a segment changes is the store's
+(store/rewrite.py, docs/collector.md "Deleting and exporting"): each segment
+is rewritten whole and renamed in, every frame keeping its length and
+position, so a crash leaves each segment old or new and derived state never
+sees a frame move.
 
 Derived state then follows: the catalog drops the rows that name removed data
 (secure_delete on, WAL truncated), the identity graph forgets the person

@@ -15,8 +15,9 @@
 - `counts`: events per name and outcome (coverage);
 - `quarantine` and `replayed`: every quarantined event and which of them a
   replay has moved into the raw log;
-- `damaged`: frames that failed their checks while being indexed (frames.py,
-  "Damage"), with the event ids their heads still name; skipped, never fatal;
+- `damaged`: frames that failed their checks while being indexed or when a
+  writer recovered its segments (frames.py, "Damage"), with the event ids
+  they held as far as can be told; skipped, never fatal;
 - `sdk_drops`: the largest loss count each sender reported per reason (the
   batch's `dropped` field, cumulative per source), and `sdk_drop_totals`, their
   sum per reason, kept as the counts grow.
@@ -276,11 +277,7 @@ class Catalog:
                 " ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
                 [(name, outcome, n, n) for (name, outcome), n in counts.items()],
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO damaged(log, segment, offset, length, events, event_ids)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(log, d.segment, d.offset, d.length, d.events, json.dumps(d.event_ids)) for d in damage],
-            )
+            self._note_damaged(log, damage)
             db.execute("INSERT OR REPLACE INTO progress(log, segment, offset) VALUES (?, ?, ?)", (log, path.name, end))
             db.execute("COMMIT")
         except BaseException:
@@ -455,6 +452,22 @@ class Catalog:
     def sdk_drops(self) -> list[tuple[str, str, int]]:
         """(source, reason, count): the largest loss count each sender reported, by source then reason."""
         return list(self.db.execute("SELECT source, reason, n FROM sdk_drops ORDER BY source, reason"))
+
+    def _note_damaged(self, log: str, damage: list[Damage]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO damaged(log, segment, offset, length, events, event_ids) VALUES (?, ?, ?, ?, ?, ?)",
+            [(log, d.segment, d.offset, d.length, d.events, json.dumps(d.event_ids)) for d in damage],
+        )
+
+    def note_damaged(self, log: str, damage: list[Damage]) -> None:
+        """Record damaged frames met elsewhere (a writer's recovery), in their own transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._note_damaged(log, damage)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def damaged(self) -> list[tuple[str, Damage]]:
         """(log, damage) for every damaged frame indexing met, in log order."""

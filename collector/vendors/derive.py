@@ -72,9 +72,17 @@ def client_ip(peer: str | None, headers: Mapping[str, str], trusted_proxies: Ite
 
 @functools.lru_cache(maxsize=_UA_CACHE)
 def user_agent_properties(user_agent: str) -> tuple[tuple[str, str], ...]:
-    """The maidian presets a User-Agent tells, as (name, value) pairs; empty when it tells nothing."""
+    """The maidian presets a User-Agent tells, as (name, value) pairs; empty when it tells nothing.
+
+    A header that is not UTF-8 (aiohttp hands its bytes over as surrogates) tells nothing.
+    """
     if not user_agent or len(user_agent) > _MAX_UA_CHARS:
         return ()
+    if not user_agent.isascii():
+        try:
+            user_agent.encode("utf-8")
+        except UnicodeEncodeError:  # header bytes that were not UTF-8 (aiohttp keeps them as surrogates)
+            return ()
     import ua_parser
 
     result = ua_parser.parse(user_agent)

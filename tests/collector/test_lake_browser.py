@@ -1,6 +1,6 @@
 """The lake's HTML report of the example data set, in headless Chromium: offline, charts drawn, CJK legible.
 
-The data set is `benchmarks/lake.py`'s generator at 20,000 events (persons
+The data set is `benchmarks/lake.py`'s generator at 8,000 events (persons
 shaped like the example plan: UTM channels, logins, the 12-step opening
 funnel, deposits, pushes). The page must load nothing but itself; the
 screenshot is kept in test-artifacts/lake-report.png.
@@ -32,7 +32,7 @@ def test_the_example_report_draws_offline_with_cjk_text(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     data = tmp_path / "data"
-    _generator().generate(data, 20_000)
+    _generator().generate(data, 8_000)
     plan = str(ROOT / "examples" / "securities_app.plan.json")
     assert main(["lake", "build", "--data", str(data), "--plan", plan]) == 0
     page_path = tmp_path / "report.html"
