@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
+from maidian.collector.cli.options import add_audit_arguments, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
 
@@ -81,9 +81,9 @@ def _events(args: argparse.Namespace) -> int:
             Path(args.data), args.person, args.type, plan=load_plan(args.plan), pii_key=key.encode() or None
         )
     except NoSuchPerson:
-        audit(args, "read", None)
+        record_access(Path(args.data), "read", None, actor=args.actor, reason=args.reason)
         raise
-    audit(args, "read", view.person)
+    record_access(Path(args.data), "read", view.person, actor=args.actor, reason=args.reason)
     records = view.events
     for record in records:
         emit_json_line(record, sys.stdout)

@@ -40,10 +40,9 @@ def load_plan(path: str | None) -> Any:
 
 def audit(args: argparse.Namespace, action: str, person: str | None) -> None:
     """Append the command's person-level access to the data directory's audit log (privacy/audit.py)."""
-    from maidian.collector.privacy.audit import NOT_FOUND, AuditLog, current_actor
+    from maidian.collector.privacy.audit import record_access
 
-    log = AuditLog(Path(args.data))
-    log.append(args.actor or current_actor(), "cli", action, person or NOT_FOUND, args.reason or "")
+    record_access(Path(args.data), action, person, actor=args.actor, reason=args.reason)
 
 
 def add_audit_arguments(p: argparse.ArgumentParser) -> None:

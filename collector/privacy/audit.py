@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["NOT_FOUND", "AuditLog", "AuditRecord", "current_actor"]
+__all__ = ["NOT_FOUND", "AuditLog", "AuditRecord", "current_actor", "record_access"]
 
 _FILE: Final = "privacy.jsonl"
 # A reason is a ticket number and a sentence, not a document.
@@ -90,3 +90,8 @@ class AuditLog:
             except (ValueError, TypeError):
                 continue
         return out
+
+
+def record_access(data_dir: Path, action: str, person: str | None, *, actor: str | None, reason: str | None) -> None:
+    """Append one command-line access (`read`, `export`, `delete`) to the data directory's privacy audit log."""
+    AuditLog(data_dir).append(actor or current_actor(), "cli", action, person or NOT_FOUND, reason or "")
