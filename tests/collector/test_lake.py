@@ -338,6 +338,8 @@ def test_the_commands_build_and_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "<svg" in page
     assert "抖音" in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert main(["report", "sql", *common, "SELECT '=HYPERLINK(1)' AS cell", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["cell", "'=HYPERLINK(1)"]
     assert main(["report", "sql", *common, "DROP VIEW events"]) == 2
     assert main(["report", "segment", *common, "--did", "open_verify:result=wrong_code"]) == 1
 
