@@ -350,9 +350,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def start_collector(plan_path: Path, data: Path, workers: int = 1) -> tuple[subprocess.Popen[str], int]:
+def start_collector(
+    plan_path: Path, data: Path, workers: int = 1, python: str = sys.executable
+) -> tuple[subprocess.Popen[str], int]:
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "maidian.collector.cli",
         "serve",
@@ -628,6 +630,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--only", help="run only rows whose name contains one of these (separated by ';')")
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run each one-process collector row with this interpreter (another checkout's venv), "
+        "interleaved with this tree's rows, and print the ratios",
+    )
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     duration = 2.0 if args.quick else args.duration
@@ -677,10 +685,12 @@ def main() -> int:
                 flush=True,
             )
 
-        def collector_run(r: int, plan_events: int, batch: int, workers: int) -> dict[str, Any]:
+        def collector_run(
+            r: int, plan_events: int, batch: int, workers: int, python: str = sys.executable
+        ) -> dict[str, Any]:
             """One run of `maidian serve` with `workers` processes, fed by as many load processes."""
-            data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}"
-            proc, port = start_collector(plans[plan_events], data, workers)
+            data = tmp / f"data-{plan_events}-{batch}-{workers}-{r}-{abs(hash(python))}"
+            proc, port = start_collector(plans[plan_events], data, workers, python)
             try:
                 cpu, main_cpu = cpu_seconds(proc.pid), main_thread_seconds(proc.pid)
                 load = os.getloadavg()[0]
@@ -737,6 +747,15 @@ def main() -> int:
                     if kind == "collector":
                         fn = functools.partial(fn, workers=1)
                     row(name, fn, kind=kind, batch=batch, processes=1, **meta)
+                    if kind == "collector" and args.baseline:
+                        row(
+                            f"baseline: {name}",
+                            functools.partial(fn, python=args.baseline),
+                            kind="baseline",
+                            batch=batch,
+                            processes=1,
+                            **meta,
+                        )
             row(
                 f"collector x2 processes, {plan_events}-event plan, 500",
                 functools.partial(collector_run, plan_events=plan_events, batch=500, workers=2),
@@ -789,7 +808,26 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(rows)
+    if args.baseline:
+        compare_baseline(rows)
     return 0
+
+
+def compare_baseline(rows: list[dict[str, Any]]) -> None:
+    """This tree against the baseline interpreter's, row by row: events/s and collector CPU µs per event."""
+    print("\n| row | events/s | baseline | ratio | CPU µs/event | baseline | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    by_name = {r["name"]: r for r in rows}
+    for name, mine in by_name.items():
+        base = by_name.get(f"baseline: {name}")
+        if base is None:
+            continue
+        eps, beps = mine["events_per_s"], base["events_per_s"]
+        cpu, bcpu = mine.get("cpu_us_per_event", 0.0), base.get("cpu_us_per_event", 0.0)
+        print(
+            f"| {name} | {eps:,.0f} | {beps:,.0f} | {eps / beps if beps else 0:.3f} | {cpu:.2f} | {bcpu:.2f} | "
+            f"{cpu / bcpu if bcpu else 0:.3f} |"
+        )
 
 
 def report(rows: list[dict[str, Any]]) -> None:

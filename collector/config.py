@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from maidian.collector.config_file import BOOL, NUMBER, STR, STRINGS, Table, Tables, check_file, group
 from maidian.collector.errors import ConfigError
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS, Limits
 
@@ -47,7 +48,9 @@ __all__ = [
     "TimeConfig",
     "VendorSource",
     "WriteKey",
+    "file_shape",
     "hash_key",
+    "read_file",
     "resolve_config",
 ]
 
@@ -273,6 +276,8 @@ class SupportConfig:
     sso_proxies: tuple[Network, ...] = ()
     # Events per timeline page.
     page_events: int = 200
+    # Mark the session cookie Secure even when the collector itself speaks plain HTTP (TLS ends at a proxy).
+    secure_cookie: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +322,11 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
 }
 
 
+# How environment variables and flags may say a boolean (the file says true or false).
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
 def _coerce(group: str, name: str, value: Any, kind: type[Any]) -> Any:
     where = f"{group}.{name}" if group else name
     try:
@@ -335,8 +345,13 @@ def _coerce(group: str, name: str, value: Any, kind: type[Any]) -> Any:
         return value
     if isinstance(default, bool):
         if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
+            word = value.strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ConfigError(f"{where}: expected true or false, not {value[:40]!r}")
+            return word in _TRUE
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
     if isinstance(default, int):
         try:
             return int(value)
@@ -528,6 +543,72 @@ def _support_account(entry: Any, i: int) -> SupportAccount:
     return SupportAccount(name, role, scrypt, token.lower(), bool(entry.get("disabled", False)))
 
 
+def file_shape() -> Table:
+    """Every key the TOML file may hold, and its type (config_file.py checks the file against it)."""
+    vendor = {"write_key": STR, "trusted": BOOL, "allow_from": STRINGS, "derive": STRINGS}
+    return Table(
+        {
+            "plan": STR,
+            **{name: group(kind) for name, kind in _GROUPS.items()},
+            "write_keys": Tables(
+                Table(
+                    {
+                        "name": STR,
+                        "sha256": STR,
+                        "key": STR,  # refused with its own message (`_write_key`): store the hash
+                        "revoked": BOOL,
+                        "rate_events_per_s": NUMBER,
+                        "burst_events": NUMBER,
+                    }
+                )
+            ),
+            "sources": Tables(Table({"name": STR, "secret": STR, "secret_env": STR, "revoked": BOOL})),
+            "support": group(
+                SupportConfig,
+                sso_proxies=STRINGS,
+                accounts=Tables(
+                    Table(
+                        {
+                            "name": STR,
+                            "role": STR,
+                            "password_scrypt": STR,
+                            "token_sha256": STR,
+                            "disabled": BOOL,
+                            # Secrets in clear: refused with their own message (`_support_account`).
+                            "password": STR,
+                            "token": STR,
+                        }
+                    )
+                ),
+            ),
+            "vendors": Table(
+                {
+                    "derive": STRINGS,
+                    "trusted_proxies": STRINGS,
+                    "sensors": Table({"projects": Tables(Table({"name": STR, **vendor}))}),
+                    "segment": Table({"sources": Tables(Table(vendor))}),
+                }
+            ),
+        }
+    )
+
+
+def read_file(file: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML file parsed and checked against `file_shape` (ConfigError naming the file, line and key)."""
+    try:
+        text = Path(file).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    check_file(doc, file_shape(), file=str(file), text=text)
+    return doc
+
+
 def resolve_config(
     *,
     file: str | os.PathLike[str] | None = None,
@@ -545,12 +626,7 @@ def resolve_config(
     file = file or env.get("MAIDIAN_CONFIG")
     doc: dict[str, Any] = {}
     if file:
-        try:
-            doc = tomllib.loads(Path(file).read_text("utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        doc = read_file(file)
     tables: dict[str, dict[str, Any]] = {g: dict(doc.get(g, {})) for g in _GROUPS}
     top: dict[str, Any] = {"plan": doc.get("plan")}
     unknown = sorted(set(doc) - {*_GROUPS, "plan", "write_keys", "sources", "vendors", "support"})

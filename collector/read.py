@@ -16,6 +16,7 @@ there are any, `flags` (`future`, `clock_skew`, `no_sent_at`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges, split_event_id
 from maidian.collector.store.log import DataDir, LogWriter, pid_writer_id
 from maidian.tracking_plan import Plan, Validator
+from maidian.tracking_plan.pii import hash_value
 
 __all__ = [
     "Attribution",
@@ -51,7 +53,9 @@ __all__ = [
     "ReplayReport",
     "event_order",
     "export_events",
+    "find_person_events",
     "frame_records",
+    "lookup_values",
     "person_events",
     "person_view",
     "quarantine_records",
@@ -141,6 +145,7 @@ class Attribution:
 
 
 _MISSING: Final = object()
+_HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 
 
 def event_order(record: dict[str, Any]) -> tuple[int, str, int]:
@@ -149,6 +154,30 @@ def event_order(record: dict[str, Any]) -> tuple[int, str, int]:
     pair = split_event_id(eid)
     t = record.get("time", 0)
     return (t if isinstance(t, int) else 0, *(pair if pair is not None else (eid, 0)))
+
+
+def lookup_values(plan: Plan, value: str, identity_type: str | None, pii_key: bytes | None) -> list[tuple[str, str]]:
+    """(type, value) pairs to look a typed value up by: as typed, or its keyed hash for the plan's hashed types.
+
+    A value for a type the plan tags `x-pii: hash` is stored as
+    HMAC-SHA256(key, value) in hex: a support agent or an officer types the
+    raw mobile number, and it is hashed with the key the apps hashed with
+    (`MAIDIAN_PII_KEY`). A value already in hash form is used as it is.
+    """
+    types = [identity_type] if identity_type else list(plan.identities)
+    out = []
+    for t in types:
+        spec = plan.identities.get(t)
+        if spec is None:
+            continue
+        if spec.pii == "hash":
+            if _HEX64.match(value):
+                out.append((t, value))
+            elif pii_key:
+                out.append((t, hash_value(value, pii_key)))
+        else:
+            out.append((t, value))
+    return out
 
 
 def resolve_person(
@@ -200,7 +229,12 @@ def person_view(
 
 
 def person_events(
-    data_dir: Path, value: str, identity_type: str | None = None, *, plan: Plan | None = None
+    data_dir: Path,
+    value: str,
+    identity_type: str | None = None,
+    *,
+    plan: Plan | None = None,
+    pii_key: bytes | None = None,
 ) -> list[dict[str, Any]]:
     """Every stored event attributed to the person that owns this identity, in (time, source, sequence) order.
 
@@ -208,15 +242,33 @@ def person_events(
     anonymous id, which the identity graph ties to the person. Leaves out
     the events of others that carry one of the person's identities (a second
     teller on a shared pad, a link the graph refused): `IdentityGraph.attribute`
-    decides each event.
+    decides each event. With the plan and `pii_key`, a raw value of a hashed
+    identity type (a mobile number) is hashed first (`lookup_values`).
     """
+    return find_person_events(data_dir, value, identity_type, plan=plan, pii_key=pii_key).events
+
+
+def find_person_events(
+    data_dir: Path,
+    value: str,
+    identity_type: str | None = None,
+    *,
+    plan: Plan | None = None,
+    pii_key: bytes | None = None,
+) -> PersonView:
+    """`person_events` with the person it found (for the audit log); NoSuchPerson when nothing is stored."""
     data = DataDir.existing(data_dir)
     catalog, feed = _catch_up(data, plan)
     try:
+        if plan is not None and pii_key:
+            for t, v in lookup_values(plan, value, identity_type, pii_key):
+                if feed.graph.person_of(t, v) is not None:
+                    value, identity_type = v, t
+                    break
         view = person_view(data, catalog, feed.graph, value, identity_type)
         if not view.events:
             raise NoSuchPerson("no stored event carries that identity")
-        return view.events
+        return view
     finally:
         catalog.close()
         feed.close()

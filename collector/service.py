@@ -35,6 +35,7 @@ from maidian.collector.metrics import Metrics
 from maidian.collector.pipeline.ingest import Ingest
 from maidian.collector.pipeline.judge import Judge
 from maidian.collector.pipeline.recovery import DedupState, follow_segments, load_dedup_state
+from maidian.collector.pipeline.redact import QuarantinePii
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.store.durable import DurableLog
 from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
@@ -132,6 +133,7 @@ class Collector:
                     "unknown" if damage.events is None else damage.events,
                     f", first id {damage.event_ids[0]}" if damage.event_ids else "",
                 )
+        self._note_recovered_damage()
         self.dedup = load_dedup_state(self.data, self.writer_id, self.config.dedup.window_s, now_ms)
         self.ingest = Ingest(
             self.judge,
@@ -145,8 +147,23 @@ class Collector:
         suppression = load_suppression(self.data)
         if suppression.pseudonyms:
             self.ingest.suppress = suppression.covers
+        self.ingest.redact = QuarantinePii.for_plan(self.plan, self.data)
         self._register_metrics()
         self.ready_after_s = time.perf_counter() - self.started_s
+
+    def _note_recovered_damage(self) -> None:
+        """Damage recovery met goes into the catalog (and so into `maidian_log_damaged_frames`)."""
+        if not any(rec.damaged for rec in self.recovered.values()):
+            return
+        try:
+            catalog = Catalog(self.data)
+            try:
+                for log_name, rec in self.recovered.items():
+                    catalog.note_damaged(log_name, rec.damaged)
+            finally:
+                catalog.close()
+        except DataDirError as exc:  # the catalog is rebuilt from the logs; the log lines above stand
+            log.warning("recovery: could not record the damaged frames in the catalog (%s)", exc)
 
     def _verified_offsets(self) -> dict[str, dict[str, int]]:
         try:

@@ -4,8 +4,7 @@
   largest `Timeouts.exit_s` among them), so exit is never held longer than that
   however many clients there are or however dead the collector is. The hook
   itself stops at 95% of the budget, leaving the rest to the interpreter's
-  teardown. Sender
-  threads are daemons: they never hold exit on their own.
+  teardown. Sender threads are daemons: they never hold exit on their own.
 - `os.fork`: the child inherits the parent's memory, buffer included, but none
   of its threads. Each client in the child gets its own source id, an empty
   buffer (its own slot of the spool, when one is configured) and new locks,
@@ -17,14 +16,19 @@
   multiprocessing finalizer, so pool workers flush within the budget.
 - `Pool.terminate()` (and leaving a `with Pool(...)` block) ends workers
   with SIGTERM, whose default action skips every hook. In a multiprocessing
-  child whose SIGTERM disposition is still the default, the SDK turns SIGTERM
-  into `SystemExit` (the handler is installed in the main thread when a
-  client is registered there or inherited): the worker unwinds, its
-  finalizers flush within the budget, and it exits with status 128 + 15. A
-  SIGTERM that arrives once the worker is leaving (multiprocessing's exit
-  function or the SDK's exit hook has started) is ignored, so it cannot cut the flush short; a second SIGTERM
-  before that ends the process at once. A handler the program installed
-  itself is never replaced.
+  child whose SIGTERM disposition is still the default when its first client
+  is registered (inherited or made there), the SDK handles SIGTERM: a small
+  daemon thread runs the exit hook within the budget and ends the process
+  with status 128 + 15, as the signal would have. The thread is woken through
+  `signal.set_wakeup_fd`, which the C-level handler writes from whichever
+  thread the signal lands on: a Python handler alone would run only when the
+  main thread executes bytecode, and a worker blocked on its task queue's
+  lock never does (a pool could hang in `terminate()`). Where the wakeup fd
+  is already taken, the Python handler wakes the thread instead. A worker
+  already leaving (multiprocessing's exit function or the exit hook has
+  started) finishes its own exit. No signal mask is changed, so processes
+  the worker starts are not affected; sender threads block SIGINT and
+  SIGTERM (`quiet_signals`) so that such signals reach the main thread.
 - Sender threads import what they need (http.client, ssl, zstandard) when
   they start, off the host's start-up path. A fork in the middle of such an
   import would leave the child a half-initialised module that no import can
@@ -39,6 +43,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -62,6 +67,7 @@ _clients: weakref.WeakSet[Any] = weakref.WeakSet()
 EXIT_SHARE = 0.95
 # Held while a sender thread imports its modules; a fork takes it first (module docstring).
 SENDER_IMPORTS = threading.Lock()
+_EXIT_ONCE = threading.Lock()
 
 
 def sender_imports() -> type[HttpTransport]:
@@ -69,6 +75,7 @@ def sender_imports() -> type[HttpTransport]:
     with SENDER_IMPORTS:
         import codecs
         import email.utils  # noqa: F401  # Retry-After dates (retry.parse_retry_after)
+        import signal  # noqa: F401  # quiet_signals
 
         # The first connection's getaddrinfo encodes the host name with this codec, loaded on first use.
         codecs.lookup("idna")
@@ -77,6 +84,19 @@ def sender_imports() -> type[HttpTransport]:
 
         from ._http import HttpTransport
     return HttpTransport
+
+
+def quiet_signals() -> None:
+    """Block SIGINT and SIGTERM in the calling (sender) thread, so the kernel delivers them to the main thread.
+
+    Python runs signal handlers in the main thread only, and a blocking call
+    there (a pool worker waiting on its task queue's lock) is interrupted only
+    when the signal lands on that thread: delivered to a sender thread, the
+    main thread would never see it.
+    """
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
 
 
 def register(client: Lifecycle) -> None:
@@ -91,7 +111,12 @@ def unregister(client: Lifecycle) -> None:
 
 
 def _at_exit() -> None:
-    _exiting[0] = os.getpid()
+    with _EXIT_ONCE:  # the atexit hook, a multiprocessing finalizer and SIGTERM's thread may meet here
+        _exiting[0] = os.getpid()
+        _close_all()
+
+
+def _close_all() -> None:
     clients = list(_clients)
     if not clients:
         return
@@ -125,7 +150,7 @@ def _in_multiprocessing_child() -> bool:
 
 
 def _hook_multiprocessing_exit() -> None:
-    """In a multiprocessing child: run the exit hook as one of its finalizers, and make SIGTERM unwind."""
+    """In a multiprocessing child: run the exit hook as one of its finalizers, and on SIGTERM."""
     if _hooked_in[0] == os.getpid():
         return
     _hooked_in[0] = os.getpid()
@@ -136,17 +161,32 @@ def _hook_multiprocessing_exit() -> None:
         import signal
 
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+            _handle_sigterm(signal)
 
 
-def _unwind_on_sigterm(signum: int, frame: object) -> None:
+def _handle_sigterm(signal: Any) -> None:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    if previous != -1:  # the program (asyncio, say) owns the wakeup fd: leave it theirs
+        signal.set_wakeup_fd(previous)
+
+    def wake(signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.write(w, bytes((signum,)))
+
+    signal.signal(signal.SIGTERM, wake)
+    threading.Thread(target=_exit_on_sigterm, args=(r, signal.SIGTERM), name="maidian-sigterm", daemon=True).start()
+
+
+def _exit_on_sigterm(r: int, sigterm: int) -> None:
+    while sigterm not in os.read(r, 64):  # the wakeup fd also carries other handled signals
+        pass
     mp_util = sys.modules.get("multiprocessing.util")
     if _exiting[0] == os.getpid() or getattr(mp_util, "_exiting", False):
-        return  # already leaving (Pool.terminate signals workers on their way out): let the exit hooks finish
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise SystemExit(128 + signum)
+        return  # already leaving (Pool.terminate signals workers on their way out): that exit flushes
+    _at_exit()
+    os._exit(128 + sigterm)
 
 
 atexit.register(_at_exit)

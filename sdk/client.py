@@ -56,9 +56,10 @@ class Client(BaseClient):
     def _run(self) -> None:
         # http.client (and the ssl module it loads) is imported here, off the host's start-up path,
         # whole before any fork (_lifecycle.sender_imports).
-        from ._lifecycle import sender_imports
+        from ._lifecycle import quiet_signals, sender_imports
 
         transport = sender_imports().for_config(self.config)
+        quiet_signals()
         with self._lock:
             self._transports.append(transport)
             if self._stopping:

@@ -937,8 +937,8 @@ class SdkCore:
             clear = getattr(buffer, "clear", None)
             if clear is not None:
                 clear()
-        else:
-            lost = memory_only()
+        else:  # the spool keeps its frames; what came from its memory fallback (no ref) is lost
+            lost = memory_only() + sum(1 for b in self._retry for ref in b.refs if ref is None)
         self._retry = []
         if lost:
             self._drop(UNSENT, lost)

@@ -2,7 +2,7 @@
 
     MaidianSdkError                    root of this package's errors
      ├── CallerError                   the host application used the SDK wrongly
-     │    ├── ConfigError              bad configuration (also: a spool another live client holds)
+     │    ├── ConfigError              bad configuration (also: a spool path that cannot be opened)
      │    └── InvalidEvent             an event breaks the plan or is not encodable (strict mode only)
      └── RemoteError                   the collector or the network
           ├── TransportError           no answer: connection refused, reset, timed out (indeterminate)

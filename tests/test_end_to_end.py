@@ -153,7 +153,7 @@ def test_plan_violations_are_quarantined_with_reasons_and_reported_to_the_app(
     app.track("stock_order_filled", PROPS["stock_order_filled"])  # a server-only event from an app key
     assert app.flush(10)
     assert app.stats.quarantined == 2
-    assert app.stats.violations == 1  # the SDK saw the enum; only the collector knows who sent the fill
+    assert app.stats.violations == 2  # the enum, and a server-only event from an app key (the SDK knows it is an app)
     rules = {name: {r["rule"] if isinstance(r, dict) else r.rule for r in reasons} for name, reasons in reported}
     assert rules == {"stock_order_submit": {"enum"}, "stock_order_filled": {"trigger"}}
     listed = cli(capsys, "quarantine", "list", "--data", str(collector.data), "--format", "json")

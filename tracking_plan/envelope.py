@@ -46,6 +46,7 @@ __all__ = [
     "BATCH_FIELDS",
     "BUILTIN_IDENTITIES",
     "DEFAULT_LIMITS",
+    "DROP_REASONS",
     "EVENT_FIELDS",
     "EVENT_TYPES",
     "HEADER_NONCE",
@@ -85,6 +86,23 @@ EVENT_FIELDS: Final = ("type", "event", "event_id", "time", "identities", "prope
 BATCH_FIELDS: Final = ("sent_at", "lib", "lib_version", "plan_version", "events", "dropped")
 # Present only when the sender dropped events: {"source": <source id>, "counts": {reason: n}}, cumulative.
 OPTIONAL_BATCH_FIELDS: Final = frozenset({"dropped"})
+
+# Why a sender dropped events (the batch's `dropped` counts; docs/protocol.md, "A batch"). The
+# collector counts any other reason as "other".
+DROP_REASONS: Final = frozenset(
+    {
+        "overflow",
+        "expired",
+        "unencodable",
+        "invalid",
+        "too_large",
+        "rejected_batch",
+        "internal",
+        "closed",
+        "unsent",  # still in memory when the client closed or its process exited, with no spool to keep it
+        "opted_out",  # waiting when the device opted out: purged, never to be sent
+    }
+)
 
 BUILTIN_IDENTITIES: Final = ("anonymous_id", "login_id")
 

@@ -159,6 +159,13 @@ class Plan:
     source: str = "<plan>"
     document: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def server_user_properties(self) -> frozenset[str]:
+        """User properties only signed server sources may write (`"x-trigger": "server"` on their schema)."""
+        props = self.user_properties.get("properties") or {}
+        return frozenset(
+            n for n, spec in props.items() if isinstance(spec, Mapping) and spec.get("x-trigger") == "server"
+        )
+
     def business_line_of(self, event_name: str) -> str | None:
         """The prefix of the business line an event name belongs to (longest match)."""
         best: str | None = None

@@ -21,10 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-__all__ = ["HASH_PATTERN", "MASK_PATTERN", "PII_TAGS", "PiiPaths", "apply_pii", "hash_value", "mask_value"]
+__all__ = [
+    "HASH_PATTERN",
+    "MASK_PATTERN",
+    "PII_TAGS",
+    "PiiPaths",
+    "apply_pii",
+    "hash_value",
+    "mask_value",
+    "settle_pii",
+]
 
 PII_TAGS: Final = ("hash", "mask", "drop")
 HASH_PATTERN: Final = "^[0-9a-f]{64}$"
@@ -32,6 +42,7 @@ MASK_PATTERN: Final = "[*]"
 
 # A path is a tuple of property names; "*" stands for every item of an array.
 PiiPaths = Mapping[tuple[str, ...], str]
+_HASH_RE: Final = re.compile(HASH_PATTERN)
 
 
 def hash_value(value: object, key: bytes) -> str:
@@ -53,14 +64,17 @@ def mask_value(value: object) -> str:
     return s[:3] + "*" * (n - 7) + s[-4:]
 
 
-def _apply(node: Any, path: tuple[str, ...], tag: str, key: bytes) -> Any:
+Transform = Callable[[Any, str, bytes], Any]
+
+
+def _apply(node: Any, path: tuple[str, ...], tag: str, key: bytes, transform: Transform) -> Any:
     head, rest = path[0], path[1:]
     if head == "*":
         if not isinstance(node, list):
             return node
         if not rest:
-            return [_transform(item, tag, key) for item in node if tag != "drop"]
-        return [_apply(item, rest, tag, key) for item in node]
+            return [transform(item, tag, key) for item in node if tag != "drop"]
+        return [_apply(item, rest, tag, key, transform) for item in node]
     if not isinstance(node, dict) or head not in node:
         return node
     out = dict(node)
@@ -68,9 +82,9 @@ def _apply(node: Any, path: tuple[str, ...], tag: str, key: bytes) -> Any:
         if tag == "drop":
             del out[head]
         else:
-            out[head] = _transform(out[head], tag, key)
+            out[head] = transform(out[head], tag, key)
     else:
-        out[head] = _apply(out[head], rest, tag, key)
+        out[head] = _apply(out[head], rest, tag, key, transform)
     return out
 
 
@@ -93,5 +107,41 @@ def apply_pii(properties: dict[str, Any], paths: PiiPaths, key: bytes) -> dict[s
     out = properties
     for path, tag in paths.items():
         if path[0] in out:
-            out = _apply(out, path, tag, key)
+            out = _apply(out, path, tag, key, _transform)
+    return out
+
+
+def _settle(value: Any, tag: str, key: bytes) -> Any:
+    """`_transform` for a value that may already be in its tagged form: a hash or a mask stays as it is."""
+    if isinstance(value, str) and (
+        (tag == "hash" and _HASH_RE.match(value)) or (tag == "mask" and MASK_PATTERN.strip("[]") in value)
+    ):
+        return value
+    return _transform(value, tag, key)
+
+
+def settle_pii(record: Any, paths: PiiPaths, identity_tags: Mapping[str, str], key: bytes) -> Any:
+    """A copy of a whole record (an event as sent) with every tagged value in its tagged form.
+
+    For data at rest that failed validation (the collector's quarantine): a
+    value already hashed or masked is kept, a clear one is hashed with `key`,
+    masked or dropped, in `properties` by the plan's paths and in
+    `identities` by the identity types' tags. Anything that is not an event
+    with a properties object comes back unchanged.
+    """
+    if not isinstance(record, dict):
+        return record
+    out = record
+    props = record.get("properties")
+    if isinstance(props, dict):
+        settled = props
+        for path, tag in paths.items():
+            if path[0] in settled:
+                settled = _apply(settled, path, tag, key, _settle)
+        if settled is not props:
+            out = {**out, "properties": settled}
+    ids = record.get("identities")
+    if isinstance(ids, dict) and any(t in ids for t in identity_tags):
+        fixed = {t: (_settle(v, identity_tags[t], key) if t in identity_tags else v) for t, v in ids.items()}
+        out = {**out, "identities": {t: v for t, v in fixed.items() if identity_tags.get(t) != "drop"}}
     return out

@@ -70,6 +70,11 @@ def _stitch(args: argparse.Namespace) -> int:
     return run_stitcher(config)
 
 
+def _kafka_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka-bootstrap", required=True, help="the Kafka brokers, HOST:PORT,...")
+    p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
+
+
 def add_cluster_commands(sub: Any) -> None:
     """Register `topics`, `ledger`, `load` and `stitch`."""
     p = add_command(
@@ -80,8 +85,7 @@ def add_cluster_commands(sub: Any) -> None:
         example="maidian topics --kafka-bootstrap kafka1:9092 --partitions 12 --replication 3",
         handler=_topics,
     )
-    p.add_argument("--kafka-bootstrap", required=True, help="the Kafka brokers, HOST:PORT,...")
-    p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
+    _kafka_arguments(p)
     p.add_argument("--partitions", type=int, default=12, help="partitions per topic (default 12)")
     p.add_argument("--replication", type=int, default=3, help="replicas per partition (default 3)")
 
@@ -96,8 +100,7 @@ def add_cluster_commands(sub: Any) -> None:
         example="maidian ledger --kafka-bootstrap kafka1:9092 --instance ledger-0",
         handler=_ledger,
     )
-    p.add_argument("--kafka-bootstrap", required=True, help="the Kafka brokers, HOST:PORT,...")
-    p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
+    _kafka_arguments(p)
     p.add_argument("--group", help="the consumer group (default PREFIX-ledger)")
     p.add_argument(
         "--instance", default="ledger-0", help="this process's stable name: a restart with it fences the old one"
@@ -111,8 +114,7 @@ def add_cluster_commands(sub: Any) -> None:
         example="maidian load --kafka-bootstrap kafka1:9092 --data /var/lib/maidian",
         handler=_load,
     )
-    p.add_argument("--kafka-bootstrap", required=True, help="the Kafka brokers, HOST:PORT,...")
-    p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
+    _kafka_arguments(p)
     p.add_argument("--data", required=True, help="the data directory to load into")
     p.add_argument("--group", help="the consumer group (default PREFIX-loader)")
 
@@ -128,7 +130,6 @@ def add_cluster_commands(sub: Any) -> None:
         example="maidian stitch --kafka-bootstrap kafka1:9092 --postgres 'host=pg1 dbname=maidian' --plan plan.json",
         handler=_stitch,
     )
-    p.add_argument("--kafka-bootstrap", required=True, help="the Kafka brokers, HOST:PORT,...")
-    p.add_argument("--topic-prefix", default="maidian", help="topics PREFIX.raw, .events, ... (default maidian)")
+    _kafka_arguments(p)
     p.add_argument("--postgres", required=True, help="the PostgreSQL connection string (libpq form or URL)")
     p.add_argument("--plan", help="the tracking plan, for its identity rules (default: the built-in rules)")

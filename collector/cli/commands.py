@@ -12,10 +12,14 @@ import datetime as dt
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from maidian.collector.cli.output import emit_json_line, reporting
+from maidian.collector.errors import NoSuchPerson
 from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
+
+# The key the apps hash `x-pii: hash` identities with (the SDK reads the same variable).
+PII_KEY_ENV: Final = "MAIDIAN_PII_KEY"
 
 __all__ = ["add_collector_commands"]
 
@@ -64,14 +68,47 @@ def _serve(args: argparse.Namespace) -> int:
     config = source.resolve()
     if args.writer_id:
         config = with_storage(config, writer_id=args.writer_id)
+    if args.check_config:
+        return _check_config(config, args.config)
     return serve(config, source)
+
+
+def _check_config(config: Any, file: str | None) -> int:
+    """`serve --check-config`: the configuration resolved and its plan loaded, nothing started; a summary."""
+    from maidian.collector.run.serve import loop_factory
+    from maidian.tracking_plan import load_plan
+
+    plan = load_plan(config.plan)
+    loop_factory(config.server.event_loop)
+    keys = config.auth.write_keys
+    revoked = sum(1 for k in keys if k.revoked)
+    where = file or "flags and environment"
+    print(
+        f"configuration OK ({where}): plan {plan.name} {plan.version} ({len(plan.events)} events); "
+        f"{len(keys) - revoked} active write keys, {revoked} revoked; {len(config.auth.sources)} server sources; "
+        f"{len(config.auth.sensors_projects)} Sensors projects; listen {config.server.host}:{config.server.port}, "
+        f"{config.server.workers} worker(s); data {config.storage.data_dir} ({config.storage.durability})"
+    )
+    return 0
 
 
 @reporting
 def _events(args: argparse.Namespace) -> int:
-    from maidian.collector.read import person_events
+    import os
 
-    records = person_events(Path(args.data), args.person, args.type, plan=_load_plan(args.plan))
+    from maidian.collector.cli.privacy import audit
+    from maidian.collector.read import find_person_events
+
+    key = os.environ.get(PII_KEY_ENV, "")
+    try:
+        view = find_person_events(
+            Path(args.data), args.person, args.type, plan=_load_plan(args.plan), pii_key=key.encode() or None
+        )
+    except NoSuchPerson:
+        audit(args, "read", None)
+        raise
+    audit(args, "read", view.person)
+    records = view.events
     for record in records:
         emit_json_line(record, sys.stdout)
     return EXIT_OK
@@ -252,6 +289,12 @@ def add_collector_commands(sub: Any) -> None:
         "--sink", choices=("local", "kafka"), help="local segments (default) or Apache Kafka; see docs/scaling.md"
     )
     p.add_argument("--kafka-bootstrap", help="the Kafka brokers, HOST:PORT,... (or MAIDIAN_KAFKA_BOOTSTRAP)")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration (file, environment, flags) and the plan, print a summary, and exit "
+        "without starting: 0 when usable, 2 naming the file, line and key that is not",
+    )
 
     p = add_command(
         sub,
@@ -268,7 +311,13 @@ def add_collector_commands(sub: Any) -> None:
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--person", required=True, help="any identity value of the person")
     p.add_argument("--type", help="the identity type of the value (default: any)")
-    p.add_argument("--plan", help="the tracking plan, for its identity rules (default: the built-in rules)")
+    p.add_argument(
+        "--plan",
+        help=f"the tracking plan, for its identity rules (default: the built-in rules); with it and {PII_KEY_ENV},"
+        " a raw value of a hashed identity type (a mobile number) is hashed before the lookup",
+    )
+    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
+    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
 
     p = add_command(
         sub,

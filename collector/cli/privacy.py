@@ -14,21 +14,49 @@ from maidian.tracking_plan.cli import EXIT_OK, add_command
 __all__ = ["add_privacy_commands"]
 
 
+def audit(args: argparse.Namespace, action: str, person: str | None) -> None:
+    """Append the command's person-level access to the data directory's audit log (privacy/audit.py)."""
+    from maidian.collector.privacy.audit import NOT_FOUND, AuditLog, current_actor
+
+    log = AuditLog(Path(args.data))
+    log.append(args.actor or current_actor(), "cli", action, person or NOT_FOUND, args.reason or "")
+
+
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", help="why (a ticket number, a request id): written to the audit log")
+    p.add_argument("--actor", help="who, for the audit log (default: the operating-system user)")
+
+
 @reporting
 def _delete(args: argparse.Namespace) -> int:
     from maidian.collector.privacy.operations import delete_person
 
     cleared = delete_person(Path(args.data), args.person, suppress=args.suppress, plan=_load_plan(args.plan))
+    audit(args, "delete", cleared.person)
     print("\n".join(cleared.lines()))
+    return EXIT_OK
+
+
+@reporting
+def _audit(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from maidian.collector.privacy.audit import AuditLog
+
+    for record in reversed(AuditLog(Path(args.data)).list(limit=args.limit)):
+        emit_json_line(asdict(record), sys.stdout)
     return EXIT_OK
 
 
 @reporting
 def _export(args: argparse.Namespace) -> int:
     from maidian.collector.cli.output import write_csv
-    from maidian.collector.privacy.operations import export_person
+    from maidian.collector.privacy.operations import export_person_records
 
-    records = export_person(Path(args.data), args.person, plan=_load_plan(args.plan), quarantined=args.quarantined)
+    person, records = export_person_records(
+        Path(args.data), args.person, plan=_load_plan(args.plan), quarantined=args.quarantined
+    )
+    audit(args, "export", person)
     out = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
     try:
         if args.format == "csv":
@@ -57,7 +85,7 @@ def _retention(args: argparse.Namespace) -> int:
 
 
 def add_privacy_commands(sub: Any) -> None:
-    """Register `maidian privacy delete|export|retention`."""
+    """Register `maidian privacy delete|export|audit|retention`."""
     q = sub.add_parser(
         "privacy",
         help="answer data-subject requests and apply retention",
@@ -87,6 +115,7 @@ def add_privacy_commands(sub: Any) -> None:
     p.add_argument("--person", required=True, help="any identity value of the person")
     p.add_argument("--suppress", action="store_true", help="drop the person's future events too")
     p.add_argument("--plan", help="the tracking plan, for its identity rules")
+    add_audit_arguments(p)
 
     p = add_command(
         qsub,
@@ -106,6 +135,22 @@ def add_privacy_commands(sub: Any) -> None:
     p.add_argument("--output", help="the file to write (default: standard output)")
     p.add_argument("--quarantined", action="store_true", help="also their quarantined records, with the reasons")
     p.add_argument("--plan", help="the tracking plan, for its identity rules")
+    add_audit_arguments(p)
+
+    p = add_command(
+        qsub,
+        "audit",
+        help="who read, exported or deleted whose data, and why",
+        description=(
+            "List the audit log of person-level reads, exports and deletions (events --person, privacy\n"
+            "export, privacy delete), oldest first, as JSON lines: at_ms, actor, role, action, person (the\n"
+            "identity graph's pseudonymous person id, never an identity value) and reason."
+        ),
+        example="maidian privacy audit --data /var/lib/maidian",
+        handler=_audit,
+    )
+    p.add_argument("--data", required=True, help="the data directory")
+    p.add_argument("--limit", type=int, default=10_000, help="the newest this many records (default 10000)")
 
     p = add_command(
         qsub,

@@ -1,12 +1,14 @@
 """The partition key of a raw frame: every copy of an event id lands in one partition.
 
-Exact deduplication happens per partition (the ledger), so the key must be a function of the event ids
-alone, never of the request: an SDK-form id `<source>-<seq>` is keyed by its source (one device's ids all
-land together, and a device's retry through any collector or any write key lands with them); an opaque id
-(server sources, vendor imports) by the id itself. A frame whose ids need one key is sent as it is (the
-SDK's usual batch, with no decoding beyond the head); a frame with several keys is split into one frame
-per key, each with its own head (ids, identity observations, name counts, time range), built by the same
-function that built the original, so the ledger and the loader see ordinary frames.
+Exact deduplication happens per partition (the ledger), so the key must be a function of the event id
+and of its sender's dedup scope (pipeline/dedup.py: ids are duplicates only within one write key or
+signed source), never of the request or the collector: the scope plus, for an SDK-form id
+`<source>-<seq>`, its source (one device's ids all land together, and a retry through any collector
+lands with them), for an opaque id (server sources, vendor imports) the id itself. A frame whose ids
+need one key is sent as it is (the SDK's usual batch, with no decoding beyond the head); a frame with
+several keys is split into one frame per key, each with its own head (ids, identity observations, name
+counts, time range), built by the same function that built the original, so the ledger and the loader
+see ordinary frames.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Final
 import msgspec
 import zstandard
 
+from maidian.collector.pipeline.dedup import head_scope
 from maidian.collector.store.frames import FRAME_HEADER, VERSION, frame_of
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges, split_event_id
@@ -60,19 +63,25 @@ def _rebuild(head: dict[str, Any], body: tuple[list[Any], list[int], dict[str, l
     return build_accepted_frame(base, stored, ranges, opaque)
 
 
+def partition_key(scope: str, key: str) -> bytes:
+    """The record key: the sender's dedup scope and the id's own key (SDK source or opaque id)."""
+    return f"{scope}\x1f{key}".encode()
+
+
 def keyed_frames(frame: bytes, *, split: bool = True) -> list[tuple[bytes, bytes]]:
     """(key, frame) pairs that together hold exactly the frame's events, one key each."""
     head, body = frame_head(frame)
+    scope = head_scope(head)
     seq: dict[str, Any] = head.get("seq") or {}
     oid: list[str] = head.get("oid") or []
     if not split or len(seq) + len(oid) <= 1:
-        key = next(iter(seq), None) or (oid[0] if oid else str(head.get("src", "")))
-        return [(key.encode(), frame)]
+        key = next(iter(seq), None) or (oid[0] if oid else "")
+        return [(partition_key(scope, key), frame)]
     decoded = _decoded(body)
     groups: dict[str, list[int]] = {}
     for i, event in enumerate(decoded[0]):
         groups.setdefault(_key_of(event["event_id"]), []).append(i)
-    return [(key.encode(), _rebuild(head, decoded, keep)) for key, keep in groups.items()]
+    return [(partition_key(scope, key), _rebuild(head, decoded, keep)) for key, keep in groups.items()]
 
 
 def frame_keeping(head: dict[str, Any], body: bytes, new_ids: set[str]) -> bytes:

@@ -18,7 +18,7 @@ the offsets become visible, and the next owner redoes the batch. A ledger that g
 restores its state from the changelog (read_committed, to the end) and only then processes it, so the
 state always equals the committed output. Restarting a ledger with the same `--instance` fences its
 predecessor (`init_transactions`) and aborts its open transaction at once; another instance's open
-transaction is aborted by the brokers after `transaction_timeout_ms`, and restoring waits for that.
+transaction is aborted by the brokers after `transaction_timeout_ms` (60 s), and restoring waits for that.
 The tests kill a ledger inside a transaction with `MAIDIAN_LEDGER_CRASH_BEFORE_COMMIT=N` (it SIGKILLs
 itself in its Nth transaction, once every output is on the brokers and before the commit).
 
@@ -39,10 +39,10 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.cluster.keys import frame_head, frame_keeping
+from maidian.collector.cluster.keys import frame_head, frame_keeping, partition_key
 from maidian.collector.config import DEFAULT_DEDUP_WINDOW_S
 from maidian.collector.errors import CollectorError
-from maidian.collector.pipeline.dedup import SeenIds
+from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, head_scope
 
 __all__ = ["Ledger", "LedgerConfig", "PartitionState", "run_ledger"]
 
@@ -67,15 +67,17 @@ class LedgerConfig:
     group: str = "maidian-ledger"
     instance: str = "ledger-0"
     batch_messages: int = 500
-    transaction_timeout_ms: int = 10_000
+    # Long enough to ride out a broker failover inside one transaction (a timed-out transaction is aborted
+    # by the coordinator and fences its producer); a takeover by another instance waits at most this.
+    transaction_timeout_ms: int = 60_000
     window_s: float = DEFAULT_DEDUP_WINDOW_S
 
 
 @dataclass(slots=True)
 class PartitionState:
-    """One raw partition's deduplication state, and what it handled."""
+    """One raw partition's deduplication state (per sender scope, as in single-node mode), and what it handled."""
 
-    seen: SeenIds
+    seen: ScopedSeenIds
     frames_in: int = 0
     frames_out: int = 0
     events_in: int = 0
@@ -85,7 +87,7 @@ class PartitionState:
         """(None, n) when every id of the head is new; else (the new ids, n). n: the ids the head lists."""
         seq: dict[str, list[int]] = head.get("seq") or {}
         oid: list[str] = head.get("oid") or []
-        seen = self.seen
+        seen = self.seen.of(head_scope(head))
         total = sum((flat[k + 1] - flat[k] + 1) for flat in seq.values() for k in range(0, len(flat) - 1, 2))
         total += len(oid)
         if all(seen.all_below(source, flat[0]) for source, flat in seq.items() if flat) and not any(
@@ -103,21 +105,39 @@ class PartitionState:
         return new, total
 
 
-def changelog_records(seen: SeenIds, head: dict[str, Any]) -> Iterable[tuple[bytes, bytes]]:
+def _retrying(call: Any, timeout_s: float = 120.0) -> Any:
+    """Run a transactional call, again while it fails with a retriable error (a broker or coordinator
+    moving: a killed broker's partitions get a new leader within seconds), up to `timeout_s`."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or error.txn_requires_abort() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def changelog_records(seen: ScopedSeenIds, head: dict[str, Any]) -> Iterable[tuple[bytes, bytes]]:
     """(key, value) for each SDK source and opaque id a head touched: its whole entry after the update."""
+    scope = head_scope(head)
+    ids: SeenIds = seen.of(scope)
     for key in [*(head.get("seq") or {}), *(head.get("oid") or [])]:
-        entry = seen.entry(key)
+        entry = ids.entry(key)
         if entry is not None:
-            yield key.encode(), _encode(entry)
+            yield partition_key(scope, key), _encode(entry)
 
 
-def restore_entry(seen: SeenIds, key: bytes, value: bytes) -> None:
+def restore_entry(seen: ScopedSeenIds, key: bytes, value: bytes) -> None:
     last_seen, flat = _decode_entry.decode(value)
-    name = key.decode()
+    scope, _sep, name = key.decode().partition("\x1f")
     if flat:
-        seen.add_head({name: flat}, (), last_seen)
+        seen.of(scope).add_head({name: flat}, (), last_seen)
     else:
-        seen.add_head({}, (name,), last_seen)
+        seen.of(scope).add_head({}, (name,), last_seen)
 
 
 @dataclass(slots=True)
@@ -129,7 +149,6 @@ class Ledger:
     transactions: int = 0
     consumer: Any = None
     producer: Any = None
-    stopping: bool = False
     # Fault injection for the tests (MAIDIAN_LEDGER_CRASH_BEFORE_COMMIT=N): SIGKILL itself in its Nth
     # transaction, after producing every output and before committing. 0: never.
     crash_before_commit: int = 0
@@ -184,7 +203,7 @@ class Ledger:
         """The partition's state from its changelog, read to the end (read_committed)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        seen = SeenIds(self.config.window_s)
+        seen = ScopedSeenIds(self.config.window_s)
         reader = Consumer(
             {
                 **self._client_config(),
@@ -220,6 +239,10 @@ class Ledger:
         from confluent_kafka import KafkaException
 
         messages = self.consumer.consume(self.config.batch_messages, timeout_s)
+        for m in messages:
+            error = m.error()
+            if error is not None and error.fatal():
+                raise LedgerError(f"the consumer failed: {error.str()}")
         messages = [m for m in messages if m.error() is None]
         if not messages:
             return 0
@@ -230,16 +253,21 @@ class Ledger:
             if self.transactions + 1 == self.crash_before_commit:
                 self.producer.flush(30)  # the outputs are on the brokers, uncommitted: then the crash
                 os.kill(os.getpid(), signal.SIGKILL)
-            positions = self.consumer.position(self.consumer.assignment())
-            self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(60)
+            _retrying(
+                lambda: self.producer.send_offsets_to_transaction(
+                    self.consumer.position(self.consumer.assignment()), self.consumer.consumer_group_metadata(), 30
+                )
+            )
+            _retrying(lambda: self.producer.commit_transaction(60))
         except KafkaException as exc:
             error = exc.args[0]
-            if error.txn_requires_abort():
-                self.producer.abort_transaction(60)
-                self._rewind()
-                return 0
-            raise LedgerError(f"transaction failed: {error.str()}") from exc
+            if error.fatal():
+                raise LedgerError(f"transaction failed: {error.str()}") from exc
+            # Abortable, or not retriable within the bound: nothing of the batch is visible; redo it.
+            log.warning("ledger %s: aborting a transaction: %s", self.config.instance, error.str())
+            _retrying(lambda: self.producer.abort_transaction(60))
+            self._rewind()
+            return 0
         self.transactions += 1
         return len(messages)
 
@@ -263,19 +291,27 @@ class Ledger:
             out = frame_keeping(head, body, set(new))
             kept = len(new)
             head = frame_head(out)[0]
-        state.seen.add_head(head.get("seq") or {}, head.get("oid") or (), now_ms)
-        self.producer.produce(self.config.events_topic, out, key=msg.key(), partition=partition)
+        state.seen.of(head_scope(head)).add_head(head.get("seq") or {}, head.get("oid") or (), now_ms)
+        self._produce(self.config.events_topic, out, msg.key(), partition)
         for key, value in changelog_records(state.seen, head):
-            self.producer.produce(self.config.state_topic, value, key=key, partition=partition)
+            self._produce(self.config.state_topic, value, key, partition)
         state.frames_out += 1
         state.events_out += kept
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key=key, partition=partition)
+                return
+            except BufferError:  # the producer's queue is full: let deliveries drain it
+                self.producer.poll(0.1)
 
     def _rewind(self) -> None:
         """After an aborted transaction: state from the changelog, positions from the committed offsets."""
         assignment = self.consumer.assignment()
-        committed = self.consumer.committed(assignment, timeout=30)
+        committed = _retrying(lambda: self.consumer.committed(assignment, timeout=30))
         for tp in committed:
-            self.states[tp.partition] = self.restore(tp.partition)
+            self.states[tp.partition] = _retrying(lambda partition=tp.partition: self.restore(partition))
             self.consumer.seek(tp if tp.offset >= 0 else type(tp)(tp.topic, tp.partition, -2))
 
     def memory(self) -> dict[int, dict[str, int]]:
@@ -310,24 +346,43 @@ _OPAQUE_BYTES: Final = 150
 
 
 def run_ledger(config: LedgerConfig, *, report_every_s: float = 10.0) -> int:
-    """`maidian ledger`: run until SIGTERM/SIGINT, then commit what is in flight and leave the group."""
-    ledger = Ledger(config, crash_before_commit=int(os.environ.get("MAIDIAN_LEDGER_CRASH_BEFORE_COMMIT", "0")))
+    """`maidian ledger`: run until SIGTERM/SIGINT, then leave the group.
+
+    A fatal transactional error (the producer fenced, for instance when the coordinator aborted a
+    transaction that outlived `transaction_timeout_ms` during a failover) starts the ledger afresh in
+    the same process, as a supervisor's restart would: a new producer with the same transactional id
+    (which fences any older one), the partitions' state restored from the changelog, and the uncommitted
+    batch redone.
+    """
+    from confluent_kafka import KafkaException
+
+    stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
-        ledger.stopping = True
+        nonlocal stopping
+        stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    ledger.open()
-    print(f"maidian ledger: running instance={config.instance} group={config.group}", file=sys.stderr, flush=True)
-    last = time.monotonic()
-    try:
-        while not ledger.stopping:
-            ledger.step()
-            if time.monotonic() - last >= report_every_s:
-                last = time.monotonic()
-                print(f"maidian ledger: state per partition {ledger.memory()}", file=sys.stderr, flush=True)
-    finally:
-        ledger.close()
+    crash = int(os.environ.get("MAIDIAN_LEDGER_CRASH_BEFORE_COMMIT", "0"))
+    while not stopping:
+        ledger = Ledger(config, crash_before_commit=crash)
+        try:
+            ledger.open()
+            print(
+                f"maidian ledger: running instance={config.instance} group={config.group}", file=sys.stderr, flush=True
+            )
+            last = time.monotonic()
+            while not stopping:
+                ledger.step()
+                if time.monotonic() - last >= report_every_s:
+                    last = time.monotonic()
+                    print(f"maidian ledger: state per partition {ledger.memory()}", file=sys.stderr, flush=True)
+        except (LedgerError, KafkaException) as exc:
+            print(f"maidian ledger: starting afresh after: {exc}", file=sys.stderr, flush=True)
+            crash = 0
+            time.sleep(1.0)
+        finally:
+            ledger.close()
     print("maidian ledger: stopped", file=sys.stderr, flush=True)
     return 0

@@ -2,9 +2,9 @@
 
 | topic                 | written by         | holds                                            | settings            |
 |-----------------------|--------------------|--------------------------------------------------|---------------------|
-| `maidian.raw`         | collectors         | accepted frames, a retry possibly twice           | delete, retention   |
-| `maidian.quarantine`  | collectors         | quarantined frames with their reasons            | delete, retention   |
-| `maidian.events`      | the ledger (txn)   | deduplicated frames, each event once             | delete, retention   |
+| `maidian.raw`         | collectors         | accepted frames, a retry possibly twice           | delete, 8 days      |
+| `maidian.quarantine`  | collectors         | quarantined frames with their reasons            | delete, 8 days      |
+| `maidian.events`      | the ledger (txn)   | deduplicated frames, each event once             | delete, 1 day       |
 | `maidian.ledger-state`| the ledger (txn)   | dedup state per SDK source / opaque id           | compact             |
 
 The raw, events and state topics have the same partition count: the ledger writes partition p's output
@@ -26,6 +26,8 @@ class TopicPlan:
     partitions: int = 12
     replication: int = 3
     raw_retention_ms: int = 8 * 86_400_000  # the dedup window: a retry can arrive this late
+    # The loaders' and stitcher's catch-up margin: they are the only readers of the events topic.
+    events_retention_ms: int = 86_400_000
     raw_topic: str = "maidian.raw"
     quarantine_topic: str = "maidian.quarantine"
     events_topic: str = "maidian.events"
@@ -56,7 +58,12 @@ def create_topics(bootstrap: str, plan: TopicPlan, timeout_s: float = 60.0) -> l
     wanted = [
         NewTopic(plan.raw_topic, plan.partitions, plan.replication, config=retained),
         NewTopic(plan.quarantine_topic, plan.partitions, plan.replication, config=retained),
-        NewTopic(plan.events_topic, plan.partitions, plan.replication, config=retained),
+        NewTopic(
+            plan.events_topic,
+            plan.partitions,
+            plan.replication,
+            config={**retained, "retention.ms": str(plan.events_retention_ms)},
+        ),
         NewTopic(
             plan.state_topic,
             plan.partitions,

@@ -47,6 +47,7 @@ from maidian.collector.http.vendor_routes import (
     add_vendor_routes,
     max_line_bytes,
 )
+from maidian.collector.http.workers import PEERS
 from maidian.collector.pipeline.auth import Authenticator
 from maidian.collector.pipeline.decode import decode_batch, decompress, inflates_large, read_media_type
 from maidian.collector.service import Collector
@@ -204,8 +205,13 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    text = request.app[COLLECTOR].metrics.render()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Format": "0.0.4"})
+    peers = request.app.get(PEERS)  # `--workers N`: every worker's counters, added up (http/workers.py)
+    metrics = request.app[COLLECTOR].metrics
+    text = metrics.render() if peers is None else await peers.metrics_text(metrics.snapshot())
+    headers = {"X-Content-Format": "0.0.4"}
+    if peers is not None:
+        headers["X-Maidian-Worker"] = f"w{peers.workers.index}"
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers=headers)
 
 
 class _MalformedRequests(logging.Filter):

@@ -13,7 +13,10 @@ Who may see it: the live view shows every user's events, so it never trusts a
 write key (write keys ship inside apps and can be read out of any of them). A
 browser presents the live token once (`[live] token_sha256` holds its SHA-256,
 compared in constant time) and gets an HttpOnly, SameSite=Strict session
-cookie scoped to /live, so the token is never in a URL or a log. With
+cookie scoped to /live, so the token is never in a URL or a log. Sessions
+are signed rather than remembered, so with `--workers N` a session is valid
+on every worker; workers other than w0 relay the data routes to w0, which
+holds the one hub every worker's events reach (http/workers.py). With
 `allow_loopback` (`maidian qa`), a browser on the same machine needs no
 token, but only when it connected from a loopback address *and* asked for a
 loopback host name, which refuses pages that rebind their own DNS name to
@@ -27,6 +30,7 @@ own files, so an event value can never run as script there.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -39,12 +43,15 @@ from aiohttp import web
 
 from maidian.collector.config import LiveConfig, hash_key
 from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
+from maidian.collector.http.workers import WORKERS, Forwarder, relay, watching_flag
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
 
 if TYPE_CHECKING:
     from maidian.collector.service import Collector
 
-__all__ = ["LIVE", "LIVE_ROUTES", "mount_live"]
+__all__ = ["LIVE", "LIVE_DATA_ROUTES", "LIVE_ROUTES", "mount_live", "mount_live_data"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LIVE: Final = web.AppKey("live", LiveHub)
 LIVE_ROUTES: Final = (
@@ -68,36 +75,44 @@ _json = msgspec.json.Encoder()
 
 
 class _Access:
-    """Who may read the live view: a session cookie from the token, or (when allowed) this machine."""
+    """Who may read the live view: a signed session cookie from the token, or (when allowed) this machine.
 
-    def __init__(self, settings: LiveConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    A session is `<expiry>.<nonce>.<HMAC-SHA256>` under a key derived from a
+    secret and the token's hash: nothing is remembered per session, so every
+    worker of `--workers N` (which share the secret, http/workers.py) accepts
+    the sessions any of them issued, and changing the token ends them all.
+    """
+
+    def __init__(self, settings: LiveConfig, clock: Callable[[], float] = time.time) -> None:
         self.token_sha256 = settings.token_sha256.lower()
         self.allow_loopback = settings.allow_loopback
         self.clock = clock
-        self.sessions: dict[str, float] = {}
+        self.use_secret(secrets.token_bytes(32))
+
+    def use_secret(self, secret: bytes) -> None:
+        """Sign sessions under `secret` (the workers' shared one); sessions signed before no longer count."""
+        self._key = hmac.new(secret, self.token_sha256.encode(), hashlib.sha256).digest()
+
+    def _mac(self, message: str) -> str:
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
     def allows(self, request: web.Request) -> bool:
         if self.allow_loopback and _is_loopback_peer(request.remote) and _is_loopback_name(request.host):
             return True
-        session = request.cookies.get(_COOKIE, "")
-        expires = self.sessions.get(session)
-        if expires is None:
+        expiry, _, rest = request.cookies.get(_COOKIE, "").partition(".")
+        nonce, _, mac = rest.partition(".")
+        if not (expiry.isdigit() and nonce and mac):
             return False
-        if expires < self.clock():
-            del self.sessions[session]
+        if not hmac.compare_digest(mac, self._mac(f"{expiry}.{nonce}")):
             return False
-        return True
+        return int(expiry) >= self.clock()
 
     def login(self, token: str) -> str | None:
-        """A new session id for the right token, else None."""
+        """A new session for the right token, else None."""
         if not self.token_sha256 or not hmac.compare_digest(hash_key(token), self.token_sha256):
             return None
-        now = self.clock()
-        for sid in [s for s, t in self.sessions.items() if t < now]:
-            del self.sessions[sid]
-        session = secrets.token_urlsafe(24)
-        self.sessions[session] = now + _SESSION_S
-        return session
+        message = f"{int(self.clock() + _SESSION_S)}.{secrets.token_urlsafe(12)}"
+        return f"{message}.{self._mac(message)}"
 
 
 def _is_loopback_peer(remote: str | None) -> bool:
@@ -178,7 +193,8 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     # A reconnecting EventSource says what it has seen (Last-Event-ID); a new one says where the page was cleared.
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
     after_seq = int(after) if after.isdigit() else 0
-    response = await open_event_stream(request)
+    workers = request.app.get(WORKERS)
+    response = await open_event_stream(request, {"X-Maidian-Worker": f"w{workers.index}"} if workers else None)
     ready = asyncio.Event()
     sub = hub.subscribe(flt, ready.set, after_seq=after_seq)
     try:
@@ -197,6 +213,40 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _relayed(handler: Handler) -> Handler:
+    """In a worker other than w0 (http/workers.py), answer with w0's answer: it keeps the one live hub."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        forwarder = request.app.get(_FORWARDER)
+        if forwarder is not None:
+            return await relay(request, forwarder)
+        response = await handler(request)
+        workers = request.app.get(WORKERS)
+        if workers is not None and not response.prepared:
+            response.headers["X-Maidian-Worker"] = f"w{workers.index}"  # which worker answered
+        return response
+
+    return run
+
+
+LIVE_DATA_ROUTES: Final[dict[str, Handler]] = {
+    "/live/info": _info,
+    "/live/stream": _stream,
+    "/live/coverage": _coverage,
+}
+"""The data routes, as served to pages (guarded) and to sibling workers (`mount_live_data`)."""
+
+
+def mount_live_data(app: web.Application, hub: LiveHub) -> None:
+    """Serve `hub`'s data routes unguarded: w0's private socket, for the workers that relay their pages to it."""
+    app[LIVE] = hub
+    for path, handler in LIVE_DATA_ROUTES.items():
+        app.router.add_get(path, handler)
+
+
+_FORWARDER: Final = web.AppKey("live_forwarder", Forwarder)
+
+
 def mount_live(app: web.Application, collector: Collector) -> LiveHub:
     """Serve the live view of `collector` on `app` (settings from `[live]`); the hub follows its pipeline once open."""
     settings = collector.config.live
@@ -211,18 +261,33 @@ def mount_live(app: web.Application, collector: Collector) -> LiveHub:
     serve_page(app, "/live", "maidian.collector.qa", "live.html", _ASSETS)
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
-        if collector.ingest is not None:
+        workers = app.get(WORKERS)
+        forwarder = None
+        if workers is not None:
+            app[_ACCESS].use_secret(workers.session_key)
+        if workers is not None and workers.index != 0:
+            forwarder = app[_FORWARDER] = Forwarder(workers)
+            if collector.ingest is not None:
+                collector.ingest.observer = forwarder.observe
+            forwarder.start()
+        elif collector.ingest is not None:
+            if workers is not None:
+                hub.on_watching = watching_flag(workers)
             hub.attach(collector.ingest)
         yield
         hub.close()
+        if forwarder is not None:
+            await forwarder.close()
 
     async def stop_streams(app: web.Application) -> None:
         hub.close()  # streams end now, not at the shutdown timeout
+        forwarder = app.get(_FORWARDER)
+        if forwarder is not None:
+            forwarder.end_relays()  # relayed streams too
 
     app.cleanup_ctx.append(follow)
     app.on_shutdown.append(stop_streams)
-    app.router.add_get("/live/info", _guarded(_info))
-    app.router.add_get("/live/stream", _guarded(_stream))
-    app.router.add_get("/live/coverage", _guarded(_coverage))
+    for path, handler in LIVE_DATA_ROUTES.items():
+        app.router.add_get(path, _guarded(_relayed(handler)))
     app.router.add_post("/live/session", _session)
     return hub

@@ -66,12 +66,12 @@ def serve_page(app: web.Application, prefix: str, package: str, page: str, asset
     app.router.add_get(prefix + "/assets/{name}", show_asset)
 
 
-async def open_event_stream(request: web.Request) -> web.StreamResponse:
+async def open_event_stream(request: web.Request, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """A prepared server-sent-events answer: unbuffered through proxies, with the pages' security headers."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
     )
-    for name, value in SECURITY_HEADERS.items():
+    for name, value in {**SECURITY_HEADERS, **(headers or {})}.items():
         response.headers[name] = value
     await response.prepare(request)
     return response

@@ -45,10 +45,10 @@ from aiohttp import web
 from maidian.collector.config import SupportConfig
 from maidian.collector.http.live_routes import LIVE
 from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
+from maidian.collector.privacy.audit import AuditLog
 from maidian.collector.qa.live import LiveFilter, LiveHub
 from maidian.collector.store.catalog import Catalog, IdentityFeed
 from maidian.collector.support.access import Access, LockedOut, Session
-from maidian.collector.support.audit import AuditLog
 from maidian.collector.support.timeline import Found, PersonFrames, Timeline, TimelineFilter, find_person
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class _Support:
         self.settings = settings
         self.collector = collector
         self.access = Access(settings)
-        self.audit = AuditLog(collector.data.root)
+        self.audit = AuditLog(collector.data.root, name="support.jsonl")
         self.timeline = Timeline(collector.data.root, collector.plan, settings.time_zone)
         self.reader = _Reader(collector)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="maidian-support")
@@ -203,7 +203,7 @@ def _set_cookie(response: web.StreamResponse, request: web.Request, session: Ses
         path="/support",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=request.secure or state.settings.secure_cookie,
     )
 
 
@@ -237,7 +237,9 @@ async def _login(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
         return response
     if session is None:
+        log.warning("support: failed login from %s", address)
         return _error(401, "unauthenticated", "wrong name or password")
+    log.info("support: %s (%s) signed in from %s", session.account, session.role, address)
     response = json_response({"ok": True, "csrf": session.csrf})
     _set_cookie(response, request, session)
     return response
@@ -355,7 +357,7 @@ async def _timeline(request: web.Request, session: Session, view: _View) -> web.
         out: dict[str, Any] = {"events": page.events, "cursor": page.cursor}
         names = {e["event"] for e in page.events}
         if cursor is None:
-            out["quarantined"] = state.timeline.quarantined(view.found, flt)
+            out["quarantined"] = state.timeline.quarantined(feed.graph, view.found, flt)
             names |= {e["event"] for e in out["quarantined"]}
         out["notes"] = state.timeline.notes(names)
         return out
@@ -418,6 +420,7 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
     if hub is None:
         return _error(503, "not_ready", "the collector is not following its pipeline yet")
     values = {v for _t, v in view.found.members}
+    signed = {source.name for source in state.collector.config.auth.sources}
     response = await open_event_stream(request)
     ready = asyncio.Event()
     sub = hub.subscribe(LiveFilter(), ready.set, after_seq=hub.history[-1].seq if hub.history else 0)
@@ -430,7 +433,11 @@ async def _stream(request: web.Request, session: Session, view: _View) -> web.St
             if not isinstance(event, dict):
                 continue
             ids = {str(t): str(v) for t, v in (doc.get("identities") or {}).items()}
-            if doc.get("verdict") == "accepted" and feed.graph.attribute(ids) not in (None, view.found.person):
+            trusted = doc.get("source") in signed
+            if doc.get("verdict") == "accepted" and feed.graph.attribute(ids, trusted=trusted) not in (
+                None,
+                view.found.person,
+            ):
                 continue
             shaped = state.timeline.shape({**event, "source": doc.get("source")})
             shaped["verdict"] = doc.get("verdict")

@@ -68,6 +68,8 @@ _SIGNING_HEADERS: Final = (HEADER_SOURCE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER
 _KEY_PARAMS: Final = frozenset({"write_key", "writekey", "key", "api_key", "apikey", "token", "secret"})
 # What a nonce may be: signing.make_nonce makes 32 hex digits; a value that is not ASCII cannot be signed.
 _NONCE: Final = re.compile(r"[!-~]{1,128}")
+# One answer for an unknown source and a wrong signature: a 401 never confirms a source name.
+_BAD_SIGNATURE: Final = "the signature does not match the request"
 # A nonce cache this large holds five minutes at 3,000 signed requests per second.
 MAX_NONCES: Final = 1_000_000
 
@@ -239,7 +241,7 @@ class Authenticator:
             path=path,
             body=body,
         ):
-            raise Unauthenticated("the signature does not match the request")
+            raise Unauthenticated(_BAD_SIGNATURE)
         if signed.source.revoked:
             raise Forbidden("this server source has been revoked")
         if not self.nonces.add(signed.nonce, now_s):
@@ -275,9 +277,8 @@ class Authenticator:
         ]
         if missing:
             raise Unauthenticated(f"a signed request needs {', '.join(missing)}")
-        source = self._sources.get(name)
-        if source is None:
-            raise Unauthenticated("unknown server source")
+        # What the head alone says is checked first, the same for every source name; then the name, with the
+        # signature's own answer, so that a sender without the secret cannot tell which sources exist.
         try:
             timestamp = int(stamp)
         except ValueError:
@@ -288,6 +289,9 @@ class Authenticator:
             )
         if not _NONCE.fullmatch(nonce):
             raise Unauthenticated(f"{HEADER_NONCE} must be 1 to 128 visible ASCII characters")
+        source = self._sources.get(name)
+        if source is None:
+            raise Unauthenticated(_BAD_SIGNATURE)
         return Claim(
             Principal(source.name, "source", trusted=True),
             _SignedHead(source, timestamp, nonce, signature),

@@ -44,7 +44,7 @@ import zstandard
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 from maidian.collector.pipeline.scan import ScanError, map_value_at, scan_msgpack
 from maidian.tracking_plan import Violation
-from maidian.tracking_plan.envelope import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Limits
+from maidian.tracking_plan.envelope import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, DROP_REASONS, Limits
 
 __all__ = [
     "Batch",
@@ -614,18 +614,25 @@ def decoded_batch(
     )
 
 
-# A loss report is the sender's telemetry: bounded so that it cannot grow the frame head or the catalog.
+# A loss report is the sender's telemetry: bounded so that it cannot grow the frame head, the catalog or
+# the series of /metrics.
 _MAX_DROP_REASONS: Final = 16
 _MAX_REASON_CHARS: Final = 32
 _MAX_SOURCE_CHARS: Final = 128
-_MAX_DROP_COUNT: Final = 1 << 53
+# What one client instance can have dropped: 100,000 events a day (a full queue refilled every few
+# minutes) for the 7 days a spool keeps them is 700,000; a report past this is no account of a device.
+MAX_DROP_COUNT: Final = 10_000_000
+# A reason the collector does not know is counted under this one, so a newer SDK's losses still show.
+OTHER_REASON: Final = "other"
 
 
 def read_dropped(value: Any) -> dict[str, Any] | None:
     """The batch's `dropped` report in its one accepted shape, or None (ignored) for anything else.
 
-    A malformed report never fails the batch: the events matter more than the
-    sender's account of the ones it lost.
+    Reasons are the protocol's (`envelope.DROP_REASONS`); any other is added
+    to `other`. A report with a count past `MAX_DROP_COUNT` is implausible and
+    ignored whole. A malformed report never fails the batch: the events
+    matter more than the sender's account of the ones it lost.
     """
     if type(value) is not dict:
         return None
@@ -638,9 +645,10 @@ def read_dropped(value: Any) -> dict[str, Any] | None:
     for reason, n in counts.items():
         if type(reason) is not str or not 0 < len(reason) <= _MAX_REASON_CHARS:
             return None
-        if type(n) is not int or not 0 <= n <= _MAX_DROP_COUNT:
+        if type(n) is not int or not 0 <= n <= MAX_DROP_COUNT:
             return None
-        clean[reason] = n
+        known = reason if reason in DROP_REASONS else OTHER_REASON
+        clean[known] = clean.get(known, 0) + n
     return {"source": source, "counts": clean} if clean else None
 
 

@@ -232,6 +232,9 @@ class ScopedSeenIds:
     def range_count(self) -> int:
         return sum(s.range_count for s in self._scopes.values())
 
+    def opaque_count(self) -> int:
+        return sum(s.opaque_count() for s in self._scopes.values())
+
     def expire(self, now_ms: int) -> int:
         forgotten = sum(s.expire(now_ms) for s in self._scopes.values())
         for scope in [k for k, s in self._scopes.items() if not len(s)]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -104,7 +104,9 @@ class Refused:
     reasons: Sequence[Violation]
 
 
-def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int) -> dict[str, Any]:
+def _head(
+    batch: Batch, principal: Principal, request_id: str, received_ms: int, sources: Container[str]
+) -> dict[str, Any]:
     head = {
         "rid": request_id,
         "at": received_ms,
@@ -116,8 +118,10 @@ def _head(batch: Batch, principal: Principal, request_id: str, received_ms: int)
         "lib_version": batch.lib_version,
         "plan_version": batch.plan_version,
     }
-    if batch.dropped is not None:
-        head["dropped"] = batch.dropped  # the sender's loss report; the catalog keeps the largest counts
+    if batch.dropped is not None and batch.dropped["source"] in sources:
+        # The sender's loss report, about a device whose events this frame holds: a sender cannot speak
+        # for devices it sends nothing of. The catalog keeps the largest counts.
+        head["dropped"] = batch.dropped
     return head
 
 
@@ -152,6 +156,8 @@ class Ingest:
         self.observer: Callable[[Batch, Principal, Outcome, bool, int], None] | None = None
         # The suppression list (store/suppression.py): events it covers are answered as usual, never stored.
         self.suppress: Callable[[Any], bool] | None = None
+        # The plan's PII tags for quarantined records (redact.py): (record, raw, format) -> the bytes to store.
+        self.redact: Callable[[Any, msgspec.Raw, str], msgspec.Raw] | None = None
         self.suppressed = 0
 
     def uncommitted(self, log: str) -> dict[str, int]:
@@ -287,7 +293,8 @@ class Ingest:
                     continue
                 local.add(eid)
                 q_ids.append(eid)
-            q_records.append((event, raw, corrected, shown))
+            kept = raw if self.redact is None else self.redact(event, raw, batch.format)
+            q_records.append((event, kept, corrected, shown))
         accepted = len(ids)
         self.suppressed += suppressed + suppressed_invalid
         outcome = Outcome(accepted + suppressed, duplicates, len(verdicts.invalid), results)
@@ -295,7 +302,7 @@ class Ingest:
             if self.observer is not None:
                 self.observer(batch, principal, outcome, False, received_ms)
             return outcome
-        head = _head(batch, principal, request_id, received_ms)
+        head = _head(batch, principal, request_id, received_ms, seqs)
         commits: list[asyncio.Future[None]] = []
         appended: Appended | None = None
         ranges: dict[str, list[int]] = {}

@@ -39,7 +39,12 @@ from maidian.collector.pipeline.decode import (
 from maidian.tracking_plan import Plan, Validator, Violation
 from maidian.tracking_plan.envelope import Limits
 
-__all__ = ["Judge", "Verdicts", "event_summary", "reason_dicts"]
+__all__ = ["SERVER_PRESETS", "Judge", "Verdicts", "event_summary", "reason_dicts"]
+
+# Presets that carry trust: the collector derives them (`$ip` from the connection on the vendor routes)
+# or a signed source sets them (`$server`); from any other sender they are refused.
+_SERVER_PRESET: Final = "$server"
+SERVER_PRESETS: Final = frozenset({_SERVER_PRESET})
 
 FLAG_FUTURE: Final = "future"
 FLAG_SKEW: Final = "clock_skew"
@@ -79,6 +84,9 @@ class Judge:
         self.window_ms = int(window_s * 1000)
         self.future_ms = int(future_tolerance_s * 1000)
         self.server_events = frozenset(name for name, spec in plan.events.items() if spec.trigger == "server")
+        # What only the collector or a signed source may write: trust-bearing presets, server-only user properties.
+        self.server_user_properties = plan.server_user_properties()
+        self.server_properties = SERVER_PRESETS | self.server_user_properties
         # Events of a `json_checked` batch encoded in at most this many bytes break no limit
         # (`check_decoded_limits`): they have no room for a long string or too many properties.
         self.small_bytes = min(limits.max_string_bytes, 2 * limits.max_properties + 1, limits.max_event_bytes)
@@ -105,6 +113,9 @@ class Judge:
         checked = batch.json_checked
         small_bytes = self.small_bytes if checked else -1
         check_trigger = bool(server_events) and not trusted
+        untrusted = not trusted
+        profile_guard = untrusted and bool(self.server_user_properties)
+        server_user = self.server_user_properties
         valid = out.valid
         problems = batch.problems
         for index, raw in enumerate(batch.events):
@@ -137,6 +148,12 @@ class Judge:
                     corrected < oldest
                     or corrected > latest
                     or (check_trigger and event["type"] == "track" and event["event"] in server_events)
+                    or (untrusted and _SERVER_PRESET in event.get("properties", ()))
+                    or (
+                        profile_guard
+                        and event["type"] != "track"
+                        and not server_user.isdisjoint(event.get("properties", ()))
+                    )
                 ):
                     self._judge_slowly(
                         out,
@@ -173,18 +190,37 @@ class Judge:
         return out
 
     def _trigger(self, event: Any) -> list[Violation]:
-        """The `trigger` violation for a server-only event from an untrusted sender, if it is one."""
-        if type(event) is not dict or event.get("type") != "track":
+        """The `trigger` violations for what only signed sources may send, coming from an untrusted sender.
+
+        A `trigger: server` event; a trust-bearing preset (`$server`, `$ip`:
+        the collector sets them, a sender never does); a user property the
+        plan marks `"x-trigger": "server"` (suitability, investor type).
+        """
+        if type(event) is not dict:
             return []
+        props = event.get("properties")
+        out = []
+        if type(props) is dict:
+            for prop in sorted(self.server_properties.intersection(props)):
+                out.append(
+                    Violation(
+                        "trigger",
+                        f"/properties/{prop}",
+                        f"property {prop!r} is set by the collector or a signed server source only",
+                    )
+                )
+        if event.get("type") != "track":
+            return out
         name = event.get("event")
         if type(name) is not str or name not in self.server_events:
-            return []
+            return out
         return [
+            *out,
             Violation(
                 "trigger",
                 "/event",
                 f"event {name!r} is marked 'trigger: server' in the plan; only signed server sources may send it",
-            )
+            ),
         ]
 
     def _judge_slowly(

@@ -59,6 +59,7 @@ __all__ = [
     "Suppression",
     "delete_person",
     "export_person",
+    "export_person_records",
     "load_suppression",
     "retain",
 ]
@@ -170,6 +171,7 @@ def delete_person(data_dir: Path, value: str, *, suppress: bool = False, plan: P
     with _session(data_dir, plan) as (data, catalog, feed, cleared):
         view = person_view(data, catalog, feed.graph, value)
         person = view.person
+        cleared.person = person or ""
         match = _Match(_own_values(view, value))
         members = view.members
         attribute = Attribution(feed.graph)
@@ -240,6 +242,13 @@ def export_person(
     identity values follow, in log order, as `export --quarantined` prints
     them (`quarantined: true`, the reasons, the record as sent).
     """
+    return export_person_records(data_dir, value, plan=plan, quarantined=quarantined)[1]
+
+
+def export_person_records(
+    data_dir: Path, value: str, *, plan: Plan | None = None, quarantined: bool = False
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """`export_person` with the person id it exported (for the audit log)."""
     from maidian.collector.read import export_events
 
     data = DataDir.existing(data_dir)
@@ -259,4 +268,4 @@ def export_person(
         records += [
             r for r in export_events(data_dir, quarantined=True, accepted=False) if match(r["event"], anywhere=True)
         ]
-    return records
+    return view.person, records

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from maidian.collector.pipeline.decode import Batch
     from maidian.collector.pipeline.ingest import Outcome
 
-__all__ = ["VERDICTS", "LiveFilter", "LiveHub", "LiveRecord", "Subscriber"]
+__all__ = ["VERDICTS", "Judged", "LiveFilter", "LiveHub", "LiveRecord", "Subscriber", "judged_events"]
 
 log = logging.getLogger("maidian.collector")
 
@@ -144,6 +144,31 @@ class Subscriber:
         return records, skipped
 
 
+Judged = tuple[Any, bytes | None, str, list[Any]]
+"""One judged event as the hub takes it: the decoded event (None when undecodable), the first bytes of the
+event as sent when it did not decode, the verdict, and the reasons."""
+
+
+def judged_events(batch: Batch, results: list[dict[str, Any]]) -> list[Judged]:
+    """A request's events with their verdicts, each decoded once."""
+    values = batch.values
+    decode = _json_decode if batch.format == "json" else _msgpack_decode
+    out: list[Judged] = []
+    for i, raw in enumerate(batch.events):
+        result = results[i]
+        event: Any
+        if values is not None:
+            event = values[i]
+        else:
+            try:
+                event = decode(raw)
+            except (msgspec.DecodeError, RecursionError, UnicodeError):
+                event = None
+        shown = bytes(raw)[:_RAW_SHOWN_BYTES] if event is None else None
+        out.append((event, shown, result.get("status", ""), result.get("reasons", [])))
+    return out
+
+
 class LiveHub:
     """The live view's state for one collector process: pages, recent events and the session's coverage."""
 
@@ -172,6 +197,8 @@ class LiveHub:
         self._seq = 0
         self._lines: dict[str, str] = {}
         self._pipeline: _Observer | None = None
+        # Told whether anybody watches, whenever that may have changed (other workers forward only then).
+        self.on_watching: Callable[[bool], None] | None = None
 
     # -- the pipeline's side -------------------------------------------------------------
 
@@ -181,9 +208,11 @@ class LiveHub:
         self._hook()
 
     def _hook(self) -> None:
+        watching = not self.closed and (self.observe_always or bool(self.subscribers))
         if self._pipeline is not None:
-            watching = not self.closed and (self.observe_always or bool(self.subscribers))
             self._pipeline.observer = self.observe if watching else None
+        if self.on_watching is not None:
+            self.on_watching(watching)
 
     def observe(self, batch: Batch, principal: Principal, outcome: Outcome, stored: bool, received_ms: int) -> None:
         """Record one request's events with their verdicts (the pipeline's hook); never raises into it."""
@@ -195,22 +224,12 @@ class LiveHub:
     def _observe(
         self, batch: Batch, source: str, results: list[dict[str, Any]], stored: bool, received_ms: int
     ) -> None:
-        values = batch.values
-        decode = _json_decode if batch.format == "json" else _msgpack_decode
-        route = "batch" if stored else "debug"
+        self.add_judged(judged_events(batch, results), source, "batch" if stored else "debug", received_ms)
+
+    def add_judged(self, judged: list[Judged], source: str, route: str, received_ms: int) -> None:
+        """Show one request's judged events (from this process's pipeline, or forwarded by another worker)."""
         fresh: list[str] = []
-        for i, raw in enumerate(batch.events):
-            result = results[i]
-            verdict = result.get("status", "")
-            reasons = result.get("reasons", [])
-            event: Any
-            if values is not None:
-                event = values[i]
-            else:
-                try:
-                    event = decode(raw)
-                except (msgspec.DecodeError, RecursionError, UnicodeError):
-                    event = None
+        for event, raw, verdict, reasons in judged:
             kind, name, props = describe(event)
             tag = test_tag_of(event) or ""
             record = self._record(event, raw, verdict, reasons, kind, name, tag, route, source, received_ms)
@@ -251,7 +270,7 @@ class LiveHub:
     def _record(  # noqa: PLR0917  # one call site, on the hot path of a watched collector
         self,
         event: Any,
-        raw: Any,
+        raw: bytes | None,
         verdict: str,
         reasons: list[Any],
         kind: str | None,
@@ -283,7 +302,7 @@ class LiveHub:
             "payload": event,
         }
         if event is None:
-            doc["raw_base64"] = base64.b64encode(bytes(raw)[:_RAW_SHOWN_BYTES]).decode()
+            doc["raw_base64"] = base64.b64encode(raw or b"").decode()
         data = self._encode(doc)
         values = tuple(v for v in ids.values() if isinstance(v, str))
         return LiveRecord(self._seq, verdict, shown or "", line, tag, values, data)

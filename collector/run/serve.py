@@ -9,8 +9,9 @@ Several worker processes (`server.workers`): each binds the same port with
 SO_REUSEPORT (the kernel spreads connections across them) and writes its own
 segments under its own writer id (`w0`, `w1`, ...) in one data directory;
 each follows the others' frame heads into its deduplication state
-(docs/collector.md, "Two processes"). The parent only starts, watches and
-stops them.
+(docs/collector.md, "Two processes"). They answer `/metrics` and the live
+view as one service, over private unix sockets (http/workers.py). The parent
+only starts, watches and stops them.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ import gc
 import logging
 import multiprocessing
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from maidian.collector.config import Config, ConfigSource, with_storage
 from maidian.collector.errors import ConfigError
+from maidian.collector.http.workers import Workers
 
 __all__ = ["loop_factory", "serve"]
 
@@ -45,12 +50,17 @@ def _say(message: str) -> None:
     os.write(sys.stderr.fileno(), f"maidian: {message}\n".encode())
 
 
-async def _run(config: Config, source: ConfigSource | None) -> None:
+async def _run(config: Config, source: ConfigSource | None, workers: Workers | None = None) -> None:
     from aiohttp import web
 
     from maidian.collector.http.app import AUTH, COLLECTOR, make_app
+    from maidian.collector.http.live_routes import LIVE, mount_live_data
+    from maidian.collector.http.workers import PEERS, WORKERS, Peers, start_internal
 
     app = make_app(config)
+    if workers is not None:
+        app[WORKERS] = workers
+        app[PEERS] = Peers(workers)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -66,6 +76,9 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
         runner, config.server.host, config.server.port, reuse_port=config.server.reuse_port or None, backlog=1024
     )
     await site.start()
+    internal = None
+    if workers is not None:
+        internal = await start_internal(collector, workers, app.get(LIVE), mount_live_data)
     # The plan's compiled schemas and everything loaded so far live for the whole
     # process: move them out of the collector's way, and let young garbage build
     # up longer between collections (docs/decisions.md, "Collector: garbage collection").
@@ -108,6 +121,9 @@ async def _run(config: Config, source: ConfigSource | None) -> None:
     if not await collector.wait_idle(config.server.shutdown_timeout_s):
         _say("requests still in flight at the shutdown timeout; closing them")
     await runner.cleanup()
+    if internal is not None:
+        await internal.cleanup()
+        await app[PEERS].close()
     _say("stopped")
 
 
@@ -126,13 +142,13 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _worker(config: Config, source: ConfigSource | None = None) -> None:
+def _worker(config: Config, source: ConfigSource | None = None, workers: Workers | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with (
         contextlib.suppress(KeyboardInterrupt),
         asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner,
     ):
-        runner.run(_run(config, source))
+        runner.run(_run(config, source, workers))
 
 
 def serve(config: Config, source: ConfigSource | None = None) -> int:
@@ -157,12 +173,17 @@ def _supervise(config: Config, source: ConfigSource | None) -> int:
     holder.bind((config.server.host, config.server.port))
     port = holder.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
+    # The workers' private unix sockets and shared flag (http/workers.py): 0700, removed at exit.
+    socket_dir = tempfile.mkdtemp(prefix="maidian-")
+    Workers.prepare(socket_dir)
+    session_key = secrets.token_bytes(32)
     workers = []
     for i in range(config.server.workers):
         # One indexer is enough: the others would read the same frames to lose the race for them.
         worker_config = with_storage(config, writer_id=f"w{i}", index_catalog=i == 0)
         worker_config = replace(worker_config, server=replace(config.server, port=port, workers=1, reuse_port=True))
-        proc = ctx.Process(target=_worker, args=(worker_config, source), name=f"maidian-w{i}")
+        sibling = Workers(i, config.server.workers, socket_dir, session_key)
+        proc = ctx.Process(target=_worker, args=(worker_config, source, sibling), name=f"maidian-w{i}")
         proc.start()
         workers.append(proc)
     stopping = False
@@ -197,6 +218,7 @@ def _supervise(config: Config, source: ConfigSource | None) -> int:
             time.sleep(0.2)
     finally:
         holder.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
     for proc in workers:
         proc.join()
         if proc.exitcode not in (0, -signal.SIGTERM):

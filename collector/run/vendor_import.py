@@ -134,7 +134,10 @@ class Checkpoint:
         if self.path is None:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"offsets": self.offsets}, indent=1), "utf-8")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(json.dumps({"offsets": self.offsets}, indent=1))
+            out.flush()
+            os.fsync(out.fileno())  # a checkpoint that survives a power cut is a whole one, never an empty file
         os.replace(tmp, self.path)
 
 
@@ -193,7 +196,13 @@ class _Importer:
         except OSError as exc:
             raise LogImportError(f"{path}: cannot read: {exc.strerror}") from None
         with handle:
-            handle.seek(self.checkpoint.get(path))
+            start = self.checkpoint.get(path)
+            if start and path.suffix != ".gz" and path.stat().st_size < start:
+                # Shorter than what was read: the file was replaced or truncated. Read it again from its start;
+                # deduplication keeps what was already stored from being stored twice.
+                print(f"maidian import: {path.name} is shorter than its checkpoint; reading it again", file=self.out)
+                start = 0
+            handle.seek(start)
             chunk: list[VendorRecord] = []
             end = handle.tell()
             for line, after in _lines(handle, complete_only=complete_only):

@@ -7,13 +7,17 @@
 - `identity_frames`: for each identity (type, value), the raw-log frames that
   carry it, so `maidian events --person` reads only that person's frames;
 - `observations`: one identity observation per distinct identity set per
-  frame (frames.py), the identity graph's input, fed to it in order;
+  frame (frames.py), with the frame's receive time and position, the identity
+  graph's input, fed to it in order (`observation_of` gives each its order
+  time: docs/identity.md, "Trust"); a deletion replaces the rows of the
+  frames it rewrote with their new heads';
 - `refusals`: the identity links the graph refused, with rule and type only;
 - `counts`: events per name and outcome (coverage);
 - `quarantine` and `replayed`: every quarantined event and which of them a
   replay has moved into the raw log;
-- `damaged`: frames that failed their checks while being indexed (frames.py,
-  "Damage"), with the event ids their heads still name; skipped, never fatal;
+- `damaged`: frames that failed their checks while being indexed or when a
+  writer recovered its segments (frames.py, "Damage"), with the event ids
+  they held as far as can be told; skipped, never fatal;
 - `sdk_drops`: the largest loss count each sender reported per reason (the
   batch's `dropped` field, cumulative per source), and `sdk_drop_totals`, their
   sum per reason, kept as the counts grow.
@@ -24,10 +28,12 @@ request path; readers do before answering). It runs in `BEGIN IMMEDIATE`
 transactions, so several processes following one data directory index each
 frame once. Deleting the file (`maidian rebuild`) loses nothing.
 
-The identity graph (identity/graph.py) persists itself at its own path. The catalog
-remembers how many observations it has fed it, and trusts that count only
-when the graph's file existed when it was opened; a graph with no file (or a
-new one) is fed every observation again, which the graph takes idempotently.
+The identity graph (identity/graph.py) persists itself at its own path. The
+catalog remembers how many observations it has fed it, as a checkpoint in the
+graph's own transaction that names the catalog's generation (a random number
+made with the catalog's tables). A graph fed from another generation (the
+catalog was rebuilt, or made by an older layout, which is emptied and rebuilt
+on open) is started again from nothing and fed every observation.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ _TABLES: Final = (
     "replayed",
     "sdk_drops",
     "sdk_drop_totals",
+    "damaged",
 )
 # Readers and the server's indexer may hold the file at once; wait rather than fail.
 _BUSY_TIMEOUT_MS: Final = 10_000
@@ -183,6 +190,10 @@ class Catalog:
     def _layout(self) -> str:
         """The catalog's generation; a catalog of an older layout is emptied first (it is rebuilt from the logs)."""
         db = self.db
+        layout = db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
+        generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        if layout is not None and int(layout[0]) == _LAYOUT and generation is not None:
+            return str(generation[0])  # the usual case: no write lock taken
         db.execute("BEGIN IMMEDIATE")
         try:
             layout = db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone()
@@ -266,11 +277,7 @@ class Catalog:
                 " ON CONFLICT(name, outcome) DO UPDATE SET n = n + ?",
                 [(name, outcome, n, n) for (name, outcome), n in counts.items()],
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO damaged(log, segment, offset, length, events, event_ids)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(log, d.segment, d.offset, d.length, d.events, json.dumps(d.event_ids)) for d in damage],
-            )
+            self._note_damaged(log, damage)
             db.execute("INSERT OR REPLACE INTO progress(log, segment, offset) VALUES (?, ?, ?)", (log, path.name, end))
             db.execute("COMMIT")
         except BaseException:
@@ -445,6 +452,22 @@ class Catalog:
     def sdk_drops(self) -> list[tuple[str, str, int]]:
         """(source, reason, count): the largest loss count each sender reported, by source then reason."""
         return list(self.db.execute("SELECT source, reason, n FROM sdk_drops ORDER BY source, reason"))
+
+    def _note_damaged(self, log: str, damage: list[Damage]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO damaged(log, segment, offset, length, events, event_ids) VALUES (?, ?, ?, ?, ?, ?)",
+            [(log, d.segment, d.offset, d.length, d.events, json.dumps(d.event_ids)) for d in damage],
+        )
+
+    def note_damaged(self, log: str, damage: list[Damage]) -> None:
+        """Record damaged frames met elsewhere (a writer's recovery), in their own transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._note_damaged(log, damage)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def damaged(self) -> list[tuple[str, Damage]]:
         """(log, damage) for every damaged frame indexing met, in log order."""

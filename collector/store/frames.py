@@ -41,13 +41,14 @@ Rules:
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import zstandard
@@ -93,10 +94,9 @@ _payload_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], bytes])
 _body_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 # The content checksum (4 bytes) tells an intact body from a damaged one when a frame fails its CRC.
 _compressor = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True)
-# The head alone: the compressed body stays a view into the payload, never copied.
-_head_decoder = msgspec.msgpack.Decoder(tuple[int, dict[str, Any], msgspec.Raw])
 _decompressor = zstandard.ZstdDecompressor()
 _event_decoder = msgspec.msgpack.Decoder()
+H = TypeVar("H")
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 
 
@@ -430,27 +430,38 @@ def read_frame_at(path: Path, offset: int) -> Frame | None:
     return frames[0] if frames else None
 
 
-def read_heads_at(path: Path, offsets: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, head) of the valid frames at these offsets of one segment: one open, bodies left undecoded."""
+def read_heads_at(path: Path, offsets: list[int], head_type: type[H]) -> Iterator[tuple[int, H]]:
+    """(offset, head as `head_type`) of the valid frames at these offsets of one segment.
+
+    One open and one read per segment (a memory map), bodies left undecoded; a
+    `msgspec.Struct` naming only the fields wanted skips the rest of each head.
+    """
+    # The body as bytes (a copy of a few KB), not a view: nothing may point into the map once it closes.
+    decoder = msgspec.msgpack.Decoder(tuple[int, head_type, bytes])  # type: ignore[valid-type]
     try:
-        f = open(path, "rb")  # noqa: SIM115  # closed below; a generator keeps it open between frames
-    except FileNotFoundError:
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (FileNotFoundError, ValueError):  # ValueError: an empty file cannot be mapped
         return
-    with f:
-        for offset in sorted(offsets):
-            f.seek(offset)
-            header = f.read(FRAME_HEADER.size)
-            if len(header) < FRAME_HEADER.size:
-                continue
-            length, crc = FRAME_HEADER.unpack(header)
-            if length > MAX_FRAME_BYTES:
-                continue
-            payload = f.read(length)
-            if len(payload) < length or zlib.crc32(payload) != crc:
-                continue
-            try:
-                version, head, _body = _head_decoder.decode(payload)
-            except msgspec.DecodeError:
-                continue
-            if version == VERSION:
-                yield offset, head
+    with data:
+        view = memoryview(data)
+        size = len(view)
+        payload = view[0:0]
+        try:
+            for offset in sorted(offsets):
+                begin = offset + FRAME_HEADER.size
+                if begin > size:
+                    continue
+                length, crc = FRAME_HEADER.unpack_from(view, offset)
+                payload = view[begin : begin + length]
+                if length > MAX_FRAME_BYTES or len(payload) < length or zlib.crc32(payload) != crc:
+                    continue
+                try:
+                    version, head, _body = decoder.decode(payload)
+                except msgspec.DecodeError:
+                    continue
+                if version == VERSION:
+                    yield offset, head
+        finally:
+            del payload
+            view.release()

@@ -14,9 +14,19 @@ from collections import Counter
 from operator import itemgetter
 from typing import Any, Final
 
+import msgspec
+
 from maidian.collector.store.frames import encode_frame
 
-__all__ = ["build_accepted_frame"]
+__all__ = ["TimeSpan", "build_accepted_frame"]
+
+
+class TimeSpan(msgspec.Struct):
+    """A raw-log head's time range (corrected times, ms) and event-name counts, and nothing else of it."""
+
+    tmin: int = 0
+    tmax: int = 0
+    names: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def build_accepted_frame(

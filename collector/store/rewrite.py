@@ -54,10 +54,8 @@ __all__ = [
 
 # zstd levels to try, in order, when a rewritten frame does not fit its old size at the level frames use.
 _LEVELS: Final = (1, 3, 9, 19)
-# Bytes a `pad` entry costs beyond its contents: the key (4) and a bin8 header (2).
-_PAD_OVERHEAD: Final = 6
-# Attempts to hit the exact size; each corrects by the remaining difference, so two or three suffice.
-_FIT_TRIES: Final = 8
+# Bytes the key of a `pad` entry costs: "pad" as a fixstr.
+_PAD_KEY: Final = 4
 
 _encoder = msgspec.msgpack.Encoder()
 _decompressor = zstandard.ZstdDecompressor()
@@ -90,6 +88,8 @@ class Cleared:
     kept_events: int = 0
     leftovers: int = 0
     notes: list[str] = field(default_factory=list)
+    # The pseudonymous id of the person a deletion was for (the audit log names them so), else "".
+    person: str = ""
 
     def lines(self) -> list[str]:
         """One line per kind, for the command's output."""
@@ -151,19 +151,36 @@ def _compress(data: bytes, level: int) -> bytes:
     return c.compress(data)
 
 
+def _pad_value(size: int) -> Any:
+    """A msgpack value that encodes in exactly `size` bytes (at least 1), or None when none does here.
+
+    Bytes cost a 2-byte header up to 255 and 3 from 256 on, so 258 bytes is
+    one bin8 inside a one-item array; 1 byte is the integer 0.
+    """
+    if size == 1:
+        return 0
+    if 2 <= size <= 257:
+        return bytes(size - 2)
+    if size == 258:
+        return [bytes(255)]
+    if 259 <= size <= 0xFFFF + 3:
+        return bytes(size - 3)
+    return None
+
+
 def _fit(head: dict[str, Any], body: bytes, target: int) -> bytes | None:
     """The payload [1, head, body] padded to exactly `target` bytes, or None when it does not fit."""
     bare = _encoder.encode((1, head, body))
     if len(bare) == target:
         return bare
-    pad = target - len(bare) - _PAD_OVERHEAD
-    for _ in range(_FIT_TRIES):
-        if pad < 0:
-            return None
-        payload = _encoder.encode((1, {**head, "pad": bytes(pad)}, body))
+    # A new key costs its name (4 bytes for "pad") and its value; the map's header may grow by a byte or two.
+    for grown in (0, 1, 2):
+        value = _pad_value(target - len(bare) - _PAD_KEY - grown)
+        if value is None:
+            continue
+        payload = _encoder.encode((1, {**head, "pad": value}, body))
         if len(payload) == target:
             return payload
-        pad += target - len(payload)
     return None
 
 

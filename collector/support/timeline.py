@@ -6,10 +6,11 @@ Promises:
   number), a value typed in clear is hashed with the configured key first, so
   only the hash is ever looked up; the clear value goes no further.
 - `Timeline.page` returns the newest `limit` events before a cursor, newest
-  first, each once (by event id), each attributed to the person by the graph
-  (`IdentityGraph.attribute`): on a shared device, another login's events
-  stay out, though they carry the device's anonymous id. Pre-login events
-  (anonymous id only) are in.
+  first (`read.event_order`, the order `maidian events --person` prints),
+  each once (by sender scope and event id), each attributed to the person by
+  the graph (`read.Attribution`, with the frame's trust): on a shared device,
+  another login's events stay out, though they carry the device's anonymous
+  id. Pre-login events (anonymous id only) are in.
 - The cost of a page follows the page, not the person: the person's frames
   are known from the catalog's identity index, their heads (time range) are
   read once per view and remembered, and frames are decoded newest first only
@@ -22,8 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,12 +32,13 @@ from zoneinfo import ZoneInfo
 
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import PersonId
-from maidian.collector.read import export_events, frame_records
+from maidian.collector.pipeline.dedup import head_scope
+from maidian.collector.read import Attribution, event_order, export_events, frame_records, lookup_values
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.frames import read_frame_at, read_heads_at
+from maidian.collector.store.heads import TimeSpan
 from maidian.collector.store.log import DataDir
 from maidian.tracking_plan import Plan
-from maidian.tracking_plan.pii import hash_value
 
 __all__ = [
     "Found",
@@ -49,7 +50,6 @@ __all__ = [
     "find_person",
 ]
 
-_HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 # Quarantined events shown per person: the newest; a person with more has a broken client, not a call.
 MAX_QUARANTINED: Final = 100
 _FAR: Final = 1 << 62
@@ -77,24 +77,6 @@ class Found:
         return frozenset((i.identity_type, i.value) for i in self.identities)
 
 
-def _lookup_values(plan: Plan, value: str, identity_type: str | None, pii_key: bytes | None) -> list[tuple[str, str]]:
-    """(type, value) pairs to look up: the value as typed, or its keyed hash for hashed types."""
-    types = [identity_type] if identity_type else list(plan.identities)
-    out = []
-    for t in types:
-        spec = plan.identities.get(t)
-        if spec is None:
-            continue
-        if spec.pii == "hash":
-            if _HEX64.match(value):
-                out.append((t, value))
-            elif pii_key:
-                out.append((t, hash_value(value, pii_key)))
-        else:
-            out.append((t, value))
-    return out
-
-
 def find_person(
     graph: IdentityGraph, plan: Plan, value: str, identity_type: str | None = None, *, pii_key: bytes | None = None
 ) -> Found | None:
@@ -103,7 +85,7 @@ def find_person(
     if not value:
         return None
     hits = []
-    for t, v in _lookup_values(plan, value, identity_type, pii_key):
+    for t, v in lookup_values(plan, value, identity_type, pii_key):
         person = graph.person_of(t, v)
         if person is not None:
             hits.append((plan.identities[t].priority, t, person))
@@ -132,6 +114,12 @@ class TimelineFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
+    def names_match(self, names: tuple[str, ...], line_of: Callable[[str], str]) -> bool:
+        """Whether a frame holding these event names may hold an event this filter keeps."""
+        return any(
+            (not self.events or n in self.events) and (not self.lines or line_of(n) in self.lines) for n in names
+        )
+
     def matches(self, record: Mapping[str, Any], line: str) -> bool:
         t = record.get("time", 0)
         return (
@@ -149,10 +137,14 @@ def _name(record: Mapping[str, Any]) -> str:
 
 @dataclass(slots=True)
 class PersonFrames:
-    """A view's memory of the person's frames: (tmax, tmin, segment, offset), newest first, grown as frames arrive."""
+    """A view's memory of the person's frames, newest first, grown as frames arrive.
+
+    Each frame as (tmax, tmin, segment, offset, the event names it holds): a
+    filter by line or event skips the frames that hold none without reading them.
+    """
 
     known: set[tuple[str, int]] = field(default_factory=set)
-    frames: list[tuple[int, int, str, int]] = field(default_factory=list)
+    frames: list[tuple[int, int, str, int, tuple[str, ...]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,20 +156,24 @@ class Page:
     scanned_frames: int
 
 
-def encode_cursor(t: int, event_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([t, event_id]).encode()).decode()
+Key = tuple[int, str, int, str]
+"""Where an event stands in a timeline: `read.event_order` (time, source, sequence), then its sender's scope."""
 
 
-def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
+def encode_cursor(key: Key) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def decode_cursor(cursor: str | None) -> Key | None:
     if not cursor:
         return None
     try:
-        t, eid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        t, source, seq, scope = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, TypeError, binascii.Error):
         return None
-    if not isinstance(t, int) or not isinstance(eid, str):
+    if not (isinstance(t, int) and isinstance(source, str) and isinstance(seq, int) and isinstance(scope, str)):
         return None
-    return t, eid
+    return t, source, seq, scope
 
 
 class Timeline:
@@ -204,17 +200,17 @@ class Timeline:
     ) -> Page:
         """The newest `limit` events of the person before `cursor` that match `flt`."""
         self._learn(catalog, found, memory)
-        before = decode_cursor(cursor)
-        top = (before[0], before[1]) if before else (_FAR, "")
+        top = decode_cursor(cursor)
         lo = flt.since_ms if flt.since_ms is not None else -_FAR
-        hi = min(flt.until_ms if flt.until_ms is not None else _FAR, top[0] + 1)
+        hi = min(flt.until_ms if flt.until_ms is not None else _FAR, top[0] + 1 if top else _FAR)
         members = found.members
-        attributed: dict[tuple[tuple[str, str], ...], bool] = {}
-        picked: dict[str, tuple[tuple[int, str], dict[str, Any]]] = {}
-        floor: tuple[int, str] | None = None
+        attribute = Attribution(graph)
+        picked: dict[Key, dict[str, Any]] = {}
+        floor: Key | None = None
         scanned = 0
-        for tmax, tmin, segment, offset in memory.frames:
-            if tmin >= hi or tmax < lo:
+        named = flt.names_match if flt.lines or flt.events else None
+        for tmax, tmin, segment, offset, names in memory.frames:
+            if tmin >= hi or tmax < lo or (named is not None and not named(names, self.line_of)):
                 continue
             if floor is not None and tmax < floor[0]:
                 break
@@ -222,72 +218,64 @@ class Timeline:
             if frame is None:
                 continue
             scanned += 1
+            trusted = bool(frame.head.get("trusted"))
+            scope = head_scope(frame.head)
             for record in frame_records(frame):
-                key = (record.get("time", 0), str(record.get("event_id")))
-                if before is not None and key >= top:
+                key: Key = (*event_order(record), scope)
+                if (top is not None and key >= top) or (floor is not None and key <= floor) or key in picked:
                     continue
-                if floor is not None and key <= floor:
+                ids = record.get("identities")
+                if not isinstance(ids, dict) or not any((t, v) in members for t, v in ids.items()):
                     continue
-                if not self._belongs(graph, found, members, record, attributed):
+                if attribute(ids, trusted) != found.person or not flt.matches(record, self.line_of(_name(record))):
                     continue
-                line = self.line_of(_name(record))
-                if not flt.matches(record, line) or key[1] in picked:
-                    continue
-                picked[key[1]] = (key, record)
+                picked[key] = record
             if len(picked) >= limit:
-                ranked = sorted(picked.values(), key=lambda kr: kr[0], reverse=True)[:limit]
-                picked = {k[1]: (k, r) for k, r in ranked}
-                floor = ranked[-1][0]
-        ranked = sorted(picked.values(), key=lambda kr: kr[0], reverse=True)[:limit]
+                newest = sorted(picked, reverse=True)[:limit]
+                picked = {k: picked[k] for k in newest}
+                floor = newest[-1]
+        ranked = sorted(picked, reverse=True)[:limit]
+        events = [self.shape(picked[k]) for k in ranked]
         more = len(ranked) == limit
-        events = [self.shape(r) for _k, r in ranked]
-        next_cursor = encode_cursor(*ranked[-1][0]) if more and ranked else None
-        return Page(events, next_cursor, scanned)
+        return Page(events, encode_cursor(ranked[-1]) if more else None, scanned)
 
     def _learn(self, catalog: Catalog, found: Found, memory: PersonFrames) -> None:
         """Read the heads of the person's frames not seen before; keep the list newest first."""
-        fresh = [f for f in catalog.frames_of(set(found.members)) if f not in memory.known]
+        fresh = set(catalog.frames_of(set(found.members))) - memory.known
         if not fresh:
             return
+        memory.known |= fresh
         by_segment: dict[str, list[int]] = {}
         for segment, offset in fresh:
             by_segment.setdefault(segment, []).append(offset)
-            memory.known.add((segment, offset))
         for segment, offsets in by_segment.items():
-            for offset, head in read_heads_at(self.data.raw / segment, offsets):
-                memory.frames.append((int(head.get("tmax", _FAR)), int(head.get("tmin", -_FAR)), segment, offset))
+            spans = read_heads_at(self.data.raw / segment, offsets, TimeSpan)
+            memory.frames.extend((span.tmax, span.tmin, segment, offset, tuple(span.names)) for offset, span in spans)
         memory.frames.sort(reverse=True)
-
-    @staticmethod
-    def _belongs(
-        graph: IdentityGraph,
-        found: Found,
-        members: frozenset[tuple[str, str]],
-        record: Mapping[str, Any],
-        attributed: dict[tuple[tuple[str, str], ...], bool],
-    ) -> bool:
-        ids = record.get("identities")
-        if not isinstance(ids, dict):
-            return False
-        pairs = tuple(sorted((str(t), str(v)) for t, v in ids.items()))
-        hit = attributed.get(pairs)
-        if hit is None:
-            carried = any(p in members for p in pairs)
-            hit = attributed[pairs] = carried and graph.attribute(dict(pairs)) == found.person
-        return hit
 
     # -- the person's quarantined events -----------------------------------------------
 
-    def quarantined(self, found: Found, flt: TimelineFilter) -> list[dict[str, Any]]:
-        """The person's quarantined events (carrying one of their identities), newest first, with reasons."""
+    def quarantined(self, graph: IdentityGraph, found: Found, flt: TimelineFilter) -> list[dict[str, Any]]:
+        """The person's quarantined events, newest first, with reasons.
+
+        An event is the person's when it carries one of their identities and the
+        graph attributes it to no one else (as an unsigned event: a quarantined
+        event's sender is not vouched for); so on a shared pad, another
+        customer's refused event stays with that customer.
+        """
         members = found.members
+        attribute = Attribution(graph)
         out: list[dict[str, Any]] = []
-        for q in export_events(self.data.root, accepted=False, quarantined=True):
+        for q in export_events(
+            self.data.root, since_ms=flt.since_ms, until_ms=flt.until_ms, accepted=False, quarantined=True
+        ):
             event = q.get("event")
             if not isinstance(event, dict):
                 continue
             ids = event.get("identities")
             if not isinstance(ids, dict) or not any((str(t), str(v)) in members for t, v in ids.items()):
+                continue
+            if attribute(ids, False) not in (None, found.person):
                 continue
             record = {**event, "time": q["time"], "received_at": q.get("received_at"), "source": q.get("source")}
             if not flt.matches(record, self.line_of(_name(record))):

@@ -81,7 +81,7 @@ def user_agent_properties(user_agent: str) -> tuple[tuple[str, str], ...]:
     if not user_agent.isascii():
         try:
             user_agent.encode("utf-8")
-        except UnicodeEncodeError:
+        except UnicodeEncodeError:  # header bytes that were not UTF-8 (aiohttp keeps them as surrogates)
             return ()
     import ua_parser
 

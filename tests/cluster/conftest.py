@@ -1,8 +1,10 @@
 """Fixtures for cluster mode: real Kafka brokers (kafka.py) and a real PostgreSQL server (postgres.py).
 
-- `kafka`: one KRaft broker for the whole session; tests create their own topics (`topic_name`).
-- `kafka3`: three brokers (replication factor 3, min.insync.replicas=2) for one test, for fault tests.
-- `postgres`: one PostgreSQL server for the session.
+- `kafka`: one KRaft broker for the cluster tests (package scope: stopped once they are done); tests
+  create their own topics (`topic_name`).
+- `kafka3`: three brokers (replication factor 3, min.insync.replicas=2) for the fault tests of one module
+  (each test restarts what it kills and uses its own topics).
+- `postgres`: one PostgreSQL server for the cluster tests.
 
 Each fixture stops what it started, by PID, at teardown. None of them skips: a server that cannot start
 fails the test with the reason.
@@ -23,27 +25,26 @@ from tests.cluster.postgres import PostgresServer
 _TOPICS = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
+def _running(brokers: int) -> Iterator[KafkaCluster]:
+    with tempfile.TemporaryDirectory(prefix=f"maidian-kafka{brokers}-") as root:
+        cluster = KafkaCluster.start(Path(root), brokers=brokers)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(scope="package")
 def kafka() -> Iterator[KafkaCluster]:
-    with tempfile.TemporaryDirectory(prefix="maidian-kafka-") as root:
-        cluster = KafkaCluster.start(Path(root), brokers=1)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+    yield from _running(1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kafka3() -> Iterator[KafkaCluster]:
-    with tempfile.TemporaryDirectory(prefix="maidian-kafka3-") as root:
-        cluster = KafkaCluster.start(Path(root), brokers=3)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+    yield from _running(3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer.start()
     try:

@@ -6,6 +6,7 @@
   by PID;
 - `topic_ids`: every event id in every frame of a topic (read_committed or not), to show what the raw
   topic holds twice;
+- `produce_all` / `consume_values`: plain `acks=all` writes and reads of a topic (the fixtures' checks);
 - `wait_loaded`: polls a loaded data directory until it holds the expected ids (or a bound passes).
 """
 
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -173,3 +175,46 @@ def wait_loaded(data_dir: Path, expected: Iterable[str], roles: Iterable[RolePro
         time.sleep(0.5)
         stored = read_store(data_dir)
     return stored
+
+
+def produce_all(bootstrap: str, topic: str, values: list[bytes]) -> list[Any]:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "log_level": 0})
+    results: list[Any] = []
+    for value in values:
+        producer.produce(topic, value, key=value[:1], on_delivery=lambda err, msg: results.append((err, msg)))
+    producer.flush(60)
+    return results
+
+
+def consume_values(bootstrap: str, topic: str, count: int, *, committed_only: bool = True) -> list[bytes]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+            "log_level": 0,
+        }
+    )
+    from confluent_kafka import TopicPartition
+
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, -2) for p in partitions])  # -2: from the beginning
+    seen: list[bytes] = []
+    empty_polls = 0
+    try:
+        while len(seen) < count and empty_polls < 40:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                empty_polls += 1
+                continue
+            assert msg.error() is None, msg.error()
+            seen.append(msg.value())
+    finally:
+        consumer.close()
+    return seen

@@ -18,7 +18,7 @@ import pytest
 
 from maidian.collector.cluster.topics import create_topics, topic_plan
 from tests.cluster.kafka import KafkaCluster
-from tests.cluster.roles import ledger, loader, start_collector, topic_ids, wait_loaded
+from tests.cluster.roles import consume_values, ledger, loader, produce_all, start_collector, topic_ids, wait_loaded
 from tests.cluster.traffic import SpreadLoad
 from tests.reliability.procs import CollectorProcess
 
@@ -69,6 +69,19 @@ def _run_with_fault(
             proc.kill()
         for role in roles:
             role.kill()
+
+
+def test_three_brokers_keep_acks_all_through_a_sigkill(kafka3: KafkaCluster) -> None:
+    kafka3.create_topic("fault", partitions=3)
+    kafka3.wait_in_sync("fault")
+    kafka3.kill(0)
+    assert kafka3.nodes[0].process is None
+    values = [f"after-kill-{i}".encode() for i in range(100)]
+    results = produce_all(kafka3.nodes[1].bootstrap_address, "fault", values)
+    assert [err for err, _ in results if err is not None] == []
+    kafka3.restart(0)
+    kafka3.wait_in_sync("fault")
+    assert sorted(consume_values(kafka3.bootstrap, "fault", len(values))) == sorted(values)
 
 
 def test_a_collector_sigkilled_under_traffic_loses_no_acknowledged_event(

@@ -3,63 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cluster.kafka import BrokerNode, ClusterError, KafkaCluster, free_port
 from tests.cluster.postgres import PostgresServer
-
-
-def _produce_all(bootstrap: str, topic: str, values: list[bytes]) -> list[Any]:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "log_level": 0})
-    results: list[Any] = []
-    for value in values:
-        producer.produce(topic, value, key=value[:1], on_delivery=lambda err, msg: results.append((err, msg)))
-    producer.flush(60)
-    return results
-
-
-def _consume(bootstrap: str, topic: str, count: int, *, committed_only: bool = True) -> list[bytes]:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"check-{topic}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-            "log_level": 0,
-        }
-    )
-    from confluent_kafka import TopicPartition
-
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, -2) for p in partitions])  # -2: from the beginning
-    seen: list[bytes] = []
-    empty_polls = 0
-    try:
-        while len(seen) < count and empty_polls < 40:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                empty_polls += 1
-                continue
-            assert msg.error() is None, msg.error()
-            seen.append(msg.value())
-    finally:
-        consumer.close()
-    return seen
+from tests.cluster.roles import consume_values, produce_all
 
 
 def test_one_broker_acks_all_writes_and_reads_back(kafka: KafkaCluster, topic_name: str) -> None:
     kafka.create_topic(topic_name, partitions=2)
     values = [f"v{i}".encode() for i in range(200)]
-    results = _produce_all(kafka.bootstrap, topic_name, values)
+    results = produce_all(kafka.bootstrap, topic_name, values)
     assert [err for err, _ in results if err is not None] == []
-    assert sorted(_consume(kafka.bootstrap, topic_name, len(values))) == sorted(values)
+    assert sorted(consume_values(kafka.bootstrap, topic_name, len(values))) == sorted(values)
 
 
 def test_one_broker_runs_transactions(kafka: KafkaCluster, topic_name: str) -> None:
@@ -76,20 +33,7 @@ def test_one_broker_runs_transactions(kafka: KafkaCluster, topic_name: str) -> N
     producer.produce(topic_name, b"committed")
     producer.commit_transaction(60)
     # one partition: an aborted record that leaked would come first
-    assert _consume(kafka.bootstrap, topic_name, 1) == [b"committed"]
-
-
-def test_three_brokers_keep_acks_all_through_a_sigkill(kafka3: KafkaCluster) -> None:
-    kafka3.create_topic("fault", partitions=3)
-    kafka3.wait_in_sync("fault")
-    kafka3.kill(0)
-    assert kafka3.nodes[0].process is None
-    values = [f"after-kill-{i}".encode() for i in range(100)]
-    results = _produce_all(kafka3.nodes[1].bootstrap_address, "fault", values)
-    assert [err for err, _ in results if err is not None] == []
-    kafka3.restart(0)
-    kafka3.wait_in_sync("fault")
-    assert sorted(_consume(kafka3.bootstrap, "fault", len(values))) == sorted(values)
+    assert consume_values(kafka.bootstrap, topic_name, 1) == [b"committed"]
 
 
 def test_postgres_serves_sql_and_advisory_locks(postgres: PostgresServer) -> None:

@@ -5,7 +5,8 @@ by a signed source (so `trigger: server` events are accepted too). Added:
 - a branch pad (`PAD`) on which customer A opened the app before logging in,
   then logged in; later customer B logged in on the same pad: B's event
   carries the pad's anonymous id but belongs to B;
-- a quarantined deposit of customer A (a currency the plan does not allow);
+- a quarantined deposit of customer A (a currency the plan does not allow),
+  and one of customer B on the pad;
 - customer A's mobile number, hashed with `PII_KEY` as the app would.
 """
 
@@ -75,11 +76,10 @@ def customer_events(now_ms: int) -> list[dict[str, Any]]:
         if "mobile_hash" in ids:
             ids["mobile_hash"] = hash_value(MOBILE, PII_KEY)
     by_name = {e.get("event"): e for e in events}
-    quote = by_name["stock_quote_view"]
     first = min(e["time"] for e in events)
 
     def on_pad(seq: int, t: int, ids: dict[str, str], name: str = "stock_quote_view") -> dict[str, Any]:
-        base = copy.deepcopy(by_name[name] if name != "stock_quote_view" else quote)
+        base = copy.deepcopy(by_name[name])
         base.update(event_id=f"0193padbranch057101-{seq}", time=t, identities=ids)
         return base
 
@@ -91,7 +91,9 @@ def customer_events(now_ms: int) -> list[dict[str, Any]]:
     bad = copy.deepcopy(by_name["bank_deposit_submit"])
     bad.update(event_id="019ab3bf2d50d90b17e3c5a4f6082b7e-99", time=first + 4_000)
     bad["properties"]["currency"] = "XYZ"
-    return [*events, *pad, bad]
+    b_bad = on_pad(4, first + 5_000, {"anonymous_id": PAD, "login_id": B_LOGIN}, "bank_deposit_submit")
+    b_bad["properties"]["currency"] = "XYZ"
+    return [*events, *pad, bad, b_bad]
 
 
 def live_deposit(seq: int, now_ms: int) -> dict[str, Any]:

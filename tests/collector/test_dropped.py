@@ -56,8 +56,9 @@ async def test_the_largest_count_per_sender_and_reason_is_kept(client: Any, data
 
 async def test_totals_add_up_over_senders(client: Any, data_dir: Path) -> None:
     other = "f" * 32
-    for seq, dropped in enumerate([report(overflow=4), {"source": other, "counts": {"overflow": 6}}], 1):
-        await client.post("/v1/batch", data=body_with([order(seq)], dropped), headers=headers_for())
+    reports = [(DEVICE, report(overflow=4)), (other, {"source": other, "counts": {"overflow": 6}})]
+    for seq, (device, dropped) in enumerate(reports, 1):
+        await client.post("/v1/batch", data=body_with([order(seq, device=device)], dropped), headers=headers_for())
     await client.server.app[COLLECTOR].catch_up_catalog()
     assert await metric_lines(client) == ['maidian_sdk_dropped_events_total{reason="overflow"} 10']
 
@@ -73,6 +74,8 @@ async def test_a_malformed_report_is_ignored_and_the_events_stored(client: Any, 
         {"source": DEVICE, "counts": {f"r{i}": 1 for i in range(17)}},
         {"source": DEVICE, "counts": {"x" * 33: 1}},
         {"source": 42, "counts": {"overflow": 1}},
+        {"source": DEVICE, "counts": {"overflow": 2**53}},  # implausible: no device drops that many
+        {"source": "f" * 32, "counts": {"overflow": 1}},  # a device none of the batch's events come from
     ]
     for seq, dropped in enumerate(malformed, 1):
         resp = await client.post("/v1/batch", data=body_with([order(seq)], dropped), headers=headers_for())
@@ -98,3 +101,30 @@ async def test_rebuilt_from_the_log_and_shown_by_the_command(client: Any, data_d
         {"source": DEVICE, "reason": "overflow", "dropped": 12},
         {"source": DEVICE, "reason": "too_large", "dropped": 1},
     ]
+
+
+async def test_metrics_series_stay_bounded_whatever_senders_send(client: Any) -> None:
+    """Invented reasons, sources, paths, vendor fields and statuses: /metrics keeps a bounded set of series."""
+
+    async def series() -> int:
+        text = await (await client.get("/metrics")).text()
+        return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+    await client.post("/v1/batch", data=body_with([order(1)], report(overflow=1)), headers=headers_for())
+    await client.server.app[COLLECTOR].catch_up_catalog()
+    before = await series()
+    for k in range(200):
+        device = f"{k:032x}"
+        invented = {f"made_up_{k}_{j}": j + 1 for j in range(15)}
+        events = [order(1, device=device)]
+        await client.post(
+            "/v1/batch", data=body_with(events, {"source": device, "counts": invented}), headers=headers_for()
+        )
+        await client.post(f"/v1/batch/{k}", data=b"", headers=headers_for())  # unknown paths: 404s
+        await client.get(f"/nothing-{k}")
+    await client.server.app[COLLECTOR].catch_up_catalog()
+    after = await series()
+    lines = await metric_lines(client)
+    # Invented reasons fold into `other` (one series); unknown paths into `path="other"` (one per status).
+    assert after - before <= 3, (before, after)
+    assert any(line.startswith('maidian_sdk_dropped_events_total{reason="other"}') for line in lines)

@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sd.SupportServe
     running = sd.SupportServer(tmp_path_factory.mktemp("support"))
     try:
         result = running.post(sd.customer_events(now_ms()))
-        assert [r["status"] for r in result["results"]].count("quarantined") == 1
+        assert [r["status"] for r in result["results"]].count("quarantined") == 2
         yield running
     finally:
         assert running.stop() == 0
@@ -175,6 +175,9 @@ def test_an_officer_exports_and_reads_the_audit_log(server: sd.SupportServer, br
     for secret in (*SECRETS, sd.A_LOGIN, sd.A_CUSTOMER):
         assert secret not in text  # the audit names the pseudonymous person id, never an identity
     page.screenshot(path=str(ARTIFACTS / "support-audit-zh.png"))
+    page.reload()  # the audit page has an address of its own
+    expect(page.locator("#audit-pane")).to_be_visible()
+    expect(page.locator("#audit tbody tr").first).to_contain_text("导出")
     desk.close()
 
 

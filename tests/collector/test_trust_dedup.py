@@ -11,10 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp.test_utils import TestClient
 
+from maidian.collector.pipeline.recovery import load_dedup_state
 from maidian.collector.read import export_events
-from tests.collector.helpers import OLD_KEY, body_of, filled, headers_for, order, signed_headers, statuses
+from maidian.collector.store.log import DataDir
+from tests.collector.helpers import OLD_KEY, body_of, filled, headers_for, now_ms, order, signed_headers, statuses
 
 FILL_IDS = [f"tradegw-fill-20261207-{n}" for n in range(1, 21)]
 VICTIM_DEVICE = "5" * 32
@@ -68,3 +71,19 @@ async def test_debug_answers_nothing_about_another_scopes_ids(client: TestClient
     mine = await _post(client, [_squat("my-own-id")])
     assert statuses(mine) == ["accepted"]
     assert statuses(await _post(client, [_squat("my-own-id")], path="/v1/debug")) == ["duplicate"]
+
+
+async def test_a_data_directory_from_before_scopes_keeps_its_duplicates(
+    client: TestClient[Any, Any], data_dir: Path
+) -> None:
+    """Migration: an unscoped snapshot is set aside and the heads scope every old id by its frame's sender."""
+    await _post(client, [_squat(eid) for eid in FILL_IDS[:3]])
+    await _post(client, [filled(eid) for eid in FILL_IDS[:3]], signed=True)
+    await client.close()
+    data = DataDir(data_dir)
+    legacy = {"seen": {"sources": {}, "opaque": dict.fromkeys(FILL_IDS[:3], 1)}, "quarantined": {}, "offsets": []}
+    data.snapshot("w0").write_bytes(msgspec.msgpack.encode(legacy))
+    state = load_dedup_state(data, "w0", 8 * 86_400, now_ms())
+    assert all(state.seen.contains("s:orders-service", eid) for eid in FILL_IDS[:3])
+    assert all(state.seen.contains("k:current", eid) for eid in FILL_IDS[:3])
+    assert not state.seen.contains("k:previous", FILL_IDS[0])

@@ -124,6 +124,10 @@ def test_following_a_directory_resumes_from_its_checkpoint(tmp_path: Path) -> No
     assert (second.lines, second.accepted, second.duplicate) == (5, 5, 0)
     assert second.files == 2
 
+    today.write_text(lines[0] + "\n" + json.dumps(record(99, now)) + "\n", "utf-8")  # replaced by a shorter file
+    third = import_vendor_files(config, options, stop=passes(1))
+    assert (third.lines, third.accepted, third.duplicate) == (2, 1, 1)
+
 
 def test_a_segment_archive_imported_twice_is_stored_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = import_config(tmp_path)

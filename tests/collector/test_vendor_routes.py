@@ -362,13 +362,16 @@ def test_vendor_bindings_are_read_from_the_configuration(tmp_path: Path) -> None
         ('[[vendors.sensors.projects]]\nname = "b"\nwrite_key = "nobody"\n', "must name one of the"),
         ('[[vendors.sensors.projects]]\nname = "b"\nwrite_key = "app"\ntrusted = true\n', "allow_from"),
         ('[[vendors.sensors.projects]]\nname = "b"\nwrite_key = "app"\nallow_from = ["10.0.0.300"]\n', "allow_from"),
-        ('[[vendors.sensors.projects]]\nname = "b"\nwrite_key = "app"\ntoken = "x"\n', "unknown setting 'token'"),
+        (
+            '[[vendors.sensors.projects]]\nname = "b"\nwrite_key = "app"\ntoken = "x"\n',
+            r":8: vendors\.sensors\.projects\[0\]\.token: unknown setting",
+        ),
         (
             '[[vendors.sensors.projects]]\nwrite_key = "app"\n[[vendors.sensors.projects]]\nwrite_key = "app"\n',
             "listed twice",
         ),
-        ('[[vendors.mixpanel.projects]]\nname = "b"\n', "unknown vendor 'mixpanel'"),
-        ("[vendors.segment]\nenabled = true\n", "expected only"),
+        ('[[vendors.mixpanel.projects]]\nname = "b"\n', r":5: vendors\.mixpanel: unknown setting"),
+        ("[vendors.segment]\nenabled = true\n", r":6: vendors\.segment\.enabled: unknown setting"),
     ],
 )
 def test_vendor_configuration_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> None:

@@ -205,6 +205,7 @@ def test_user_agents_give_the_presets_analysts_expect() -> None:
     assert user_agent_properties("python-requests/2.32.3") == user_agent_properties("python-requests/2.32.3")
     assert user_agent_properties("") == ()
     assert user_agent_properties("x" * 5000) == ()
+    assert user_agent_properties("Mozilla/5.0 (\udcff\udcfe)") == ()  # header bytes that were not UTF-8
 
 
 @given(

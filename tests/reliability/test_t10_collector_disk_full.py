@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,19 @@ async def _poll_until(check: object, timeout_s: float) -> float:
     raise AssertionError(f"not within {timeout_s} s")
 
 
+@contextlib.contextmanager
+def _disk(mount: Path, size_bytes: int, disk: str, fallback: str) -> Iterator[bool]:
+    """A tmpfs at `mount` for the "tmpfs" variant (skipped where none can be mounted), nothing for the other."""
+    with small_disk(mount, size_bytes) if disk == "tmpfs" else contextlib.nullcontext(False) as mounted:
+        if disk == "tmpfs" and not mounted:
+            pytest.skip(f"mounting a tmpfs is not allowed here; the {fallback} variant covers this machine")
+        yield mounted
+
+
 @pytest.mark.parametrize("disk", ["tmpfs", "injected"])
 async def test_disk_full_then_freed(tmp_path: Path, figures: Figures, disk: str) -> None:
     mount = tmp_path / "disk"
-    with small_disk(mount, 8 << 20) if disk == "tmpfs" else contextlib.nullcontext(False) as mounted:
-        if disk == "tmpfs" and not mounted:
-            pytest.skip("mounting a tmpfs is not allowed here; the injected variant covers this machine")
+    with _disk(mount, 8 << 20, disk, "injected") as mounted:
         data = mount / "data"
         config = write_config(tmp_path / "collector.toml", data)
         capacity = tmp_path / "capacity"
@@ -158,9 +166,7 @@ def _run_cli(args: list[str], *, fsize_limit: int | None = None) -> subprocess.C
 def test_read_and_rewrite_commands_on_a_full_disk(tmp_path: Path, figures: Figures, disk: str) -> None:
     """Commands on a full disk end with DiskError's message and exit 3; reading without writing still works."""
     mount = tmp_path / "disk"
-    with small_disk(mount, 16 << 20) if disk == "tmpfs" else contextlib.nullcontext(False) as mounted:
-        if disk == "tmpfs" and not mounted:
-            pytest.skip("mounting a tmpfs is not allowed here; the fsize variant covers this machine")
+    with _disk(mount, 16 << 20, disk, "fsize") as mounted:
         data = mount / "data"
         config = write_config(tmp_path / "collector.toml", data)
         proc = CollectorProcess(config).start()

@@ -14,8 +14,9 @@ stored twice (two event ids) is a duplicate an id could not absorb.
   the same path adopt every slot and deliver everything.
 - `multiprocessing.Pool` (fork) leaving its `with` block (which terminates the
   workers with SIGTERM) and with `maxtasksperchild` (workers that end mid-run),
-  with a client inherited from the parent and one made in the worker's
-  initializer; `ProcessPoolExecutor` (fork) with an inherited client.
+  with a client inherited from the parent (with a spool: a slot per worker)
+  and one made in the worker's initializer; `ProcessPoolExecutor` (fork) with
+  an inherited client and a spool.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ REQUESTS = 300
 TASKS = 400
 ORDER = {"stock_code": "600519", "side": "buy", "price": 1688.5}
 GUNICORN = Path(sys.executable).with_name("gunicorn")
+SPOOLED = " (with a spool)"
 
 
 def _key(n: int) -> str:
@@ -239,9 +241,10 @@ def _make_client(url: str) -> None:
     _CLIENT[:] = [Client(url, write_key=KEY, timeouts=Timeouts(exit_s=5))]
 
 
-def _parent_client(url: str) -> Client:
+def _parent_client(url: str, spool: Path) -> Client:
     # A long linger: nothing leaves a worker before it exits, so its exit path must send everything.
-    client = Client(url, write_key=KEY, batch=BatchLimits(linger_s=3600), timeouts=Timeouts(exit_s=5))
+    # With a spool: each worker claims its own slot under the parent's path.
+    client = Client(url, write_key=KEY, spool=str(spool), batch=BatchLimits(linger_s=3600), timeouts=Timeouts(exit_s=5))
     _CLIENT[:] = [client]
     return client
 
@@ -249,11 +252,12 @@ def _parent_client(url: str) -> Client:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("made", ["inherited", "initializer"])
 def test_pool_workers_deliver_when_terminated_and_when_recycled(
-    figures: Figures, collectors: Callable[..., CollectorProcess], made: str
+    tmp_path: Path, figures: Figures, collectors: Callable[..., CollectorProcess], made: str
 ) -> None:
     collector = collectors()
     ctx = multiprocessing.get_context("fork")
-    client = _parent_client(collector.url) if made == "inherited" else None
+    spool = tmp_path / "spool"
+    client = _parent_client(collector.url, spool) if made == "inherited" else None
     init: dict[str, Any] = {"initializer": _make_client, "initargs": (collector.url,)} if client is None else {}
     started = time.monotonic()
     with ctx.Pool(4, **init) as pool:  # leaving the block terminates the workers (SIGTERM)
@@ -266,21 +270,22 @@ def test_pool_workers_deliver_when_terminated_and_when_recycled(
     if client is not None:
         assert client.stats.tracked == 0
         client.close()
+        assert not list(spool.rglob("*.seg")), "a worker left events in its slot"
     _check(
         figures,
         collector,
         range(2 * TASKS),
-        f"multiprocessing.Pool, client {made}: {2 * TASKS} tasks in {len(pids)} worker processes "
-        f"(terminated, then recycled) in {took:.1f} s",
+        f"multiprocessing.Pool, client {made}{SPOOLED if client else ''}: {2 * TASKS} tasks in {len(pids)} "
+        f"worker processes (terminated, then recycled) in {took:.1f} s",
     )
 
 
 @pytest.mark.timeout(120)
 def test_process_pool_executor_workers_deliver_at_shutdown(
-    figures: Figures, collectors: Callable[..., CollectorProcess]
+    tmp_path: Path, figures: Figures, collectors: Callable[..., CollectorProcess]
 ) -> None:
     collector = collectors()
-    client = _parent_client(collector.url)
+    client = _parent_client(collector.url, tmp_path / "spool")
     started = time.monotonic()
     with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
         pids = set(pool.map(_track, range(TASKS), chunksize=10))
@@ -290,5 +295,5 @@ def test_process_pool_executor_workers_deliver_at_shutdown(
         figures,
         collector,
         range(TASKS),
-        f"ProcessPoolExecutor: {TASKS} tasks in {len(pids)} worker processes, shut down in {took:.1f} s",
+        f"ProcessPoolExecutor, with a spool: {TASKS} tasks in {len(pids)} worker processes, shut down in {took:.1f} s",
     )

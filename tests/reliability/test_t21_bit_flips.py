@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from maidian.collector.store.log import DataDir
 from maidian.collector.store.verify import verify
 from tests.reliability.figures import Figures
 from tests.reliability.load import order_event
-from tests.reliability.procs import CollectorProcess, batch_body, http_post, key_headers, write_config
+from tests.reliability.procs import CollectorProcess, batch_body, http_get, http_post, key_headers, write_config
 
 EVENTS = 10_000
 BATCH = 100
@@ -160,12 +161,14 @@ def test_recovery_keeps_the_frames_after_a_damaged_one(tmp_path: Path, figures: 
     try:
         acked |= _acknowledge(proc.url, first_seq=10_000, batches=10)
         log = proc.log_text()
+        gauge = _damaged_frames_gauge(proc.url)
     finally:
         proc.kill()
     figures.crashes += 2
     assert "damaged frame" in log
     assert f"offset {early.offset}" in log
     assert "torn tail" not in log
+    assert gauge == 1
     proc = CollectorProcess(config).start()
     assert proc.stop() == 0
     cli = [sys.executable, "-m", "maidian.collector.cli"]
@@ -186,6 +189,18 @@ def test_recovery_keeps_the_frames_after_a_damaged_one(tmp_path: Path, figures: 
         f"a flipped bit in frame 3 of {len(frames)}, recovery over the whole segment, kill -9, restart: "
         f"{len(acked) - len(ids)} events lost (the damaged frame's {len(early.ids)}), named by `maidian verify`"
     )
+
+
+def _damaged_frames_gauge(url: str, timeout_s: float = 30.0) -> int:
+    """`maidian_log_damaged_frames` once the catalog has caught up (the background indexer publishes it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _status, body = http_get(url + "/metrics")
+        found = re.search(rb"^maidian_log_damaged_frames (\d+)$", body, re.M)
+        lag = re.search(rb"^maidian_catalog_lag_bytes (\d+)$", body, re.M)
+        if (found and lag and int(lag.group(1)) == 0 and int(found.group(1)) > 0) or time.monotonic() > deadline:
+            return int(found.group(1)) if found else -1
+        time.sleep(0.05)
 
 
 def test_a_clean_store_verifies_clean(tmp_path: Path) -> None:

@@ -5,16 +5,22 @@
 - `spool`: track N events into a disk spool, say so, then keep sending until killed.
 
 It prints one JSON line: the client's source id and how many events it tracked.
+At exit, once every exit hook has run (the SDK's included), it writes
+`hooks_done <monotonic time>` to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import sys
 import time
 
-from maidian.sdk import AsyncClient, BatchLimits, Client, Timeouts
+# Registered before the SDK registers its own hook: atexit runs hooks last-in first-out, so this runs after it.
+atexit.register(lambda: print(f"hooks_done {time.monotonic()}", file=sys.stderr, flush=True))
+
+from maidian.sdk import AsyncClient, BatchLimits, Client, Timeouts  # noqa: E402
 
 ORDER = {"stock_code": "600519", "stock_name": "贵州茅台", "side": "buy", "price": 1688.5, "quantity": 100}
 

@@ -423,3 +423,12 @@ def test_a_forked_core_keeps_identities_and_starts_a_new_source() -> None:
     assert event["event_id"] == "f" * 32 + "-1"
     assert event["identities"]["login_id"] == "u_1"
     assert event["properties"]["utm_source"] == "x"
+
+
+def test_every_reason_the_sdk_reports_is_one_the_collector_knows() -> None:
+    """A reason missing from the protocol's list would be counted as `other` at the collector."""
+    from maidian.sdk import core
+    from maidian.tracking_plan.envelope import DROP_REASONS
+
+    names = ("OVERFLOW", "EXPIRED", "UNENCODABLE", "INVALID", "TOO_LARGE", "REJECTED_BATCH", "UNSENT", "OPTED_OUT")
+    assert {getattr(core, n) for n in names} <= DROP_REASONS

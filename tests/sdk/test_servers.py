@@ -129,5 +129,8 @@ def test_exit_holds_the_budget_within_ten_percent_against_a_silent_collector(sin
     proc, said = run_child("exit", sink.url, "200", "2.0")
     exited, err = finish(proc)
     assert proc.returncode == 0, err
-    # From the child's last line to the parent seeing it gone: the hook's budget plus interpreter teardown.
-    assert exited - float(said["at"]) <= 2.0 * 1.1  # type: ignore[arg-type]
+    hooks_done = float(err.split("hooks_done ", 1)[1].split()[0])
+    # The exit hooks, from the end of the program to the last hook: the budget, within 10%.
+    assert hooks_done - float(said["at"]) <= 2.0 * 1.1  # type: ignore[arg-type]
+    # The whole exit, teardown included (2.0-2.1 s on an idle machine; a bound for hangs on a loaded one).
+    assert exited - float(said["at"]) <= 2.0 + 2.0  # type: ignore[arg-type]

@@ -89,11 +89,12 @@ async function start() {
   for (const l of state.me.lines) { state.lines[l.prefix] = l.title; const o = el("option", "", l.title + " (" + l.prefix + ")"); o.value = l.prefix; line.append(o); }
   const names = $("event-names");
   names.replaceChildren(...state.me.events.map((n) => { const o = el("option"); o.value = n; return o; }));
-  showTab("timeline");
+  showTab(location.hash === "#audit" && state.me.role === "officer" ? "audit" : "timeline");
   translate();
 }
 
 function showTab(which) {
+  history.replaceState(null, "", which === "audit" ? "#audit" : location.pathname);
   $("app").hidden = which !== "timeline";
   $("audit-pane").hidden = which !== "audit";
   $("tab-timeline").classList.toggle("on", which === "timeline");

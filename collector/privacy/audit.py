@@ -1,15 +1,22 @@
-"""The support view's audit trail: who looked at which person, when, and why.
+"""The privacy audit log: who read, exported or deleted which person's data, when, and why.
 
-A stand-in with the interface the collector's privacy audit log offers
-(`append(actor, role, action, person, reason)` and `list()`), kept in
-`<data>/audit/support.jsonl`: one JSON line per record, appended and fsynced
-before the page gets its answer, never rewritten. A record names the person
-by the identity graph's pseudonymous person id, never by an identity value,
-so no mobile number (clear or hashed) is ever written here.
+Every person-level read or export the command line makes (`maidian events
+--person`, `maidian privacy export|delete`) appends one record to
+`<data>/audit/privacy.jsonl`, and `maidian privacy audit` lists them. A
+record names the person by the identity graph's pseudonymous person id
+(docs/identity.md, "Person ids"), never by the value asked for, so no mobile
+number, clear or hashed, is written here; a value the graph does not know is
+recorded as `(not found)`.
+
+Records are JSON lines, appended with O_APPEND and fsynced before the
+command prints its answer, never rewritten: concurrent commands each add
+whole lines. The support view keeps its trail with this class too, in
+`<data>/audit/support.jsonl` (collector/http/support_routes.py).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import threading
@@ -19,15 +26,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["AuditLog", "AuditRecord"]
+__all__ = ["NOT_FOUND", "AuditLog", "AuditRecord", "current_actor"]
 
-_FILE: Final = "support.jsonl"
-# Reasons longer than this are cut: a reason is a ticket number and a sentence, not a document.
+_FILE: Final = "privacy.jsonl"
+# A reason is a ticket number and a sentence, not a document.
 MAX_REASON_CHARS: Final = 500
+NOT_FOUND: Final = "(not found)"
 
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
+    """One person-level access: when (epoch ms), who and in which role, what, whose (a person id), why."""
+
     at_ms: int
     actor: str
     role: str
@@ -36,11 +46,19 @@ class AuditRecord:
     reason: str
 
 
+def current_actor() -> str:
+    """The operating-system user running the command (`--actor` overrides it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
 class AuditLog:
     """Append-only audit records in one file under the data directory."""
 
-    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(data_dir) / "audit" / _FILE
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time, *, name: str = _FILE) -> None:
+        self.path = Path(data_dir) / "audit" / name
         self.clock = clock
         self._lock = threading.Lock()
 
