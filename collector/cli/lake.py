@@ -126,10 +126,22 @@ def _output(args: argparse.Namespace, run: Callable[[Any], Any]) -> int:
     if args.json:
         sys.stdout.write(report.as_json() + "\n")
     elif args.csv:
-        sys.stdout.write(report.as_csv())
+        _write_csv(report)
     elif not args.html:
         _print_table(report)
     return EXIT_OK if report.rows else EXIT_FINDINGS
+
+
+def _write_csv(report: Any) -> None:
+    """The rows as CSV, formula-safe like every CSV the CLI writes."""
+    import csv
+
+    from maidian.collector.cli.output import _cell
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(report.columns)
+    for row in report.rows:
+        writer.writerow([_cell(v.isoformat() if isinstance(v, dt.date) else v) for v in row])
 
 
 def _print_table(report: Any) -> None:

@@ -34,9 +34,7 @@ Definitions (the tests check each against a plain Python computation):
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +65,7 @@ _OPS: Final = ("=", "!=", ">=", "<=", ">", "<")
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A report's result: a kind, its parameters, column names and rows."""
+    """A report's result: a kind, its parameters, column names and rows (the CLI prints them as CSV too)."""
 
     kind: str
     title: str
@@ -81,16 +79,6 @@ class Report:
     def as_json(self) -> str:
         doc = {"report": self.kind, "title": self.title, "params": dict(self.params), "rows": self.records()}
         return json.dumps(doc, ensure_ascii=False, default=_jsonable, indent=1)
-
-    def as_csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.columns)
-        for r in self.rows:
-            writer.writerow(
-                ["" if v is None else _jsonable(v) if not isinstance(v, int | float | str) else v for v in r]
-            )
-        return out.getvalue()
 
 
 def _jsonable(value: Any) -> Any:

@@ -338,5 +338,24 @@ def test_the_commands_build_and_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "<svg" in page
     assert "抖音" in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert main(["report", "sql", *common, "SELECT '=HYPERLINK(1)' AS cell", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["cell", "'=HYPERLINK(1)"]
     assert main(["report", "sql", *common, "DROP VIEW events"]) == 2
     assert main(["report", "segment", *common, "--did", "open_verify:result=wrong_code"]) == 1
+
+
+def test_follow_runs_a_pass_per_interval_and_takes_what_arrived_between(tmp_path: Path) -> None:
+    from maidian.collector.lake.writer import Built, follow
+
+    store(tmp_path, [[event(1, 1, "app_page_view", T0, {"anonymous_id": "d"})]])
+    seen: list[Built] = []
+
+    def between(_seconds: float) -> None:
+        # What the collector stores while the follower waits.
+        store(tmp_path, [[event(len(seen) + 1, 2, "open_start", T0 + len(seen), {"anonymous_id": "e"})]])
+
+    passes = follow(tmp_path, PLAN, interval_s=30, stop=lambda: len(seen) >= 3, report=seen.append, sleep=between)
+    assert passes == 3
+    assert [b.events for b in seen] == [1, 1, 1]
+    with open_lake(tmp_path, PLAN) as lake:
+        assert lake.rows("SELECT count(*) AS n FROM events")[0]["n"] == 3
