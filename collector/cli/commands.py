@@ -81,9 +81,9 @@ def _events(args: argparse.Namespace) -> int:
             Path(args.data), args.person, args.type, plan=load_plan(args.plan), pii_key=key.encode() or None
         )
     except NoSuchPerson:
-        record_access(Path(args.data), "read", None, actor=args.actor, reason=args.reason)
+        audit(args, "read", None)
         raise
-    record_access(Path(args.data), "read", view.person, actor=args.actor, reason=args.reason)
+    audit(args, "read", view.person)
     records = view.events
     for record in records:
         emit_json_line(record, sys.stdout)
