@@ -126,7 +126,10 @@ class IdentityFeed:
         self.path = data.identity
         self.policy = policy
         self.graph = IdentityGraph(self.path, policy)
-        self.generation, self.fed = _parse_checkpoint(self.graph.checkpoint())
+        checkpoint = self.graph.checkpoint()
+        # Never fed: nothing in it to throw away, so it takes any catalog's generation without a reset.
+        self.blank = checkpoint is None
+        self.generation, self.fed = _parse_checkpoint(checkpoint)
 
     @classmethod
     def for_plan(cls, data: DataDir, plan: Plan) -> IdentityFeed:
@@ -142,6 +145,7 @@ class IdentityFeed:
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
         self.graph = IdentityGraph(self.path, self.policy)
         self.generation, self.fed = generation, 0
+        self.blank = False
 
     def close(self) -> None:
         self.graph.close()
@@ -366,7 +370,12 @@ class Catalog:
     def _feed(self, feed: IdentityFeed) -> tuple[int, list[Refusal]]:
         """Feed new observations; mirror the graph's refusal record (withdrawals included) in `refusals`."""
         if feed.generation != self.generation:
-            feed.reset(self.generation)  # fed from another catalog (or before trust ordering): start again
+            if feed.blank:
+                # A graph never fed: deleting its file would pull it from under another process that opened
+                # it at the same moment (a reader beside a starting server), for nothing.
+                feed.generation = self.generation
+            else:
+                feed.reset(self.generation)  # fed from another catalog (or before trust ordering): start again
         if feed.fed == 0:
             # A graph fed from the start (new, or rebuilt) reports every refusal again.
             self.db.execute("DELETE FROM refusals")
