@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from maidian.collector import errors
 from maidian.collector.errors import RequestError
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import DEFAULT_LIMITS
@@ -88,7 +89,9 @@ class VendorError(RequestError):
     """A vendor request the collector cannot take; the sender's fault.
 
     `status` and `code` are what the route answers (the codes of
-    docs/protocol.md); `str(error)` names the field and what was wrong.
+    docs/protocol.md); `str(error)` names the field and what was wrong. Each
+    kind is also the native error of its status (`errors.Forbidden`, ...), so
+    one status has one owner; the vendor routes answer it in the vendor's shape.
     """
 
     status: int = 400
@@ -99,32 +102,20 @@ class Undecodable(VendorError):
     """The body, a parameter or its encoding is malformed."""
 
 
-class TooLarge(VendorError):
-    """A size limit was exceeded (body, query, base64 text, decompressed data, record count)."""
-
-    status = 413
-    code = "too_large"
+class TooLarge(errors.PayloadTooLarge, VendorError):
+    """A size limit was exceeded (body, query, base64 text, decompressed data, record count): 413."""
 
 
-class UnsupportedMediaType(VendorError):
-    """An encoding the collector does not speak (encrypted Sensors payloads, brotli, ...)."""
-
-    status = 415
-    code = "unsupported_media_type"
+class UnsupportedMediaType(errors.UnsupportedMediaType, VendorError):
+    """An encoding the collector does not speak (encrypted Sensors payloads, brotli, ...): 415."""
 
 
-class Unauthenticated(VendorError):
-    """No usable credentials (write key) on the request."""
-
-    status = 401
-    code = "unauthenticated"
+class Unauthenticated(errors.Unauthenticated, VendorError):
+    """No usable credentials (write key) on the request: 401."""
 
 
-class Forbidden(VendorError):
-    """Credentials or a project this collector does not accept."""
-
-    status = 403
-    code = "forbidden"
+class Forbidden(errors.Forbidden, VendorError):
+    """Credentials or a project this collector does not accept: 403."""
 
 
 # -- limits --------------------------------------------------------------------
