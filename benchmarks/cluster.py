@@ -337,7 +337,7 @@ def end_to_end(cluster: KafkaCluster, tmp: Path, plan: Path) -> dict[str, Any]:
 
 
 def _hash(key: str) -> str:
-    from maidian.collector.config import hash_key
+    from maidian.collector.settings import hash_key
 
     return hash_key(key)
 

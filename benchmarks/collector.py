@@ -441,10 +441,10 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen[str], int, Path] | None:
 
 def pipeline_floor(plan_path: Path, plan_events: int, batch: int, data: Path, duration_s: float) -> dict[str, Any]:
     """Decompress, decode, judge, dedupe and append (fsync group commit), in-process, 8 requests at a time."""
-    from maidian.collector.config import Config, StorageConfig
     from maidian.collector.pipeline.auth import Principal
     from maidian.collector.pipeline.decode import decode_batch, decompress
     from maidian.collector.service import Collector
+    from maidian.collector.settings import Config, StorageConfig
     from maidian.tracking_plan.envelope import DEFAULT_LIMITS
 
     _, samples = generate_plan(plan_events)
@@ -502,10 +502,10 @@ def stage_costs(plan_path: Path, plan_events: int, batch: int, data: Path) -> di
     its input (ids become seen), so each repeat gets its own batches, and it
     runs with fsync group commit, the fsync thread's CPU included.
     """
-    from maidian.collector.config import Config, StorageConfig
     from maidian.collector.pipeline.auth import Principal
     from maidian.collector.pipeline.decode import decode_batch, decompress
     from maidian.collector.service import Collector
+    from maidian.collector.settings import Config, StorageConfig
     from maidian.tracking_plan.envelope import DEFAULT_LIMITS
 
     _, samples = generate_plan(plan_events)

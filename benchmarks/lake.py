@@ -45,7 +45,8 @@ from typing import Any
 
 from maidian.collector.pipeline.dedup import id_ranges
 from maidian.collector.pipeline.ingest import build_accepted_frame
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.log import DataDir, LogWriter
 from maidian.tracking_plan import Plan, load_plan
 

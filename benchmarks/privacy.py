@@ -38,7 +38,8 @@ from maidian.collector.identity.types import IdentityPolicy
 from maidian.collector.pipeline.ingest import build_accepted_frame
 from maidian.collector.privacy.operations import delete_person, retain
 from maidian.collector.read import rebuild
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.frames import read_frames, segment_files
 from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter

@@ -46,8 +46,8 @@ BATCH = 500
 
 
 def _collector(plan_path: Path, data: Path) -> Any:
-    from maidian.collector.config import Config, StorageConfig
     from maidian.collector.service import Collector
+    from maidian.collector.settings import Config, StorageConfig
 
     collector = Collector(Config(plan=plan_path, storage=StorageConfig(data_dir=data, durability="write")))
     collector.open()

@@ -38,7 +38,8 @@ import msgspec
 
 from maidian.collector.identity.types import IdentityPolicy
 from maidian.collector.read import person_events
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.frames import segment_files
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges

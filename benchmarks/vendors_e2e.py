@@ -241,7 +241,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     rounds, seconds = (1, 4.0) if args.quick else (args.rounds, args.seconds)
-    from maidian.collector.config import hash_key
+    from maidian.collector.settings import hash_key
 
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     with tempfile.TemporaryDirectory(prefix="maidian-vendors-e2e-") as tmp:

@@ -17,7 +17,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from maidian.collector.config import Config, ConfigSource, resolve_config
+    from maidian.collector.config import ConfigSource, resolve_config
     from maidian.collector.errors import (
         BadRequest,
         CollectorError,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         UnsupportedMediaType,
     )
     from maidian.collector.read import export_events, person_events, quarantine_records, rebuild, replay_quarantine
+    from maidian.collector.settings import Config
     from maidian.collector.vendors.common import VendorError
 
 _WHERE = {

@@ -30,7 +30,8 @@ from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import PersonId
 from maidian.collector.pipeline.dedup import ScopedSeenIds, head_scope
 from maidian.collector.pipeline.recovery import load_dedup_state
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.frames import (
     Damage,
     Frame,

@@ -29,7 +29,6 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from maidian.collector.config import Config
 from maidian.collector.errors import DataDirError
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.metrics import Metrics
@@ -37,8 +36,10 @@ from maidian.collector.pipeline.ingest import Ingest
 from maidian.collector.pipeline.judge import Judge
 from maidian.collector.pipeline.recovery import DedupState, follow_segments, load_dedup_state
 from maidian.collector.pipeline.redact import QuarantinePii
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.settings import Config
+from maidian.collector.store.catalog import Catalog
 from maidian.collector.store.durable import DurableLog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.log import DataDir, LogWriter, Recovered, write_atomically
 from maidian.collector.store.suppression import load_suppression
 from maidian.tracking_plan import Plan, Validator, load_plan

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from maidian.collector.config import hash_key, resolve_config
+from maidian.collector.config import resolve_config
+from maidian.collector.settings import hash_key
 from tests.conftest import MINI_PLAN, ROOT
 
 DOCS = ROOT / "docs"

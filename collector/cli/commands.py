@@ -229,7 +229,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _hash_key(args: argparse.Namespace) -> int:
-    from maidian.collector.config import hash_key
+    from maidian.collector.settings import hash_key
 
     key = args.key if args.key != "-" else sys.stdin.readline().strip()
     print(hash_key(key))

@@ -53,7 +53,7 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 @reporting
 def _add_user(args: argparse.Namespace) -> int:
-    from maidian.collector.config import hash_key
+    from maidian.collector.settings import hash_key
     from maidian.collector.support.access import hash_password
 
     lines = ["", "[[support.accounts]]", f"name = {_toml_string(args.name)}", f'role = "{args.role}"']

@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from maidian.collector.cluster.keys import keyed_frames
-from maidian.collector.config import SinkConfig
 from maidian.collector.errors import Unavailable
+from maidian.collector.settings import SinkConfig
 from maidian.collector.store.log import Appended, Recovered
 
 __all__ = ["KafkaLog", "kafka_logs"]

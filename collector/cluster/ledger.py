@@ -40,9 +40,9 @@ from typing import Any, Final
 import msgspec
 
 from maidian.collector.cluster.keys import frame_head, frame_keeping, partition_key
-from maidian.collector.config import DEFAULT_DEDUP_WINDOW_S
 from maidian.collector.errors import CollectorError
 from maidian.collector.pipeline.dedup import ScopedSeenIds, SeenIds, head_scope
+from maidian.collector.settings import DEFAULT_DEDUP_WINDOW_S
 
 __all__ = ["Ledger", "LedgerConfig", "PartitionState", "run_ledger"]
 

@@ -36,7 +36,6 @@ import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from maidian.collector.config import Config
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, RequestTimeout
 from maidian.collector.http.admission import Admission, Gate, SlotLimits
 from maidian.collector.http.request_id import request_id_of
@@ -51,6 +50,7 @@ from maidian.collector.http.workers import PEERS
 from maidian.collector.pipeline.auth import Authenticator
 from maidian.collector.pipeline.decode import decode_batch, decompress, inflates_large, read_media_type
 from maidian.collector.service import Collector
+from maidian.collector.settings import Config
 from maidian.tracking_plan.envelope import BATCH_PATH, DEBUG_PATH
 
 __all__ = ["AUTH", "COLLECTOR", "ROUTES", "make_app"]

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from aiohttp import web
 
-from maidian.collector.config import LiveConfig, hash_key
 from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
 from maidian.collector.http.workers import WORKERS, Forwarder, relay, watching_flag
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord
+from maidian.collector.settings import LiveConfig, hash_key
 
 if TYPE_CHECKING:
     from maidian.collector.service import Collector

@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
-from maidian.collector.config import SupportConfig
 from maidian.collector.http.live_routes import LIVE
 from maidian.collector.http.pages import json_response, open_event_stream, serve_page, woken
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.privacy.audit import AuditLog
 from maidian.collector.qa.live import LiveFilter, LiveHub
+from maidian.collector.settings import SupportConfig
 from maidian.collector.store.catalog import Catalog
 from maidian.collector.support.access import Access, LockedOut, Session
 from maidian.collector.support.timeline import Found, PersonFrames, Timeline, TimelineFilter, find_person

@@ -50,8 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from maidian.collector.config import AuthConfig, ServerSource, VendorSource, WriteKey
 from maidian.collector.errors import Forbidden, RateLimited, Unauthenticated
+from maidian.collector.settings import AuthConfig, ServerSource, VendorSource, WriteKey
 from maidian.tracking_plan import signing
 from maidian.tracking_plan.envelope import (
     HEADER_NONCE,

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import sys
 import zlib
 from dataclasses import dataclass
@@ -42,15 +41,15 @@ import msgspec
 import zstandard
 
 from maidian.collector.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
-from maidian.collector.pipeline.scan import ScanError, map_value_at, scan_msgpack
+from maidian.collector.pipeline.keys import _repeated_keys
+from maidian.collector.pipeline.limits import INT_MAX, INT_MIN, check_limits
+from maidian.collector.pipeline.scan import map_value_at
 from maidian.tracking_plan import Violation
 from maidian.tracking_plan.envelope import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, DROP_REASONS, Limits
 
 __all__ = [
     "Batch",
     "Format",
-    "check_decoded_limits",
-    "check_limits",
     "decode_batch",
     "decode_event",
     "decoded_batch",
@@ -78,9 +77,6 @@ _MAX_WINDOW_BYTES: Final = 1 << 23
 _CHUNK: Final = 256 << 10
 
 
-# The integers msgpack can carry, and so the raw log: a JSON body may hold any integer at all.
-INT_MIN: Final = -(2**63)
-INT_MAX: Final = 2**64 - 1
 # msgspec bounds stop at int64: the checked decoding takes int64, and an integer past it
 # (up to INT_MAX is still storable) sends the batch to the walk, which applies the real range.
 _Int = Annotated[int, msgspec.Meta(ge=INT_MIN, le=2**63 - 1)]
@@ -459,111 +455,6 @@ def _count_values(node: Any) -> int:
     return n
 
 
-# Values the fallback scans of one batch may walk (`_repeated_keys`): about 50 ms of Python. An SDK batch
-# of 500 events in another encoder's msgpack is about 15,000.
-_FALLBACK_SCAN_VALUES: Final = 65_536
-
-
-def _repeated_keys(
-    values: list[Any], events: list[msgspec.Raw], fmt: Format, limits: Limits, problems: dict[int, Violation]
-) -> None:
-    """Mark the events holding a map with a repeated key, so what is stored decodes to exactly what was judged.
-
-    msgpack: when the batch's values re-encode to its exact bytes (what
-    msgspec, and so the SDK, sends), no map can have lost a key: one C call
-    for the batch. Otherwise each event that re-encodes differently (another
-    encoder, float32, a repeated key) is scanned (`scan.scan_msgpack`), within
-    a budget per batch. JSON: an event whose text holds as many colons as its
-    decoded maps hold keys has no repeated key; otherwise Python's JSON
-    parser lists each object's pairs.
-    """
-    if fmt == "msgpack" and not problems:
-        try:
-            if _msgpack_encoder.encode(values) == _msgpack_encoder.encode(events):
-                return
-        except (TypeError, ValueError, OverflowError):
-            pass
-    budget = _FALLBACK_SCAN_VALUES
-    for index, (value, raw) in enumerate(zip(values, events, strict=True)):
-        if value is None or index in problems:
-            continue
-        if fmt == "msgpack":
-            try:
-                if memoryview(raw) == _msgpack_encoder.encode(value):
-                    continue
-            except (TypeError, ValueError, OverflowError):
-                pass
-            if budget <= 0:
-                problems[index] = _unchecked_keys()
-                continue
-            try:
-                scan = scan_msgpack(bytes(raw), budget, limits.max_depth + 3)
-            except ScanError:
-                continue  # msgspec decoded it; what the scan cannot read is no repeated key
-            budget -= scan.values
-            if scan.duplicate_key:
-                problems[index] = _duplicate_key()
-            elif scan.over_budget:
-                problems[index] = _unchecked_keys()
-        else:
-            text = bytes(raw)
-            if text.count(b":") == _count_keys(value):
-                continue
-            if budget <= 0:
-                problems[index] = _unchecked_keys()
-                continue
-            budget -= len(text) // 8
-            if _json_has_repeated_key(text):
-                problems[index] = _duplicate_key()
-
-
-def _count_keys(node: Any) -> int:
-    """The keys of every map inside a decoded value."""
-    t = type(node)
-    n = 0
-    if t is dict:
-        n = len(node)
-        items: Any = node.values()
-    elif t is list:
-        items = node
-    else:
-        return 0
-    for v in items:
-        tv = type(v)
-        if tv is dict or tv is list:
-            n += _count_keys(v)
-    return n
-
-
-def _json_has_repeated_key(text: bytes) -> bool:
-    found = False
-
-    def pairs(items: list[tuple[str, Any]]) -> None:
-        nonlocal found
-        if not found and len({k for k, _v in items}) != len(items):
-            found = True
-
-    try:
-        json.loads(text, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        return False  # msgspec decoded it; what Python's parser refuses is no repeated key
-    return found
-
-
-def _duplicate_key() -> Violation:
-    return Violation("duplicate_key", "", "a map in the event holds one key twice; readers would disagree on its value")
-
-
-def _unchecked_keys() -> Violation:
-    return Violation(
-        "limit",
-        "",
-        "the event is not in the shortest msgpack form and the batch's budget for checking such events "
-        "for repeated keys is spent; send fewer such events per batch",
-        _FALLBACK_SCAN_VALUES,
-    )
-
-
 # A loss report larger than this is no report: the largest valid one (16 reasons) is under 1 KiB.
 _MAX_DROPPED_BYTES: Final = 4096
 _msgpack_any = msgspec.msgpack.Decoder()
@@ -696,137 +587,3 @@ def decode_event(
         if problems:
             return event, problems[0]
     return event, check_limits(event, limits, size)
-
-
-def check_limits(event: Any, limits: Limits, encoded_bytes: int | None = None) -> Violation | None:
-    """The first limit the decoded event breaks (property count, nesting, string size, non-JSON value).
-
-    When the whole event encodes to no more than `max_string_bytes`
-    (`encoded_bytes`), no string in it can be longer, and strings are skipped.
-    """
-    if type(event) is not dict:
-        return None  # the validator says what an event must be
-    props = event.get("properties")
-    if type(props) is not dict:
-        return None
-    if len(props) > limits.max_properties:
-        return Violation(
-            "limit",
-            "/properties",
-            f"{len(props)} properties; at most {limits.max_properties} are accepted",
-            limits.max_properties,
-        )
-    strings = encoded_bytes is None or encoded_bytes > limits.max_string_bytes
-    for value in props.values():
-        t = type(value)
-        if t is str:
-            if strings and _too_long(value, limits):
-                return _locate(props, limits)
-        elif t is dict or t is list or t is float:
-            if t is float:
-                if value - value == 0.0:
-                    continue
-            elif _nested_ok(value, 1, limits, strings):
-                continue
-            return _locate(props, limits)
-        elif t is int and not INT_MIN <= value <= INT_MAX:
-            return _locate(props, limits)
-    return None
-
-
-def check_decoded_limits(event: dict[str, Any], limits: Limits, encoded_bytes: int) -> Violation | None:
-    """`check_limits` for an event from a `json_checked` batch: the same answer, without the walk.
-
-    Such an event holds only JSON values nested within the limit, so only the
-    property count and string sizes can break a limit. A string longer than
-    `max_string_bytes` cannot fit in an event that encodes to no more bytes than
-    that, and more than `max_properties` properties need more than twice as many
-    bytes; in a larger event, or one with too many properties, the full check
-    runs and names the offending property.
-    """
-    if encoded_bytes <= limits.max_string_bytes:
-        if encoded_bytes <= 2 * limits.max_properties + 1:
-            # Each property takes at least two encoded bytes (msgpack: a key and a value of
-            # one byte each; JSON: `"":0`), so this many bytes cannot hold one too many.
-            return None
-        props = event.get("properties")
-        if type(props) is not dict or len(props) <= limits.max_properties:
-            return None
-    return check_limits(event, limits, encoded_bytes)
-
-
-def _too_long(value: str, limits: Limits) -> bool:
-    # A character is at most 4 bytes in UTF-8: only long strings need encoding.
-    return len(value) * 4 > limits.max_string_bytes and (
-        len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes
-    )
-
-
-def _nested_ok(node: Any, depth: int, limits: Limits, strings: bool) -> bool:
-    if depth > limits.max_depth:
-        return False
-    for value in node.values() if type(node) is dict else node:
-        t = type(value)
-        if t is str:
-            if strings and _too_long(value, limits):
-                return False
-        elif t is dict or t is list:
-            if not _nested_ok(value, depth + 1, limits, strings):
-                return False
-        elif (t is float and value - value != 0.0) or (t is int and not INT_MIN <= value <= INT_MAX):
-            return False
-    return True
-
-
-def _locate(props: dict[str, Any], limits: Limits) -> Violation:
-    """The violation for the first bad property (the slow path, for bad events only)."""
-    for key, value in props.items():
-        path = f"/properties/{key}"
-        t = type(value)
-        if t is str and _too_long(value, limits):
-            return _string_too_long(path, limits)
-        if t is float and value - value != 0.0:
-            return _not_finite(path)
-        if t is int and not INT_MIN <= value <= INT_MAX:
-            return _int_too_wide(path)
-        if (t is dict or t is list) and not _nested_ok(value, 1, limits, True):
-            return _nested_violation(value, 1, path, limits)
-    return Violation("limit", "/properties", "the properties break a size limit")
-
-
-def _not_finite(path: str) -> Violation:
-    return Violation("type", path, "NaN and infinities are not JSON numbers", "a finite number", "non-finite number")
-
-
-def _int_too_wide(path: str) -> Violation:
-    return Violation(
-        "limit",
-        path,
-        f"the integer is outside {INT_MIN} to {INT_MAX}, the 64-bit range the log stores",
-        {"minimum": INT_MIN, "maximum": INT_MAX},
-        "integer beyond 64 bits",
-    )
-
-
-def _nested_violation(node: Any, depth: int, path: str, limits: Limits) -> Violation:
-    if depth > limits.max_depth:
-        return Violation("limit", path, f"nested more than {limits.max_depth} levels deep", limits.max_depth)
-    items = node.items() if type(node) is dict else enumerate(node)
-    for key, value in items:
-        sub = f"{path}/{key}"
-        t = type(value)
-        if t is str and _too_long(value, limits):
-            return _string_too_long(sub, limits)
-        if t is float and value - value != 0.0:
-            return _not_finite(sub)
-        if t is int and not INT_MIN <= value <= INT_MAX:
-            return _int_too_wide(sub)
-        if (t is dict or t is list) and not _nested_ok(value, depth + 1, limits, True):
-            return _nested_violation(value, depth + 1, sub, limits)
-    return Violation("limit", path, "a nested value breaks a size limit")
-
-
-def _string_too_long(path: str, limits: Limits) -> Violation:
-    return Violation(
-        "limit", path, f"the string is over {limits.max_string_bytes} bytes", {"maxBytes": limits.max_string_bytes}
-    )

@@ -28,14 +28,8 @@ from typing import Any, Final
 
 import msgspec
 
-from maidian.collector.pipeline.decode import (
-    Batch,
-    check_decoded_limits,
-    check_limits,
-    decode_event,
-    event_too_large,
-    kept_bytes,
-)
+from maidian.collector.pipeline.decode import Batch, decode_event, event_too_large, kept_bytes
+from maidian.collector.pipeline.limits import check_decoded_limits, check_limits
 from maidian.tracking_plan import Plan, Validator, Violation
 from maidian.tracking_plan.envelope import Limits
 

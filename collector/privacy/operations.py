@@ -42,7 +42,8 @@ import msgspec
 
 from maidian.collector.errors import NoSuchPerson, PrivacyError
 from maidian.collector.read import Attribution, PersonView, person_view
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.log import DataDir
 from maidian.collector.store.rewrite import (
     Cleared,

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
-from maidian.collector.config import DEFAULT_LIVE_HISTORY_EVENTS, DEFAULT_LIVE_QUEUE_EVENTS
 from maidian.collector.pipeline.dedup import SeenIds
 from maidian.collector.qa.coverage import CoverageReport, Scope, Tally, build_report, describe, test_tag_of
+from maidian.collector.settings import DEFAULT_LIVE_HISTORY_EVENTS, DEFAULT_LIVE_QUEUE_EVENTS
 from maidian.tracking_plan import Plan
 
 if TYPE_CHECKING:

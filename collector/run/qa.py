@@ -33,16 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
-from maidian.collector.config import (
-    AuthConfig,
-    Config,
-    LiveConfig,
-    ServerConfig,
-    StorageConfig,
-    WriteKey,
-    check_config,
-    hash_key,
-)
+from maidian.collector.config import check_config
+from maidian.collector.settings import AuthConfig, Config, LiveConfig, ServerConfig, StorageConfig, WriteKey, hash_key
 from maidian.tracking_plan import Plan, load_plan
 
 if TYPE_CHECKING:

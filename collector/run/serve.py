@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from maidian.collector.config import Config, ConfigSource, with_storage
+from maidian.collector.config import ConfigSource, with_storage
 from maidian.collector.errors import ConfigError
 from maidian.collector.http.workers import Workers
+from maidian.collector.settings import Config
 
 __all__ = ["loop_factory", "serve"]
 

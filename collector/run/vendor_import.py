@@ -47,11 +47,12 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
-from maidian.collector.config import Config, with_storage
+from maidian.collector.config import with_storage
 from maidian.collector.errors import CollectorError
 from maidian.collector.http.vendor_routes import ingest_mapped
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.service import Collector
+from maidian.collector.settings import Config
 from maidian.collector.store.log import pid_writer_id
 from maidian.collector.vendors.common import Mapped, MappedRecord, VendorRecord
 from maidian.collector.vendors.segment import SegmentMapper, SegmentRequest

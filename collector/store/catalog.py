@@ -47,12 +47,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from maidian.collector.errors import DataDirError
-from maidian.collector.identity.graph import IdentityGraph
-from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal, order_time
+from maidian.collector.identity.types import Observation, Refusal
 from maidian.collector.sqlite import connect
+from maidian.collector.store.feed import IdentityFeed, observation_of
 from maidian.collector.store.frames import Damage, Frame, read_frame_at, scan_segment, sealed, segment_files
 from maidian.collector.store.log import DataDir
-from maidian.tracking_plan import Plan
 
 __all__ = ["Catalog", "CatchUp", "IdentityFeed", "observation_of"]
 
@@ -112,67 +111,6 @@ class CatchUp:
     events: int
     observations: int
     refusals: list[Refusal]
-
-
-class IdentityFeed:
-    """Feeds the catalog's observations to the identity graph, in order, once each.
-
-    How far the graph has been fed is stored inside the graph's own transaction
-    (`observe_many(..., checkpoint=)`), so a crash between the two files costs
-    at most a replay, which the graph ignores (it is idempotent per event).
-    """
-
-    def __init__(self, data: DataDir, policy: IdentityPolicy) -> None:
-        self.path = data.identity
-        self.policy = policy
-        self.graph = IdentityGraph(self.path, policy)
-        checkpoint = self.graph.checkpoint()
-        # Never fed: nothing in it to throw away, so it takes any catalog's generation without a reset.
-        self.blank = checkpoint is None
-        self.generation, self.fed = _parse_checkpoint(checkpoint)
-
-    @classmethod
-    def for_plan(cls, data: DataDir, plan: Plan) -> IdentityFeed:
-        return cls(data, IdentityPolicy.from_plan(plan))
-
-    def checkpoint(self, row_id: int) -> str:
-        return f"{self.generation}:{row_id}"
-
-    def reset(self, generation: str) -> None:
-        """Start the graph again from nothing, for a catalog of another generation (its rows are numbered anew)."""
-        self.graph.close()
-        for suffix in ("", "-wal", "-shm"):
-            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
-        self.graph = IdentityGraph(self.path, self.policy)
-        self.generation, self.fed = generation, 0
-        self.blank = False
-
-    def close(self) -> None:
-        self.graph.close()
-
-
-def _parse_checkpoint(text: str | None) -> tuple[str, int]:
-    """(catalog generation, observation rows fed); a checkpoint without a generation predates them."""
-    if not text or ":" not in text:
-        return "", 0
-    generation, _, row = text.rpartition(":")
-    return generation, int(row)
-
-
-def observation_of(row: tuple[Any, ...]) -> Observation:
-    """The graph's observation for a catalog row (event_id, time, kind, identities, trusted, at).
-
-    Its time is the graph's order time (`order_time`): the event time for a
-    signed source, the receive time after every signed event for anyone else.
-    """
-    event_id, time, kind, identities, trusted, at = row
-    return Observation(
-        event_id=event_id,
-        time=order_time(int(time), int(at if at is not None else time), trusted=bool(trusted)),
-        kind=kind,
-        identities=json.loads(identities),
-        trusted=bool(trusted),
-    )
 
 
 # Checkpoint attempts before giving up on a reader that keeps the WAL busy.

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from maidian.collector.config import Durability
 from maidian.collector.errors import DataDirError, Unavailable
+from maidian.collector.settings import Durability
 from maidian.collector.store.frames import MAGIC, Damage, scan_segment, segment_files
 
 __all__ = [

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from maidian.collector.config import SupportAccount, SupportConfig, hash_key
 from maidian.collector.errors import CollectorError
+from maidian.collector.settings import SupportAccount, SupportConfig, hash_key
 
 __all__ = [
     "SCRYPT_N",

@@ -65,9 +65,7 @@ from maidian.collector.vendors.common import (
     DEFAULT_VENDOR_LIMITS,
     Mapped,
     MappedRecord,
-    NameMapper,
     Rejection,
-    Translation,
     Unauthenticated,
     Undecodable,
     UnsupportedMediaType,
@@ -87,6 +85,7 @@ from maidian.collector.vendors.common import (
     split_records,
     wire_event,
 )
+from maidian.collector.vendors.names import NameMapper, Translation
 from maidian.tracking_plan import Plan
 
 __all__ = [

@@ -58,9 +58,7 @@ from maidian.collector.vendors.common import (
     Forbidden,
     Mapped,
     MappedRecord,
-    NameMapper,
     Rejection,
-    Translation,
     Undecodable,
     UnsupportedMediaType,
     VendorLimits,
@@ -80,6 +78,7 @@ from maidian.collector.vendors.common import (
     split_records,
     wire_event,
 )
+from maidian.collector.vendors.names import NameMapper, Translation
 from maidian.tracking_plan import Plan, Violation
 from maidian.tracking_plan.envelope import PROFILE_TYPES
 

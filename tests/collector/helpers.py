@@ -13,14 +13,7 @@ from typing import Any
 import msgspec
 import zstandard
 
-from maidian.collector.config import (
-    AuthConfig,
-    Config,
-    ServerSource,
-    StorageConfig,
-    WriteKey,
-    hash_key,
-)
+from maidian.collector.settings import AuthConfig, Config, ServerSource, StorageConfig, WriteKey, hash_key
 from maidian.tracking_plan import signing
 from tests.conftest import MINI_PLAN
 

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.config import hash_key
+from maidian.collector.settings import hash_key
 from tests.collector.vendor_helpers import securities_vendor_plan
 
 ORDERS_KEY = "mk_orders_backend_import"

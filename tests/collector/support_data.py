@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.config import (
+from maidian.collector.settings import (
     AuthConfig,
     Config,
     ServerSource,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from maidian.collector.config import WriteKey
 from maidian.collector.errors import RateLimited
 from maidian.collector.pipeline.auth import NonceCache, RateLimiter
+from maidian.collector.settings import WriteKey
 from tests.collector.helpers import body_of, filled, headers_for, order, signed_headers, statuses
 from tests.conftest import ROOT
 

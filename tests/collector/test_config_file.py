@@ -88,7 +88,8 @@ def test_unknown_keys_and_wrong_types_are_refused_with_file_line_and_key(
 
 def test_a_boolean_in_text_must_say_true_or_false() -> None:
     """Environment variables and flags are text: "ture" is refused there too, never read as false."""
-    from maidian.collector.config import LiveConfig, _coerce
+    from maidian.collector.config import _coerce
+    from maidian.collector.settings import LiveConfig
 
     with pytest.raises(ConfigError, match=r"live\.enabled"):
         _coerce("live", "enabled", "ture", LiveConfig)

@@ -17,8 +17,9 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maidian.collector.pipeline.decode import check_decoded_limits, check_limits, decode_batch
+from maidian.collector.pipeline.decode import decode_batch
 from maidian.collector.pipeline.judge import Judge
+from maidian.collector.pipeline.limits import check_decoded_limits, check_limits
 from maidian.tracking_plan import Validator, load_plan
 from maidian.tracking_plan.envelope import Limits
 from tests.conftest import MINI_PLAN

@@ -30,7 +30,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maidian.collector.config import (
+from maidian.collector.http.app import make_app
+from maidian.collector.settings import (
     AuthConfig,
     Config,
     LiveConfig,
@@ -40,7 +41,6 @@ from maidian.collector.config import (
     WriteKey,
     hash_key,
 )
-from maidian.collector.http.app import make_app
 from maidian.tracking_plan import signing
 from tests.collector.vendor_helpers import basic, securities_vendor_plan, sensors_form, sensors_payload
 

@@ -10,8 +10,9 @@ import pytest
 
 from maidian.collector.identity.graph import IdentityGraph
 from maidian.collector.identity.types import IdentityPolicy, Observation, Refusal
-from maidian.collector.store import catalog as catalog_module
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store import feed as feed_module
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.log import DataDir
 from tests.collector.conftest import ClientFactory
 from tests.collector.helpers import body_of, headers_for, login_event, now_ms, order
@@ -31,7 +32,7 @@ class RecordingGraph(IdentityGraph):
 @pytest.fixture(autouse=True)
 def recording(monkeypatch: pytest.MonkeyPatch) -> None:
     FED.clear()
-    monkeypatch.setattr(catalog_module, "IdentityGraph", RecordingGraph)
+    monkeypatch.setattr(feed_module, "IdentityGraph", RecordingGraph)
 
 
 async def test_observations_reach_the_graph_and_refusals_are_recorded(start: ClientFactory, data_dir: Path) -> None:

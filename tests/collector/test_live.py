@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from maidian.collector.config import LiveConfig, hash_key, resolve_config
+from maidian.collector.config import resolve_config
 from maidian.collector.errors import ConfigError
 from maidian.collector.http.app import COLLECTOR, ROUTES, make_app
 from maidian.collector.http.live_routes import LIVE, LIVE_ROUTES
@@ -22,6 +22,7 @@ from maidian.collector.pipeline.ingest import Outcome
 from maidian.collector.qa.coverage import coverage_of_data
 from maidian.collector.qa.live import LiveFilter, LiveHub, LiveRecord, Subscriber
 from maidian.collector.read import export_events
+from maidian.collector.settings import LiveConfig, hash_key
 from maidian.tracking_plan import load_plan
 from tests.collector.helpers import KEY, body_of, headers_for, make_config, order, statuses
 from tests.collector.qa_data import session

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from maidian.collector.identity.types import IdentityPolicy, Observation, order_time
 from maidian.collector.privacy.operations import delete_person
 from maidian.collector.read import person_view
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter

@@ -207,7 +207,7 @@ async def test_two_workers_share_a_port_and_a_data_directory(servers: list[Serve
 
 async def test_sighup_rotates_and_revokes_keys_without_a_restart(servers: list[Server], tmp_path: Path) -> None:
     """docs/reliability.md, T17: both keys work during the overlap; the old one is refused once revoked."""
-    from maidian.collector.config import hash_key
+    from maidian.collector.settings import hash_key
 
     config = tmp_path / "maidian.toml"
 

@@ -12,10 +12,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiohttp.test_utils import TestClient
 
-from maidian.collector.config import SupportConfig, resolve_config
+from maidian.collector.config import resolve_config
 from maidian.collector.errors import ConfigError
 from maidian.collector.http.app import COLLECTOR
 from maidian.collector.http.support_routes import SUPPORT_ROUTES
+from maidian.collector.settings import SupportConfig
 from maidian.collector.support.access import Access, LockedOut, hash_password, verify_password
 from maidian.tracking_plan.pii import hash_value
 from tests.collector import support_data as sd

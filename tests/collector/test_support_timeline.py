@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maidian.collector.identity.types import IdentityPolicy
-from maidian.collector.store.catalog import Catalog, IdentityFeed
+from maidian.collector.store.catalog import Catalog
+from maidian.collector.store.feed import IdentityFeed
 from maidian.collector.store.heads import build_accepted_frame
 from maidian.collector.store.ids import id_ranges
 from maidian.collector.store.log import DataDir, LogWriter

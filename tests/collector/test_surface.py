@@ -10,9 +10,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from maidian.collector.config import hash_key, resolve_config
+from maidian.collector.config import resolve_config
 from maidian.collector.errors import ConfigError
 from maidian.collector.http.app import ROUTES
+from maidian.collector.settings import hash_key
 from tests.collector.helpers import body_of, headers_for, order
 from tests.conftest import MINI_PLAN, ROOT
 

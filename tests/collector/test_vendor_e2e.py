@@ -33,7 +33,7 @@ import segment.analytics.request as segment_request
 import sensorsanalytics.sdk as sa_sdk
 
 from maidian.collector.cli import main
-from maidian.collector.config import hash_key
+from maidian.collector.settings import hash_key
 from maidian.collector.store.frames import read_frames, segment_files
 from tests.collector.vendor_helpers import securities_vendor_plan
 from tests.conftest import ROOT

@@ -19,19 +19,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from maidian.collector import CollectorError, RequestError, VendorError
-from maidian.collector.config import (
-    AuthConfig,
-    Config,
-    StorageConfig,
-    VendorSource,
-    WriteKey,
-    hash_key,
-    resolve_config,
-)
+from maidian.collector.config import resolve_config
 from maidian.collector.errors import ConfigError, Forbidden, NoSuchPerson
 from maidian.collector.http.app import COLLECTOR, make_app
 from maidian.collector.pipeline.auth import Authenticator, Principal
 from maidian.collector.read import export_events, person_events
+from maidian.collector.settings import AuthConfig, Config, StorageConfig, VendorSource, WriteKey, hash_key
 from maidian.collector.store.frames import read_frames, segment_files
 from tests.collector.vendor_helpers import basic, securities_vendor_plan, segment_json, sensors_form, sensors_payload
 from tests.conftest import ROOT

@@ -17,9 +17,7 @@ from maidian.collector.pipeline.decode import decoded_batch
 from maidian.collector.vendors import segment, sensors
 from maidian.collector.vendors.common import (
     MappedRecord,
-    NameMapper,
     TooLarge,
-    Translation,
     Undecodable,
     VendorError,
     VendorLimits,
@@ -31,6 +29,7 @@ from maidian.collector.vendors.common import (
     preflight_response,
     split_records,
 )
+from maidian.collector.vendors.names import NameMapper, Translation
 from tests.collector.vendor_helpers import NOW_MS, basic, vendor_plan
 
 SMALL = VendorLimits(max_decoded_bytes=4096)

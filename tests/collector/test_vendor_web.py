@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maidian.collector.config import AuthConfig, Config, StorageConfig, VendorSource, WriteKey, hash_key
 from maidian.collector.http.app import COLLECTOR, make_app
 from maidian.collector.read import export_events
+from maidian.collector.settings import AuthConfig, Config, StorageConfig, VendorSource, WriteKey, hash_key
 from maidian.collector.vendors.derive import client_ip, user_agent_properties
 from tests.collector.vendor_helpers import securities_vendor_plan, sensors_form, sensors_track
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maidian.collector.config import hash_key
+from maidian.collector.settings import hash_key
 from tests.conftest import MINI_PLAN, ROOT
 from tests.reliability.constants import KEY, SECRET, SOURCE
 

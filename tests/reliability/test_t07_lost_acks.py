@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from maidian.collector.config import DEFAULT_DEDUP_WINDOW_S, resolve_config
+from maidian.collector.config import resolve_config
+from maidian.collector.settings import DEFAULT_DEDUP_WINDOW_S
 from maidian.sdk import BatchLimits, Client, SpoolConfig
 from tests.reliability.constants import KEY
 from tests.reliability.figures import Figures

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from maidian.collector.config import hash_key
+from maidian.collector.settings import hash_key
 from tests.reliability.figures import Figures
 from tests.reliability.load import order_event
 from tests.reliability.procs import CollectorProcess, batch_body, key_headers, write_config

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from maidian.collector.cli import main
-from maidian.collector.config import hash_key
+from maidian.collector.settings import hash_key
 from tests.collector.vendor_helpers import securities_vendor_plan
 from tests.conftest import ROOT
 
