@@ -42,6 +42,18 @@ def add_command(
     return parser
 
 
+def add_group(sub: Any, name: str, *, help: str, description: str, example: str, dest: str) -> Any:
+    """Add a command that holds subcommands (`maidian plan ...`); returns the subparsers to add them to."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.add_subparsers(dest=dest, required=True, metavar="COMMAND")
+
+
 def print_plan_problems(error: PlanLoadError, out: TextIO | None = None) -> int:
     """Print every problem of an unusable plan, one per line, and return the exit code for it."""
     out = out or sys.stderr
@@ -291,15 +303,15 @@ def _add_codegen(commands: Any) -> None:
 
 def add_plan_commands(sub: Any) -> None:
     """Register `maidian plan` and its subcommands on the root parser's subparsers."""
-    plan = sub.add_parser(
+    commands = add_group(
+        sub,
         "plan",
         help="check, compare and generate code from a tracking plan",
         description="Work with a tracking plan: lint it, validate events against it, diff two versions, "
         "generate typed code.",
-        epilog="example:\n  maidian plan validate examples/securities_app.plan.json examples/events.jsonl",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian plan validate examples/securities_app.plan.json examples/events.jsonl",
+        dest="plan_command",
     )
-    commands = plan.add_subparsers(dest="plan_command", required=True, metavar="COMMAND")
 
     p = add_command(
         commands,

@@ -15,7 +15,7 @@ from typing import Any, Final, TextIO
 
 from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
-from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
+from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command, add_group
 
 # The key the apps hash `x-pii: hash` identities with (the SDK reads the same variable).
 PII_KEY_ENV: Final = "MAIDIAN_PII_KEY"
@@ -312,14 +312,14 @@ def add_collector_commands(sub: Any) -> None:
     p.add_argument("--format", choices=("jsonl",), default="jsonl", help="jsonl (one JSON object per line)")
     p.add_argument("--quarantined", action="store_true", help="also export quarantined events, with their reasons")
 
-    q = sub.add_parser(
+    qsub = add_group(
+        sub,
         "quarantine",
         help="list and replay quarantined events",
         description="Inspect the quarantine log and replay its events against a corrected plan.",
-        epilog="example:\n  maidian quarantine list --data /var/lib/maidian",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian quarantine list --data /var/lib/maidian",
+        dest="quarantine_command",
     )
-    qsub = q.add_subparsers(dest="quarantine_command", required=True, metavar="COMMAND")
     p = add_command(
         qsub,
         "list",
@@ -393,14 +393,14 @@ def add_collector_commands(sub: Any) -> None:
     p.add_argument("--data", required=True, help="the data directory")
     p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or JSON lines")
 
-    k = sub.add_parser(
+    ksub = add_group(
+        sub,
         "keys",
         help="work with write keys",
         description="Write keys are stored hashed in the configuration file.",
-        epilog="example:\n  maidian keys hash mk_live_2f9c",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian keys hash mk_live_2f9c",
+        dest="keys_command",
     )
-    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     p = add_command(
         ksub,
         "hash",

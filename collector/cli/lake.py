@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from maidian.collector.cli.output import reporting
-from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command
+from maidian.tracking_plan.cli import EXIT_FINDINGS, EXIT_OK, add_command, add_group
 
 __all__ = ["add_lake_commands"]
 
@@ -273,17 +273,17 @@ def _range(p: argparse.ArgumentParser) -> None:
 
 def add_lake_commands(sub: Any) -> None:
     """Register `maidian lake ...` and `maidian report ...` on the root parser's subparsers."""
-    lake = sub.add_parser(
+    lsub = add_group(
+        sub,
         "lake",
         help="turn stored events into typed Parquet (the lake) and print its table definitions",
         description=(
             "The lake: accepted events as Parquet under <data>/lake/, one typed column per planned property,\n"
             "partitioned by event date. docs/collector.md, 'The lake', describes the files."
         ),
-        epilog="example:\n  maidian lake build --data /var/lib/maidian --plan plan.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian lake build --data /var/lib/maidian --plan plan.json",
+        dest="lake_command",
     )
-    lsub = lake.add_subparsers(dest="lake_command", required=True, metavar="COMMAND")
     p = add_command(
         lsub,
         "build",
@@ -318,14 +318,14 @@ def add_lake_commands(sub: Any) -> None:
     p.add_argument("--plan", help="the tracking plan (or MAIDIAN_PLAN)")
     p.add_argument("--engine", choices=("duckdb", "clickhouse", "postgres"), default="duckdb")
 
-    rep = sub.add_parser(
+    rsub = add_group(
+        sub,
         "report",
         help="answer questions from the lake: funnels, retention, channels, campaigns, segments, SQL",
         description="Reports over the lake (run `maidian lake build` first); docs/collector.md, 'Reports'.",
-        epilog="example:\n  maidian report funnel --data /var/lib/maidian --plan plan.json --name account_open",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian report funnel --data /var/lib/maidian --plan plan.json --name account_open",
+        dest="report_command",
     )
-    rsub = rep.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
     p = add_command(
         rsub,
         "funnel",

@@ -9,7 +9,7 @@ from typing import Any
 
 from maidian.collector.cli.options import add_audit_arguments, audit, load_plan, time_ms
 from maidian.collector.cli.output import emit_json_line, reporting
-from maidian.tracking_plan.cli import EXIT_OK, add_command
+from maidian.tracking_plan.cli import EXIT_OK, add_command, add_group
 
 __all__ = ["add_privacy_commands"]
 
@@ -74,17 +74,17 @@ def _retention(args: argparse.Namespace) -> int:
 
 def add_privacy_commands(sub: Any) -> None:
     """Register `maidian privacy delete|export|audit|retention`."""
-    q = sub.add_parser(
+    qsub = add_group(
+        sub,
         "privacy",
         help="answer data-subject requests and apply retention",
         description=(
             "Delete or export one person's data, and remove data older than a retention period.\n"
             "docs/collector.md, 'Deleting and exporting one person's data', gives the guarantees."
         ),
-        epilog="example:\n  maidian privacy delete --data /var/lib/maidian --person u_10086 --suppress",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian privacy delete --data /var/lib/maidian --person u_10086 --suppress",
+        dest="privacy_command",
     )
-    qsub = q.add_subparsers(dest="privacy_command", required=True, metavar="COMMAND")
     p = add_command(
         qsub,
         "delete",

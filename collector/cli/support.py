@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from maidian.collector.cli.output import reporting
-from maidian.tracking_plan.cli import EXIT_OK, EXIT_UNUSABLE, add_command
+from maidian.tracking_plan.cli import EXIT_OK, EXIT_UNUSABLE, add_command, add_group
 
 __all__ = ["add_support_commands"]
 
@@ -88,14 +88,14 @@ def _toml_string(text: str) -> str:
 
 
 def add_support_commands(sub: Any) -> None:
-    s = sub.add_parser(
+    ssub = add_group(
+        sub,
         "support",
         help="staff accounts for the support view",
         description="Accounts for the support view (/support) keep only a scrypt hash or a token's SHA-256.",
-        epilog="example:\n  maidian support add-user li.na --role agent --config maidian.toml",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="maidian support add-user li.na --role agent --config maidian.toml",
+        dest="support_command",
     )
-    ssub = s.add_subparsers(dest="support_command", required=True, metavar="COMMAND")
     add_command(
         ssub,
         "hash-password",
