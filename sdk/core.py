@@ -334,7 +334,7 @@ class SdkCore:
         Positional on purpose: this is the host's hot path, and keyword passing costs.
         """
         if type(event) is not str or not event:
-            return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {event!r:.40}"])
+            return self._refuse("track", INVALID, [f"the event name must be a non-empty string, got {_kind(event)}"])
         if time_ms is not None and (type(time_ms) is not int or time_ms < 0):
             return self._refuse(event, INVALID, ["time must be a datetime or non-negative epoch milliseconds"])
         if identities is not None and not is_identity_map(identities):
@@ -978,3 +978,10 @@ class SdkCore:
             queued=self._buffer.pending(),
             in_flight=self._in_flight_events + sum(len(b) for b in self._retry),
         )
+
+
+def _kind(value: object) -> str:
+    """What a refused value is, without its repr (which could be deep, huge, or personal data)."""
+    if isinstance(value, str):
+        return "an empty string"
+    return type(value).__name__

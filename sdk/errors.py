@@ -56,7 +56,9 @@ class InvalidEvent(CallerError):
         self.event = event
         self.violations = tuple(violations)
         lines = "\n".join(f"  {v}" for v in self.violations)
-        super().__init__(f"event {event!r} breaks the tracking plan:\n{lines}")
+        # A name that is not a string is named by its type: its repr could be anything (deep, huge, a value).
+        shown = repr(event) if isinstance(event, str) else f"of type {type(event).__name__}"
+        super().__init__(f"event {shown} breaks the tracking plan:\n{lines}")
 
 
 class RemoteError(MaidianSdkError):

@@ -220,3 +220,22 @@ def test_strict_mode_refuses_a_server_only_event_from_an_app(url: str, mini_plan
     assert server.stats.tracked == 1
     _close(app)
     _close(server)
+
+
+def test_a_deeply_nested_event_name_is_refused_by_type_not_repr(url: str, mini_plan: Plan) -> None:
+    """Found by the property above in CI: the refusal's message took the name's repr, which overflowed the stack."""
+    name = _nest(1500)
+    strict = Client(url, write_key="k", plan=mini_plan, mode="strict", pii_key=b"k")
+    try:
+        with pytest.raises(InvalidEvent, match="dict"):
+            strict.track(name, ORDER)
+        assert "internal" not in strict.stats.dropped
+    finally:
+        strict.close(0.0)
+    warned: list[str] = []
+    warn = Client(url, write_key="k", plan=mini_plan, mode="warn", pii_key=b"k", on_error=warned.append)
+    try:
+        warn.track(name, ORDER)
+        assert warn.stats.dropped == {"invalid": 1}
+    finally:
+        warn.close(0.0)
